@@ -1,0 +1,88 @@
+"""The `semgen` entry point: registers one Typer command per module and turns `SemgenError`
+into one red line and exit code 2 (`SEMGEN_DEBUG=1` shows the traceback)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from semgen_cli import __version__
+
+# (command name, module under semgen_cli.cli, one-line help). Order is the pipeline order.
+COMMANDS = [
+    ("toy-data", "toy_data", "Render toy-world clips and captions (the embedded default's data)."),
+    ("extract", "extract", "Encode videos into safetensors shards: semantic features, VAE latents, text."),
+    ("inspect", "inspect", "Show a shard folder's index as a table; --verify rechecks every sha256."),
+    ("fit-compressor", "fit_compressor", "Fit the semantic compressor (MLP, KL) on extracted features."),
+    ("train-latent", "train_latent", "Stage 1: train the latent DiT on VAE latents | compressed semantics."),
+    ("train-semantic", "train_semantic", "Stage 2: train the semantic DiT on compressed semantics | text."),
+    ("generate", "generate", "Text → semantic plan → VAE latents → mp4."),
+    ("drift", "drift", "Measure quality drift between the first and last 15% of videos."),
+]
+
+app = typer.Typer(
+    name="semgen",
+    help="SemanticGen (arXiv 2512.20619): video generation in semantic space, one stage per command.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"semgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """SemanticGen (arXiv 2512.20619): video generation in semantic space, one stage per command."""
+
+
+for _name, _module, _help in COMMANDS:
+    _mod = importlib.import_module(f"semgen_cli.cli.{_module}")
+    app.command(name=_name, help=_mod.command.__doc__ or _help, short_help=_help)(_mod.command)
+
+
+def main() -> None:
+    """Console-script entry: run the app; known errors become one red line and exit 2."""
+    from semgen_cli.errors import SemgenError
+
+    try:
+        app(standalone_mode=False)
+    except SemgenError as err:
+        if os.environ.get("SEMGEN_DEBUG") == "1":
+            raise
+        _fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except (typer.Exit, SystemExit) as err:  # --help, --version, typer.Exit(code)
+        sys.exit(getattr(err, "exit_code", getattr(err, "code", 0)) or 0)
+    except Exception as err:  # click usage errors and the like
+        import click
+
+        if isinstance(err, click.exceptions.Abort):
+            _fail("aborted", 1)
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

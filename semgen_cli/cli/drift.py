@@ -1,0 +1,8 @@
+"""`semgen drift` (not built yet)."""
+
+from semgen_cli.errors import SemgenError
+
+
+def command() -> None:
+    """Not built yet."""
+    raise SemgenError("semgen drift is not implemented yet")
