@@ -1,8 +1,67 @@
-"""`semgen extract` (not built yet)."""
+"""`semgen extract`: encode a folder of videos into safetensors shards."""
 
-from semgen_cli.errors import SemgenError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 
-def command() -> None:
-    """Not built yet."""
-    raise SemgenError("semgen extract is not implemented yet")
+def command(
+    videos: Annotated[Path, typer.Argument(help="Folder of videos (recursive) with metadata.jsonl or .txt captions.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards and index.json.")] = Path("data"),
+    semantic: Annotated[str, typer.Option(help="Semantic encoder: qwen2.5-vl:PATH, vjepa2:PATH, videomae:PATH, tiny.")] = "tiny",
+    vae: Annotated[str, typer.Option(help="VAE: wan:PATH, ltx:PATH, cogvideox:PATH, tiny.")] = "tiny",
+    text: Annotated[str, typer.Option(help="Text encoder: umt5:PATH, t5:PATH, minilm, tiny.")] = "tiny",
+    size: Annotated[Optional[str], typer.Option(help="Frame size HxW (or N) for the VAE; default: first video's size rounded down to ×16.")] = None,
+    fps: Annotated[float, typer.Option(help="Frame rate the VAE sees.")] = 16.0,
+    semantic_fps: Annotated[float, typer.Option(help="Frame rate the semantic encoder sees (paper: 1.6).")] = 1.6,
+    semantic_size: Annotated[Optional[str], typer.Option(help="Frame size HxW given to the semantic encoder; default: --size.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Cut each video to its first N seconds (reported per sample).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Videos per shard.")] = 64,
+    num_workers: Annotated[int, typer.Option(help="Decoding processes beside the encoders (0: decode inline).")] = 1,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float32, float16, bfloat16.")] = "float16",
+    allow_uncaptioned: Annotated[bool, typer.Option(help="Keep videos without captions (empty text) instead of failing them.")] = False,
+    device: Annotated[str, typer.Option(help="Encoder device: auto, cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Encode videos into shards: semantic features, VAE latents and text embeddings.
+
+    Writes OUT/shard-00000.safetensors … with a .jsonl of records beside each, failures.jsonl for inputs that could not be used, and index.json last. A rerun resumes: finished shards are kept.
+
+    Exit code 0 when every video was extracted, 1 when some failed (listed in failures.jsonl), 2 on a usage error.
+    """
+    from semgen_cli.cli._common import RichReporter, console, settings_table, summary
+    from semgen_cli.cli.options import parse_size
+    from semgen_cli.steps.extract import ExtractConfig, extract
+
+    cfg = ExtractConfig(
+        videos=str(videos), out=str(out), semantic=semantic, vae=vae, text=text,
+        size=parse_size(size), fps=fps, semantic_fps=semantic_fps,
+        semantic_size=parse_size(semantic_size, "--semantic-size"), max_seconds=max_seconds,
+        shard_size=shard_size, num_workers=num_workers, dtype=dtype,
+        allow_uncaptioned=allow_uncaptioned, device=device,
+    )
+    settings_table("semgen extract", {
+        "videos": videos, "out": out, "semantic": semantic, "vae": vae, "text": text,
+        "size": "first video, ×16" if cfg.size is None else cfg.size, "fps (VAE)": fps,
+        "fps (semantic)": semantic_fps, "max seconds": max_seconds or "whole videos",
+        "shard size": shard_size, "workers": num_workers, "dtype": dtype,
+    })
+    with RichReporter() as reporter:
+        result = extract(cfg, reporter)
+    rows = {
+        "samples": result.samples, "failed": result.failed,
+        "seconds of video": round(result.seconds_of_video, 2),
+        "shards": f"{result.shards_written} written, {result.shards_kept} kept from an earlier run",
+        "index": out / "index.json",
+    }
+    if result.truncated:
+        rows["cut by --max-seconds"] = f"{result.truncated} videos"
+    if result.failed:
+        rows["failures"] = out / "failures.jsonl"
+    rows.update({f"time {k}": f"{v:.1f} s" for k, v in result.timings.items()})
+    summary("extracted", rows, next_command=f"semgen fit-compressor {out} --out runs/compressor")
+    if result.failed:
+        console.print(f"[yellow]{result.failed} input(s) could not be used; see {out / 'failures.jsonl'}[/]")
+        raise typer.Exit(1)

@@ -1,8 +1,62 @@
-"""`semgen inspect` (not built yet)."""
+"""`semgen inspect`: a shard folder's index as a table; --verify rechecks every sha256."""
 
-from semgen_cli.errors import SemgenError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
 
 
-def command() -> None:
-    """Not built yet."""
-    raise SemgenError("semgen inspect is not implemented yet")
+def command(
+    data: Annotated[Path, typer.Argument(help="Folder written by `semgen extract`.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Recompute every shard's sha256 and compare with the index.")] = False,
+    samples: Annotated[int, typer.Option(help="Show the first N sample records.")] = 5,
+) -> None:
+    """Print what a shard folder holds: samples, seconds, field shapes, components and shards."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from semgen_cli.cli._common import console, settings_table
+    from semgen_cli.errors import InputError
+    from semgen_cli.io.shards import Dataset
+
+    ds = Dataset(data)
+    idx = ds.index
+    settings_table(f"semgen inspect {data}", {
+        "samples": idx["total_samples"], "seconds of video": round(idx.get("total_seconds", 0.0), 2),
+        "failed inputs": idx.get("failed", 0), "shards": len(ds.shards),
+        "fps (VAE / semantic)": f"{idx['producer']['fps']:g} / {idx['producer']['semantic_fps']:g}",
+        "size": idx["producer"]["size"], "dtype": idx["producer"]["dtype"],
+    })
+    table = Table(title="fields", title_justify="left")
+    for col in ("field", "shape", "dtype"):
+        table.add_column(col)
+    for name, f in ds.fields.items():
+        table.add_row(name, " × ".join(map(str, f["shape"])), f["dtype"])
+    console.print(table)
+    table = Table(title="components", title_justify="left")
+    for col in ("role", "spec", "fingerprint"):
+        table.add_column(col)
+    for role, c in ds.components.items():
+        table.add_row(role, escape(str(c.get("spec"))), escape(str(c.get("fingerprint"))))
+    console.print(table)
+    if samples > 0 and len(ds):
+        table = Table(title=f"first {min(samples, len(ds))} samples", title_justify="left")
+        for col in ("id", "seconds", "frames", "latent T", "semantic T", "caption"):
+            table.add_column(col)
+        for r in ds.records[:samples]:
+            table.add_row(escape(r["id"]), f"{r['duration']:.2f}", str(r["frames"]), str(r["latent_frames"]), str(r["semantic_tokens_t"]), escape(r["caption"][:60]))
+        console.print(table)
+    if verify:
+        bad = 0
+        table = Table(title="verify", title_justify="left")
+        for col in ("shard", "samples", "bytes", "sha256"):
+            table.add_column(col)
+        for shard, problem in ds.verify():
+            table.add_row(shard.name, str(shard.samples), str(shard.bytes), "[green]ok[/]" if problem is None else f"[red]{escape(problem)}[/]")
+            bad += problem is not None
+        console.print(table)
+        if bad:
+            raise InputError(f"{data}: {bad} of {len(ds.shards)} shard(s) failed verification")
+        console.print(f"[green]all {len(ds.shards)} shard(s) match the index[/]")

@@ -1,0 +1,219 @@
+"""Safetensors shards: the artifact `semgen extract` writes and every training step reads.
+
+Layout of a data folder (DESIGN §4):
+
+    data/shard-00000.safetensors   tensors of up to `shard_size` samples, keys "<id>/<field>"
+    data/shard-00000.jsonl         one record per sample (id, source, duration, fps, frames, caption)
+    data/.progress/shard-00000.json   commit marker of one finished shard (sources, failures, sha256)
+    data/failures.jsonl            inputs that could not be used, and why
+    data/index.json                written LAST and atomically: format, producer config, component
+                                   fingerprints, fields, totals, per shard its samples, bytes, sha256
+
+Samples keep their own length (a 60 s clip and a 3 s clip live side by side), so fields have a
+variable leading axis. The index is the commit marker for the whole folder (mosaicml/streaming's
+MDS pattern): a folder without index.json is not a dataset yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from semgen_cli.errors import InputError, MismatchError
+
+FORMAT = "semgen-shards"
+VERSION = 1
+INDEX = "index.json"
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to a temp file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read JSON with a one-line error naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such {what}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+@dataclass
+class ShardInfo:
+    """One shard as the index lists it."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.safetensors"
+
+    @property
+    def records(self) -> str:
+        return f"{self.name}.jsonl"
+
+
+class Dataset:
+    """Read side of a shard folder: the index, per-sample records, and tensors on demand.
+
+    >>> ds = Dataset("data/")
+    >>> ds.fields["latents"]["shape"]      # e.g. ["C", "T", "h", "w"] with fixed dims as ints
+    >>> rec = ds.records[0]; t = ds.load(0)  # {"latents": Tensor, "semantic": ..., ...}
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: no such data folder (run `semgen extract VIDEOS --out {self.root}` first)")
+        index_path = self.root / INDEX
+        if not index_path.is_file():
+            raise InputError(f"{index_path}: missing; this folder is not a finished extraction (rerun `semgen extract`, it resumes)")
+        self.index = read_json(index_path, "index")
+        if self.index.get("format") != FORMAT:
+            raise InputError(f"{index_path}: not a semgen shard index (format {self.index.get('format')!r})")
+        if self.index.get("version") != VERSION:
+            raise InputError(f"{index_path}: index version {self.index.get('version')} is not supported (expected {VERSION})")
+        self.shards = [ShardInfo(s["name"], s["samples"], s["bytes"], s["sha256"]) for s in self.index["shards"]]
+        self._records: list[dict] | None = None
+        self._handles: dict[str, Any] = {}
+
+    @property
+    def producer(self) -> dict:
+        return self.index["producer"]
+
+    @property
+    def components(self) -> dict:
+        return self.index["components"]
+
+    @property
+    def fields(self) -> dict:
+        return self.index["fields"]
+
+    def __len__(self) -> int:
+        return int(self.index["total_samples"])
+
+    @property
+    def records(self) -> list[dict]:
+        """Per-sample records of all shards, in index order, each with its "shard" name."""
+        if self._records is None:
+            out = []
+            for s in self.shards:
+                path = self.root / s.records
+                if not path.is_file():
+                    raise InputError(f"{path}: missing (listed in {self.root / INDEX})")
+                for n, line in enumerate(path.read_text().splitlines(), 1):
+                    if line.strip():
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError:
+                            raise InputError(f"{path}:{n}: not valid JSON") from None
+                        rec["shard"] = s.name
+                        out.append(rec)
+            if len(out) != len(self):
+                raise InputError(f"{self.root / INDEX}: lists {len(self)} samples but the shard records hold {len(out)}")
+            self._records = out
+        return self._records
+
+    def _open(self, shard: str):
+        if shard not in self._handles:
+            from safetensors import safe_open
+
+            path = self.root / f"{shard}.safetensors"
+            if not path.is_file():
+                raise InputError(f"{path}: missing (listed in {self.root / INDEX})")
+            try:
+                self._handles[shard] = safe_open(str(path), framework="pt")
+            except Exception as err:
+                raise InputError(f"{path}: not a readable safetensors file ({err}); run `semgen inspect {self.root} --verify`") from None
+        return self._handles[shard]
+
+    def load(self, i: int, fields: list[str] | None = None) -> dict:
+        """Tensors of sample `i` (all fields, or the ones named)."""
+        rec = self.records[i]
+        handle = self._open(rec["shard"])
+        out = {}
+        for field in fields or list(self.fields):
+            key = f"{rec['id']}/{field}"
+            try:
+                out[field] = handle.get_tensor(key)
+            except Exception as err:
+                raise InputError(f"{self.root / rec['shard']}.safetensors: cannot read {key} ({err})") from None
+        return out
+
+    def __getstate__(self) -> dict:  # safe_open handles do not pickle (DataLoader workers)
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def verify(self) -> Iterator[tuple[ShardInfo, str | None]]:
+        """Recompute each shard's sha256; yields (shard, problem or None)."""
+        for s in self.shards:
+            path = self.root / s.file
+            if not path.is_file():
+                yield s, f"{path}: missing"
+                continue
+            size = path.stat().st_size
+            if size != s.bytes:
+                yield s, f"{path}: {size} bytes, index says {s.bytes}"
+                continue
+            digest = sha256_file(path)
+            yield s, None if digest == s.sha256 else f"{path}: sha256 {digest[:12]}… does not match the index ({s.sha256[:12]}…)"
+
+    def require_components(self, expected: dict, source: str) -> None:
+        """Refuse to mix artifacts made with different encoders (fingerprints differ)."""
+        for role, fp in expected.items():
+            have = self.components.get(role, {}).get("fingerprint")
+            if fp is not None and have != fp:
+                raise MismatchError(
+                    f"{self.root}: {role} fingerprint {have} differs from {fp} used by {source}; "
+                    "extract the data with the same components"
+                )

@@ -1,0 +1,428 @@
+"""`semgen extract`: videos → safetensors shards of semantic features, VAE latents and text.
+
+Follows MAR/RCG's `main_cache.py` idea (compute features once, train many times), with shards
+instead of one file per sample, as DESIGN §4 specifies. Frame rates follow the paper (§3.1 and
+the implementation details): the VAE sees frames at `--fps`, the semantic encoder (Qwen2.5-VL
+vision tower) at `--semantic-fps` = 1.6 by default.
+
+Work is planned up front: videos are sorted and cut into shards of `shard_size` videos, so shard k
+always holds the same inputs. A shard is finished when its commit marker `.progress/shard-k.json`
+exists (written after the shard's tensors and records), so a rerun after a crash keeps finished
+shards and redoes the rest, ending with the same bytes as an uninterrupted run. Under torchrun,
+rank r does shards k ≡ r (mod world size); after a barrier rank 0 writes failures.jsonl and then
+index.json, last and atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from semgen_cli.errors import ConfigError, InputError, MismatchError
+from semgen_cli.io import shards as S
+from semgen_cli.io.captions import caption_for, load_captions
+from semgen_cli.io.video import list_videos, probe, read_video
+from semgen_cli.reporting import NULL, Reporter
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of one extraction; written to `out/config.json` and into index.json."""
+
+    videos: str
+    """Folder of videos (searched recursively) with metadata.jsonl or sidecar .txt captions."""
+    out: str = "data"
+    """Output folder for shards and index.json."""
+    semantic: str = "tiny"
+    """Semantic encoder spec: qwen2.5-vl:PATH, vjepa2:PATH, videomae:PATH, tiny."""
+    vae: str = "tiny"
+    """VAE spec: wan:PATH, ltx:PATH, cogvideox:PATH, tiny."""
+    text: str = "tiny"
+    """Text encoder spec: umt5:PATH, t5:PATH, minilm, tiny."""
+    size: tuple[int, int] | None = None
+    """(H, W) frames are resized and centre-cropped to; None: the first video's size, rounded down to a multiple of 16."""
+    fps: float = 16.0
+    """Frame rate the VAE sees (Wan2.1's native rate is 16; the paper trains at 24)."""
+    semantic_fps: float = 1.6
+    """Frame rate the semantic encoder sees (paper: 1.6)."""
+    semantic_size: tuple[int, int] | None = None
+    """(H, W) of frames given to the semantic encoder before its own smart_resize; None: same as size."""
+    max_seconds: float | None = None
+    """Cut each video to its first max_seconds (reported per sample); None keeps videos whole."""
+    shard_size: int = 64
+    """Videos per shard."""
+    num_workers: int = 1
+    """Decoding processes beside the encoders (0: decode in the main process)."""
+    dtype: str = "float16"
+    """Storage dtype of features and latents: float32, float16, bfloat16."""
+    allow_uncaptioned: bool = False
+    """Keep videos without a caption (empty text) instead of listing them as failures."""
+    device: str = "auto"
+    """Device for the encoders: auto, cpu, cuda, cuda:N."""
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ConfigError(f"--fps must be positive, got {self.fps}")
+        if self.semantic_fps <= 0:
+            raise ConfigError(f"--semantic-fps must be positive, got {self.semantic_fps}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"--max-seconds must be positive, got {self.max_seconds}")
+        if self.shard_size < 1:
+            raise ConfigError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("size", "semantic_size"):
+            value = getattr(self, name)
+            if value is not None:
+                h, w = value
+                if h <= 0 or w <= 0:
+                    raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {h}x{w}")
+        if self.size is not None and (self.size[0] % 16 or self.size[1] % 16):
+            raise ConfigError(f"--size {self.size[0]}x{self.size[1]}: height and width must be multiples of 16 (VAE stride 8 × patch 2)")
+
+    def producer(self) -> dict:
+        """The settings that decide the bytes of the shards (resume refuses to mix them)."""
+        keys = ("semantic", "vae", "text", "size", "fps", "semantic_fps", "semantic_size", "max_seconds", "shard_size", "dtype", "allow_uncaptioned")
+        d = asdict(self)
+        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keys}
+
+
+@dataclass
+class ExtractResult:
+    out: Path
+    samples: int
+    failed: int
+    seconds_of_video: float
+    shards_written: int
+    shards_kept: int
+    truncated: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _sample_id(rel: str) -> str:
+    return rel.rsplit(".", 1)[0].replace("/", "__")
+
+
+def _decode(path: str, fps: float, size, semantic_fps: float, semantic_size, max_seconds) -> dict:
+    """Runs in a worker: probe and read both frame streams; errors come back as strings."""
+    try:
+        info = probe(path)
+        vae_frames = read_video(path, fps=fps, size=size, max_seconds=max_seconds)
+        sem_frames = read_video(path, fps=semantic_fps, size=semantic_size, max_seconds=max_seconds)
+        return {"info": info, "frames": vae_frames, "semantic_frames": sem_frames}
+    except InputError as err:
+        return {"error": str(err)}
+    except Exception as err:  # anything a broken file can make a decoder raise
+        return {"error": f"{path}: {type(err).__name__}: {err}"}
+
+
+def extract(cfg: ExtractConfig, reporter: Reporter = NULL) -> ExtractResult:
+    """Run the extraction described by `cfg`; see the module docstring for the guarantees."""
+    t_start = time.perf_counter()
+    root = Path(cfg.videos)
+    videos = list_videos(root)
+    if not videos:
+        raise InputError(f"{root}: no video files ({', '.join(('.mp4', '.mov', '.mkv', '.webm', '.avi'))})")
+    captions = load_captions(root)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = out / ".progress"
+    progress.mkdir(exist_ok=True)
+
+    if cfg.size is None:
+        cfg.size = _default_size(videos)
+    if cfg.semantic_size is None:
+        cfg.semantic_size = cfg.size
+    producer = cfg.producer()
+    _check_resume(out, producer)
+
+    plan = [videos[i : i + cfg.shard_size] for i in range(0, len(videos), cfg.shard_size)]
+    rank, world = _rank_world()
+    mine = [k for k in range(len(plan)) if k % world == rank]
+    todo = [k for k in mine if not _shard_done(out, k, [v.relative_to(root).as_posix() for v in plan[k]])]
+    kept = len(mine) - len(todo)
+    if kept:
+        reporter.info(f"resuming: {kept} finished shard(s) kept, {len(todo)} to do")
+
+    timings: dict[str, float] = {}
+    if todo:
+        t0 = time.perf_counter()
+        encoders = _load_components(cfg)
+        timings["load components"] = time.perf_counter() - t0
+        components = {role: enc.describe() for role, enc in encoders.items()}
+        S.write_json_atomic(progress / "components.json", components)
+        n_todo = sum(len(plan[k]) for k in todo)
+        reporter.start("extract", total=n_todo, unit="videos")
+        seconds = 0.0
+        t0 = time.perf_counter()
+        with _Decoder(cfg) as decoder:
+            for k in todo:
+                seconds = _extract_shard(cfg, out, root, k, plan[k], captions, encoders, decoder, reporter, seconds)
+        reporter.finish("extract")
+        timings["extract"] = time.perf_counter() - t0
+
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+    result = ExtractResult(out, 0, 0, 0.0, len(todo), kept, 0, timings)
+    if rank == 0:
+        _write_index(cfg, out, root, plan, producer, result)
+    timings["total"] = time.perf_counter() - t_start
+    return result
+
+
+def _default_size(videos: list[Path]) -> tuple[int, int]:
+    for v in videos:
+        try:
+            info = probe(v)
+        except InputError:
+            continue
+        h, w = info.height // 16 * 16, info.width // 16 * 16
+        if h and w:
+            return (h, w)
+    raise InputError(f"{videos[0].parent}: no readable video to take --size from; pass --size")
+
+
+def _check_resume(out: Path, producer: dict) -> None:
+    marker = out / ".progress" / "config.json"
+    if marker.is_file():
+        before = S.read_json(marker)
+        if before != producer:
+            diff = sorted(k for k in set(before) | set(producer) if before.get(k) != producer.get(k))
+            raise MismatchError(
+                f"{out}: already holds an extraction with different settings ({', '.join(diff)}); use another --out"
+            )
+    else:
+        S.write_json_atomic(marker, producer)
+
+
+def _shard_done(out: Path, k: int, sources: list[str]) -> bool:
+    marker = out / ".progress" / f"{S.shard_name(k)}.json"
+    if not marker.is_file():
+        return False
+    try:
+        done = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return False
+    if done.get("sources") != sources:
+        return False
+    if done["samples"] == 0:
+        return True
+    shard = out / f"{S.shard_name(k)}.safetensors"
+    return shard.is_file() and shard.stat().st_size == done["bytes"] and (out / f"{S.shard_name(k)}.jsonl").is_file()
+
+
+def _load_components(cfg: ExtractConfig) -> dict:
+    import torch
+
+    from semgen_cli.components import load_semantic_encoder, load_text_encoder, load_vae
+
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "vae": load_vae(cfg.vae, device=device),
+        "semantic": load_semantic_encoder(cfg.semantic, device=device),
+        "text": load_text_encoder(cfg.text, device=device),
+    }
+
+
+class _Decoder:
+    """Decodes videos in worker processes, a few ahead of the encoders (or inline with 0 workers)."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.cfg = cfg
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "_Decoder":
+        if self.cfg.num_workers > 0:
+            import multiprocessing as mp
+
+            self.pool = ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def map(self, paths: list[Path]):
+        c = self.cfg
+        args = (c.fps, c.size, c.semantic_fps, c.semantic_size, c.max_seconds)
+        if self.pool is None:
+            for p in paths:
+                yield _decode(str(p), *args)
+            return
+        ahead = 2 * self.cfg.num_workers
+        futures: list[Future] = []
+        it = iter(paths)
+        for p in it:
+            futures.append(self.pool.submit(_decode, str(p), *args))
+            if len(futures) >= ahead:
+                break
+        while futures:
+            result = futures.pop(0).result()
+            nxt = next(it, None)
+            if nxt is not None:
+                futures.append(self.pool.submit(_decode, str(nxt), *args))
+            yield result
+
+
+def _extract_shard(cfg, out, root, k, paths, captions, encoders, decoder, reporter, seconds) -> float:
+    import torch
+
+    dtype = getattr(torch, cfg.dtype)
+    tensors: dict[str, torch.Tensor] = {}
+    records: list[dict] = []
+    failures: list[dict] = []
+    for path, decoded in zip(paths, decoder.map(paths)):
+        rel = path.relative_to(root).as_posix()
+        caption = caption_for(path, root, captions)
+        if "error" in decoded:
+            failures.append({"source": rel, "reason": decoded["error"]})
+        elif caption is None and not cfg.allow_uncaptioned:
+            failures.append({"source": rel, "reason": f"{path}: no caption (add it to {root / 'metadata.jsonl'} or {path.with_suffix('.txt')}, or pass --allow-uncaptioned)"})
+        else:
+            try:
+                sample, record = _encode_one(cfg, rel, decoded, caption, encoders)
+            except InputError as err:
+                failures.append({"source": rel, "reason": str(err)})
+            else:
+                sid = record["id"]
+                for name, value in sample.items():
+                    tensors[f"{sid}/{name}"] = value.to(dtype) if value.is_floating_point() else value
+                records.append(record)
+                seconds += record["duration"]
+        reporter.advance("extract", 1, video_s=round(seconds, 1), failed=len(failures))
+    name = S.shard_name(k)
+    nbytes, digest = 0, None
+    if records:
+        shard = out / f"{name}.safetensors"
+        S.save_tensors_atomic(shard, tensors, metadata={"format": S.FORMAT, "shard": name})
+        S.write_text_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        nbytes, digest = shard.stat().st_size, S.sha256_file(shard)
+    marker = {
+        "name": name,
+        "sources": [p.relative_to(root).as_posix() for p in paths],
+        "samples": len(records),
+        "seconds": sum(r["duration"] for r in records),
+        "bytes": nbytes,
+        "sha256": digest,
+        "failures": failures,
+        "truncated": sum(1 for r in records if r.get("truncated")),
+    }
+    S.write_json_atomic(out / ".progress" / f"{name}.json", marker)
+    return seconds
+
+
+def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: dict):
+    import torch
+
+    info = decoded["info"]
+    frames, sem_frames = decoded["frames"], decoded["semantic_frames"]
+    vae = encoders["vae"]
+    used = vae.valid_frames(len(frames))
+    if used < 1:
+        raise InputError(f"{info.path}: too short for the VAE ({len(frames)} frames at {cfg.fps:g} fps)")
+    with torch.inference_mode():
+        latents = vae.encode(frames[:used]).cpu()  # (C, T, h, w)
+        semantic = encoders["semantic"].encode(sem_frames).cpu()  # (Ts, hs, ws, d)
+        text = caption["text"] if caption else ""
+        emb, mask = encoders["text"].encode([text])
+        emb = emb[0, : int(mask[0].sum())].cpu()  # (L, D): padding is not stored
+    duration = used / cfg.fps
+    record = {
+        "id": _sample_id(rel),
+        "source": rel,
+        "caption": text,
+        "duration": duration,
+        "source_duration": info.duration,
+        "source_fps": info.fps,
+        "fps": cfg.fps,
+        "frames": used,
+        "frames_read": len(frames),
+        "latent_frames": int(latents.shape[1]),
+        "semantic_fps": cfg.semantic_fps,
+        "semantic_frames": len(sem_frames),
+        "semantic_tokens_t": int(semantic.shape[0]),
+        "truncated": bool(cfg.max_seconds is not None and info.duration > cfg.max_seconds),
+    }
+    if caption:
+        record["attributes"] = {k: v for k, v in caption.items() if k not in ("file_name", "text")}
+    return {"latents": latents, "semantic": semantic, "text": emb}, record
+
+
+def _write_index(cfg: ExtractConfig, out: Path, root: Path, plan, producer: dict, result: ExtractResult) -> None:
+    shards, failures = [], []
+    total, seconds, truncated = 0, 0.0, 0
+    for k, paths in enumerate(plan):
+        marker_path = out / ".progress" / f"{S.shard_name(k)}.json"
+        if not marker_path.is_file():
+            raise InputError(f"{marker_path}: missing; another rank did not finish — rerun the same command to resume")
+        marker = S.read_json(marker_path)
+        failures.extend(marker["failures"])
+        truncated += marker.get("truncated", 0)
+        if marker["samples"]:
+            shards.append({"name": marker["name"], "samples": marker["samples"], "bytes": marker["bytes"], "sha256": marker["sha256"], "seconds": marker["seconds"]})
+            total += marker["samples"]
+            seconds += marker["seconds"]
+    components = S.read_json(out / ".progress" / "components.json") if (out / ".progress" / "components.json").is_file() else {}
+    fields = _fields(out, shards, components, cfg)
+    S.write_text_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
+    config = {"step": "extract", **asdict(cfg)}
+    S.write_json_atomic(out / "config.json", config)
+    index = {
+        "format": S.FORMAT,
+        "version": S.VERSION,
+        "producer": producer,
+        "videos": str(root.resolve()),
+        "components": components,
+        "fields": fields,
+        "total_samples": total,
+        "total_seconds": seconds,
+        "failed": len(failures),
+        "truncated": truncated,
+        "shards": shards,
+    }
+    S.write_json_atomic(out / S.INDEX, index)
+    result.samples, result.failed, result.seconds_of_video, result.truncated = total, len(failures), seconds, truncated
+
+
+def _fields(out: Path, shards: list[dict], components: dict, cfg: ExtractConfig) -> dict:
+    """Field shapes from the first sample: the variable axis is named, the others are ints."""
+    if not shards:
+        return {}
+    from safetensors import safe_open
+
+    names = {"latents": ["C", "T", "h", "w"], "semantic": ["T", "h", "w", "d"], "text": ["L", "D"]}
+    variable = {"latents": {1}, "semantic": {0}, "text": {0}}
+    with safe_open(str(out / f"{shards[0]['name']}.safetensors"), framework="pt") as f:
+        keys = sorted(f.keys())
+        sid = keys[0].split("/")[0]
+        fields = {}
+        for name in names:
+            t = f.get_slice(f"{sid}/{name}")
+            shape = t.get_shape()
+            fields[name] = {
+                "dtype": cfg.dtype,
+                "shape": [names[name][i] if i in variable[name] else int(s) for i, s in enumerate(shape)],
+                "axes": names[name],
+            }
+    return fields

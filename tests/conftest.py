@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny videos written on the fly, a CLI runner that goes through `main()`
+(so errors become exit code 2 exactly as users see them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def make_frames(n: int = 16, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
+    """Smooth moving gradient frames (compress well, survive H.264 closely)."""
+    y, x = np.mgrid[0:h, 0:w]
+    out = []
+    for i in range(n):
+        r = (x * 255 / w + i * 8) % 256
+        g = (y * 255 / h) % 256
+        b = np.full_like(r, (seed * 40 + i * 4) % 256)
+        out.append(np.stack([r, g, b], -1))
+    return np.asarray(out, dtype=np.uint8)
+
+
+@pytest.fixture
+def video_file(tmp_path: Path):
+    """Factory: write an mp4 of `n` frames at `fps` and return its path."""
+    from semgen_cli.io.video import write_video
+
+    def _make(name: str = "v.mp4", n: int = 16, fps: float = 8, h: int = 32, w: int = 32, seed: int = 0) -> Path:
+        path = tmp_path / name
+        write_video(path, make_frames(n, h, w, seed), fps=fps, crf=0)
+        return path
+
+    return _make
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `semgen ARGS` in a subprocess, as a user would."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "semgen_cli.cli.app", *args], capture_output=True, text=True, cwd=cwd, env=full_env
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
