@@ -56,7 +56,8 @@ def main() -> None:
     from semgen_cli.errors import SemgenError
 
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False makes click *return* the code of a typer.Exit instead of exiting
+        code = app(standalone_mode=False)
     except SemgenError as err:
         if os.environ.get("SEMGEN_DEBUG") == "1":
             raise
@@ -74,6 +75,7 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str, code: int) -> None:

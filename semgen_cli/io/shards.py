@@ -65,6 +65,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Save tensors under a temp name, then rename. Keep `metadata` to ONE key: safetensors
+    stores it in a hash map whose order varies between processes, so several keys would make
+    the bytes (and the sha256) of identical shards differ."""
     from safetensors.torch import save_file
 
     path = Path(path)

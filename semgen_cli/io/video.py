@@ -145,8 +145,11 @@ def _read_indices(path: str, idx: np.ndarray) -> np.ndarray:
         if _backend() == "decord":
             import decord
 
-            vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-            return vr.get_batch(idx.tolist()).asnumpy()
+            try:
+                vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+                return vr.get_batch(idx.tolist()).asnumpy()
+            except decord.DECORDError:
+                pass  # decord fails on some frame widths (e.g. 16, 48): PyAV reads them
         return _read_pyav(path, idx)
     except InputError:
         raise

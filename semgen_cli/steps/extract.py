@@ -315,7 +315,7 @@ def _extract_shard(cfg, out, root, k, paths, captions, encoders, decoder, report
     nbytes, digest = 0, None
     if records:
         shard = out / f"{name}.safetensors"
-        S.save_tensors_atomic(shard, tensors, metadata={"format": S.FORMAT, "shard": name})
+        S.save_tensors_atomic(shard, tensors, metadata={"semgen": json.dumps({"format": S.FORMAT, "shard": name})})
         S.write_text_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         nbytes, digest = shard.stat().st_size, S.sha256_file(shard)
     marker = {
