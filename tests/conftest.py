@@ -64,3 +64,25 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None =
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def run_inproc(*args: str) -> subprocess.CompletedProcess:
+    """Run `semgen ARGS` inside this process (much faster than a subprocess: torch, diffusers
+    and transformers are imported once). Same exit codes and output as the console script."""
+    import contextlib
+    import io
+
+    from semgen_cli.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["semgen", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(["semgen", *args], code, out.getvalue(), err.getvalue())

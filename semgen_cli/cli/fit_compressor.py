@@ -1,8 +1,62 @@
-"""`semgen fit-compressor` (not built yet)."""
+"""`semgen fit-compressor`: fit the semantic compressor as a KL autoencoder on extracted features."""
 
-from semgen_cli.errors import SemgenError
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from semgen_cli.cli import _train as T
 
 
-def command() -> None:
-    """Not built yet."""
-    raise SemgenError("semgen fit-compressor is not implemented yet")
+def command(
+    data: Annotated[Path, typer.Argument(help="Shard folder from `semgen extract`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/compressor"),
+    dim: Annotated[str, typer.Option(help="Compressed width (paper: 8; ablations 64 and none = raw features).")] = "8",
+    hidden: Annotated[int, typer.Option(help="Hidden width of the MLP.")] = 512,
+    kl_weight: Annotated[float, typer.Option(help="Weight of the KL term.")] = 1e-3,
+    features: Annotated[str, typer.Option(help="semantic, or vae (compressed-VAE ablation, paper Fig. 9).")] = "semantic",
+    tokens_per_sample: Annotated[int, typer.Option(help="Feature tokens drawn per sample per batch item.")] = 256,
+    steps: T.Steps = 2000,
+    batch_size: T.BatchSize = 16,
+    grad_accum: T.GradAccum = 1,
+    lr: T.Lr = 1e-3,
+    warmup: T.Warmup = 0,
+    schedule: T.Schedule = "cosine",
+    weight_decay: T.WeightDecay = 0.0,
+    grad_clip: T.GradClip = 1.0,
+    ema_decay: T.EmaDecay = 0.0,
+    precision: T.Precision = "fp32",
+    save_every: T.SaveEvery = 1000,
+    keep_last: T.KeepLast = 2,
+    seed: T.Seed = 0,
+    num_workers: T.Workers = 0,
+    resume: T.Resume = False,
+) -> None:
+    """Fit the MLP compressor (mean, logvar; KL) on extracted semantic features (paper §3.2).
+
+    Writes OUT/config.json, OUT/compressor.safetensors (weights + normalisation statistics of the compressed space) and the training checkpoints. `--dim none` only measures the statistics of the raw features.
+    """
+    from semgen_cli.cli._common import RichReporter, settings_table, summary
+    from semgen_cli.errors import ConfigError
+    from semgen_cli.steps.fit_compressor import FitCompressorConfig, fit_compressor
+
+    if dim.lower() == "none":
+        dim_value = None
+    else:
+        try:
+            dim_value = int(dim)
+        except ValueError:
+            raise ConfigError(f"--dim {dim!r}: expected a positive integer or none") from None
+    cfg = FitCompressorConfig(data=str(data), out=str(out), dim=dim_value, hidden=hidden, kl_weight=kl_weight, features=features, tokens_per_sample=tokens_per_sample)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
+    settings_table("semgen fit-compressor", {"data": data, "out": out, "dim": dim, "features": features, "hidden": hidden, "kl weight": kl_weight, "steps": steps if dim_value else "none (stats only)", "batch": f"{batch_size} × {tokens_per_sample} tokens", "lr": lr})
+    with RichReporter() as reporter:
+        result = fit_compressor(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]))
+    summary("compressor", {
+        "written": out / "compressor.safetensors", "fingerprint": result["fingerprint"],
+        "in → out": f"{result['compressor']['in_dim']} → {result['compressor']['dim'] or 'none'}",
+        "final loss": result.get("final_loss", "—"),
+    }, next_command=f"semgen train-latent {data} --compressor {out} --out runs/latent")

@@ -1,8 +1,70 @@
-"""`semgen train-latent` (not built yet)."""
+"""`semgen train-latent`: stage 1, the latent DiT (VAE latents | compressed semantics, text)."""
 
-from semgen_cli.errors import SemgenError
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from semgen_cli.cli import _train as T
 
 
-def command() -> None:
-    """Not built yet."""
-    raise SemgenError("semgen train-latent is not implemented yet")
+def command(
+    data: Annotated[Path, typer.Argument(help="Shard folder from `semgen extract`.")],
+    compressor: Annotated[Optional[Path], typer.Option(help="fit-compressor run folder (not needed with --condition none).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/latent"),
+    preset: Annotated[str, typer.Option(help="DiT size: tiny, toy, wan-1.3b, wan-14b.")] = "toy",
+    attention: Annotated[str, typer.Option(help="full, or swin (shifted windows along time; linear in length).")] = "swin",
+    window: Annotated[int, typer.Option(help="Swin window T_w in latent frames.")] = 4,
+    condition: Annotated[str, typer.Option(help="semantic (SemanticGen), vae (Fig. 9 ablation), none (Base-CT / Base-CT-Swin).")] = "semantic",
+    freeze_compressor: Annotated[bool, typer.Option("--freeze-compressor", help="Do not fine-tune the compressor jointly.")] = False,
+    clip_seconds: Annotated[Optional[float], typer.Option(help="Training window in seconds (default: the shortest sample).")] = None,
+    semantic_noise: Annotated[float, typer.Option(help="Max σ of the noise added to semantic tokens in training (RAE).")] = 0.5,
+    text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
+    shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder).")] = None,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = False,
+    steps: T.Steps = 1000,
+    batch_size: T.BatchSize = 8,
+    grad_accum: T.GradAccum = 1,
+    lr: T.Lr = 1e-4,
+    warmup: T.Warmup = 0,
+    schedule: T.Schedule = "constant",
+    weight_decay: T.WeightDecay = 0.0,
+    grad_clip: T.GradClip = 1.0,
+    ema_decay: T.EmaDecay = 0.999,
+    precision: T.Precision = "fp32",
+    save_every: T.SaveEvery = 500,
+    keep_last: T.KeepLast = 3,
+    seed: T.Seed = 0,
+    num_workers: T.Workers = 0,
+    resume: T.Resume = False,
+) -> None:
+    """Stage 1 (paper §3.2, §3.4): train the latent DiT on VAE latents, conditioned in context on compressed semantic tokens and by cross-attention on text.
+
+    The compressor is fine-tuned jointly with its KL term unless --freeze-compressor. Writes OUT/config.json, OUT/metrics.jsonl and OUT/checkpoints/step-*/; --resume continues exactly. Runs under `torchrun --nproc_per_node=K` for DDP.
+    """
+    from semgen_cli.cli._common import RichReporter, settings_table, summary
+    from semgen_cli.steps.train_latent import TrainLatentConfig, train_latent
+
+    cfg = TrainLatentConfig(
+        data=str(data), out=str(out), compressor=str(compressor) if compressor else None, preset=preset,
+        attention=attention, window=window, condition=condition, freeze_compressor=freeze_compressor,
+        clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
+        init=init, gradient_checkpointing=gradient_checkpointing,
+    )
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, 0.0 if weight_decay is None else weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
+    settings_table("semgen train-latent", {
+        "data": data, "compressor": compressor or "—", "out": out, "preset": preset,
+        "attention": f"{attention} (T_w={window})" if attention == "swin" else attention, "condition": condition,
+        "compressor training": "frozen" if freeze_compressor else "joint (KL)", "steps": steps, "batch": batch_size,
+        "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+    })
+    with RichReporter() as reporter:
+        result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]))
+    rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
+    if result.interrupted:
+        rows["stopped early"] = T.resume_hint(sys.argv[1:])
+    summary("stage 1", rows, next_command=f"semgen train-semantic {data} --latent-run {out} --out runs/semantic")

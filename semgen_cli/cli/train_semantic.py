@@ -1,8 +1,56 @@
-"""`semgen train-semantic` (not built yet)."""
+"""`semgen train-semantic`: stage 2, the semantic DiT (compressed semantics | text)."""
 
-from semgen_cli.errors import SemgenError
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from semgen_cli.cli import _train as T
 
 
-def command() -> None:
-    """Not built yet."""
-    raise SemgenError("semgen train-semantic is not implemented yet")
+def command(
+    data: Annotated[Path, typer.Argument(help="Shard folder from `semgen extract`.")],
+    latent_run: Annotated[Path, typer.Option(help="train-latent run folder; its compressor is frozen and reused.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/semantic"),
+    preset: Annotated[str, typer.Option(help="DiT size: tiny, toy, wan-1.3b, wan-14b.")] = "toy",
+    text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
+    shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Cut clips longer than this (default: whole clips).")] = None,
+    steps: T.Steps = 1000,
+    batch_size: T.BatchSize = 8,
+    grad_accum: T.GradAccum = 1,
+    lr: T.Lr = 1e-4,
+    warmup: T.Warmup = 0,
+    schedule: T.Schedule = "constant",
+    weight_decay: T.WeightDecay = 0.0,
+    grad_clip: T.GradClip = 1.0,
+    ema_decay: T.EmaDecay = 0.999,
+    precision: T.Precision = "fp32",
+    save_every: T.SaveEvery = 500,
+    keep_last: T.KeepLast = 3,
+    seed: T.Seed = 0,
+    num_workers: T.Workers = 0,
+    resume: T.Resume = False,
+) -> None:
+    """Stage 2 (paper §3.2, §3.4): train the semantic DiT to generate compressed semantic tokens from text, with full attention over whole clips.
+
+    The semantic encoder and the latent run's compressor are frozen. Writes OUT/config.json, OUT/metrics.jsonl and OUT/checkpoints/step-*/; --resume continues exactly.
+    """
+    from semgen_cli.cli._common import RichReporter, settings_table, summary
+    from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
+
+    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
+    settings_table("semgen train-semantic", {
+        "data": data, "latent run": latent_run, "out": out, "preset": preset, "attention": "full (whole clips)",
+        "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+    })
+    with RichReporter() as reporter:
+        result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]))
+    rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
+    if result.interrupted:
+        rows["stopped early"] = T.resume_hint(sys.argv[1:])
+    summary("stage 2", rows, next_command=f'semgen generate "a red circle moving right on a navy background" --latent-run {config["latent_run"]["path"]} --semantic-run {out} --seconds 10 --out out.mp4')

@@ -1,0 +1,41 @@
+"""Options every training command shares, and how they become a `TrainConfig`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Steps = Annotated[int, typer.Option(help="Total optimiser steps.")]
+BatchSize = Annotated[int, typer.Option(help="Global batch size (all GPUs and accumulation steps).")]
+GradAccum = Annotated[int, typer.Option(help="Gradient accumulation micro-steps per optimiser step.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).")]
+Warmup = Annotated[int, typer.Option(help="Linear warm-up steps.")]
+Schedule = Annotated[str, typer.Option(help="LR schedule after warm-up: constant, cosine, linear.")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on norms, biases, embeddings).")]
+GradClip = Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")]
+EmaDecay = Annotated[float, typer.Option(help="EMA decay of the weights (0: no EMA).")]
+Precision = Annotated[str, typer.Option(help="fp32 or bf16 (autocast where supported).")]
+SaveEvery = Annotated[int, typer.Option(help="Save a checkpoint every N steps (and at the end).")]
+KeepLast = Annotated[int, typer.Option(help="Checkpoints to keep.")]
+Seed = Annotated[int, typer.Option(help="Seed of data order, timesteps and noise.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint (exactly).")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+
+
+def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every: int = 0):
+    from semgen_cli.training import TrainConfig
+
+    return TrainConfig(
+        steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
+        weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, precision=precision,
+        save_every=save_every, keep_last=keep_last, seed=seed, num_workers=num_workers, sample_every=sample_every,
+    )
+
+
+def resume_hint(argv: list[str]) -> str:
+    """The command that continues this run: the same arguments plus --resume."""
+    import shlex
+
+    args = [a for a in argv if a != "--resume"]
+    return "semgen " + " ".join(shlex.quote(a) for a in args) + " --resume"

@@ -1,0 +1,310 @@
+"""`semgen train-latent`: stage 1, the latent generator (VAE latents | compressed semantics, text).
+
+Paper §3.2 (stage 1: "generating VAE latents conditioned on semantic representations", with
+in-context conditioning: the compressed semantic tokens are concatenated to the noisy latents,
+and noise is added to them during training as in RAE) and §3.4 (shifted-window attention for
+long videos). The compressor from `fit-compressor` is fine-tuned jointly with its KL term, as
+the paper trains them together, unless `--freeze-compressor`. Baselines by flag:
+`--condition none` is Base-CT (`--attention full`) / Base-CT-Swin (`--attention swin`), and
+`--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9).
+
+Objective (DESIGN §2, `semgen_cli.flow`): rectified flow, `z_t = (1−t)·z0 + t·ε`, the DiT predicts
+`ε − z0`; logit-normal t shifted by RAE's dimension rule; text dropped (zeroed) with probability
+`text_dropout` for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from semgen_cli.errors import ConfigError, InputError, MismatchError
+from semgen_cli.io.shards import Dataset, write_json_atomic
+from semgen_cli.reporting import NULL, Reporter
+
+CONDITIONS = ("semantic", "vae", "none")
+
+
+@dataclass
+class TrainLatentConfig:
+    data: str
+    """Shard folder from `semgen extract`."""
+    out: str = "runs/latent"
+    compressor: str | None = None
+    """fit-compressor run folder (required unless --condition none)."""
+    preset: str = "toy"
+    """DiT size preset: tiny, toy, wan-1.3b, wan-14b."""
+    attention: str = "swin"
+    """full or swin (shifted windows along time, paper §3.4)."""
+    window: int = 4
+    """Swin window T_w in latent frames (odd layers shift by T_w/2)."""
+    condition: str = "semantic"
+    """semantic (SemanticGen), vae (compressed-VAE ablation), none (Base-CT baselines)."""
+    freeze_compressor: bool = False
+    clip_seconds: float | None = None
+    """Training window; None: the shortest sample's length."""
+    semantic_noise: float = 0.5
+    """Maximum σ of the RAE-style noise z + σ·ε on the semantic tokens (σ ~ U[0, max])."""
+    text_dropout: float = 0.1
+    """Probability of dropping the text (zeroed) for classifier-free guidance."""
+    shift: float | None = None
+    """Timestep shift; None: RAE's sqrt(elements / 4096) of one training window."""
+    init: str | None = None
+    """wan:PATH to start the DiT from Wan2.1 weights (diffusers WanTransformer3DModel folder)."""
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.condition not in CONDITIONS:
+            raise ConfigError(f"--condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        if self.condition != "none" and not self.compressor:
+            raise ConfigError(f"--compressor is required with --condition {self.condition} (run `semgen fit-compressor` first)")
+        if self.attention not in ("full", "swin"):
+            raise ConfigError(f"--attention must be full or swin, got {self.attention!r}")
+        if self.window < 2:
+            raise ConfigError(f"--window must be at least 2 latent frames, got {self.window}")
+        if self.clip_seconds is not None and self.clip_seconds <= 0:
+            raise ConfigError(f"--clip-seconds must be positive, got {self.clip_seconds}")
+        if not 0 <= self.text_dropout < 1:
+            raise ConfigError(f"--text-dropout must be in [0, 1), got {self.text_dropout}")
+        if self.semantic_noise < 0:
+            raise ConfigError(f"--semantic-noise must be >= 0, got {self.semantic_noise}")
+        if self.init is not None and not self.init.startswith("wan:"):
+            raise ConfigError(f"--init {self.init!r}: expected wan:PATH (a diffusers WanTransformer3DModel folder)")
+
+
+def latent_frames_for(seconds: float, fps: float, stride: int = 4) -> int:
+    """Latent frames of a clip: F = round(s·fps) frames → 1 + ceil((F − 1)/stride)."""
+    frames = max(1, round(seconds * fps))
+    return 1 + math.ceil((frames - 1) / stride)
+
+
+def semantic_tokens_for(seconds: float, semantic_fps: float, temporal_patch: int = 2) -> int:
+    """Semantic tokens along time: ceil(floor(s·fps_sem)/2), at least 1."""
+    frames = max(1, math.floor(seconds * semantic_fps + 1e-6))
+    return math.ceil(frames / temporal_patch)
+
+
+def latents_per_token(fps: float, semantic_fps: float, temporal_patch: int = 2, stride: int = 4) -> Fraction:
+    """How many latent frames one semantic token spans (8 fps, 1.6 fps → 5/2)."""
+    return Fraction(temporal_patch * fps / (semantic_fps * stride)).limit_denominator(1000)
+
+
+class LatentWindows(torch.utils.data.Dataset):
+    """Training items: a window of `latents` latent frames and the semantic tokens of its span.
+
+    Window starts are multiples of the alignment period (the smallest whole number of latent
+    frames that spans a whole number of semantic tokens), so every item of a batch has the same
+    semantic positions relative to its window, which swin attention needs.
+    """
+
+    takes_seed = True
+
+    def __init__(self, data: Dataset, latents: int, tokens: int, fields: tuple[str, ...]) -> None:
+        p = data.producer
+        self.data, self.latents, self.tokens, self.fields = data, latents, tokens, fields
+        self.ratio = latents_per_token(float(p["fps"]), float(p["semantic_fps"]))
+        self.period = self.ratio.numerator  # latent frames spanning ratio.denominator whole tokens
+        self.index = [i for i, r in enumerate(data.records) if r["latent_frames"] >= latents and r["semantic_tokens_t"] >= tokens]
+        if not self.index:
+            longest = max((r["duration"] for r in data.records), default=0.0)
+            raise ConfigError(f"{data.root}: no sample is as long as the training window (longest {longest:.2f} s); lower --clip-seconds")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> dict:
+        rec = self.data.records[self.index[key.index]]
+        x = self.data.load(self.index[key.index], list(self.fields))
+        T, Ts = rec["latent_frames"], rec["semantic_tokens_t"]
+        # window starts k0 = m·period with k0 + latents ≤ T and its tokens j0 + tokens ≤ Ts
+        starts = [m for m in range(0, T - self.latents + 1, self.period) if int(Fraction(m) / self.ratio) + self.tokens <= Ts]
+        g = torch.Generator().manual_seed(int(key.seed))
+        k0 = starts[int(torch.randint(0, len(starts), (1,), generator=g))] if starts else 0
+        out = {"latents": x["latents"][:, k0 : k0 + self.latents].float()}
+        if "semantic" in x:
+            j0 = int(Fraction(k0) / self.ratio)
+            out["semantic"] = x["semantic"][j0 : j0 + self.tokens].float()
+        if "text" in x:
+            out["text"] = x["text"].float()
+        return out
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack windows; pad text to the longest in the batch with a mask."""
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "text"}
+    if "text" in items[0]:
+        L = max(it["text"].shape[0] for it in items)
+        D = items[0]["text"].shape[1]
+        text = torch.zeros(len(items), max(L, 1), D)
+        mask = torch.zeros(len(items), max(L, 1), dtype=torch.bool)
+        for i, it in enumerate(items):
+            n = it["text"].shape[0]
+            text[i, :n] = it["text"]
+            mask[i, :n] = True
+        mask[:, 0] |= ~mask.any(1)  # an empty caption still attends to one (zero) token
+        batch["text"], batch["text_mask"] = text, mask
+    return batch
+
+
+class LatentStep(nn.Module):
+    """DiT + compressor as one module: `forward(batch, generator) → (loss, metrics)`."""
+
+    def __init__(self, dit, compressor, cfg: TrainLatentConfig, semantic_times: torch.Tensor | None, shift: float) -> None:
+        super().__init__()
+        self.dit = dit
+        self.compressor = compressor
+        self.condition = cfg.condition
+        self.semantic_noise = cfg.semantic_noise
+        self.text_dropout = cfg.text_dropout
+        self.shift = shift
+        self.register_buffer("semantic_times", semantic_times if semantic_times is not None else torch.zeros(0), persistent=False)
+        self.kl_weight = compressor.config.kl_weight if compressor is not None else 0.0
+
+    def condition_tokens(self, batch: dict, generator: torch.Generator | None = None):
+        """Compressed, normalised condition tokens (B, Ts, hs, ws, c) and their KL."""
+        from semgen_cli.steps.fit_compressor import vae_tokens
+
+        if self.condition == "semantic":
+            feats = batch["semantic"]
+        else:
+            feats = torch.stack([vae_tokens(x) for x in batch["latents"]])
+        z, mean, logvar = self.compressor(feats)
+        kl = self.compressor.kl(mean, logvar) if self.compressor.training and self.compressor.config.dim is not None else z.new_zeros(())
+        return self.compressor.normalize(z), kl
+
+    def forward(self, batch: dict, generator: torch.Generator):
+        from semgen_cli.flow import interpolate, noise_condition, sample_timesteps, velocity_target
+
+        z0 = batch["latents"]  # (B, C, T, h, w)
+        B, dev = z0.shape[0], z0.device
+        text, mask = batch["text"], batch["text_mask"]
+        drop = torch.rand(B, generator=generator, device=generator.device).to(dev) < self.text_dropout
+        text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
+        mask = torch.where(drop[:, None], torch.ones_like(mask), mask)
+        cond: dict = {"text": text, "text_mask": mask}
+        kl = z0.new_zeros(())
+        if self.condition != "none":
+            sem, kl = self.condition_tokens(batch, generator)
+            sem, sigma = noise_condition(sem, self.semantic_noise, generator)
+            cond.update(semantic=sem, semantic_t=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
+        t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
+        eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
+        v = self.dit(interpolate(z0, eps, t), t, **cond)
+        mse = F.mse_loss(v.float(), velocity_target(z0, eps).float())
+        loss = mse + self.kl_weight * kl
+        return loss, {"mse": float(mse.detach()), "kl": float(kl.detach())}
+
+
+def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int):
+    from semgen_cli.models.dit import DiT
+    from semgen_cli.models.presets import preset
+
+    dit_cfg = preset(cfg.preset, in_channels=in_channels, text_dim=text_dim, semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
+    if cfg.init:
+        dit = DiT.from_wan(cfg.init[len("wan:"):], semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
+        if dit.config.in_channels != in_channels or dit.config.text_dim != text_dim:
+            raise MismatchError(
+                f"--init {cfg.init}: Wan expects {dit.config.in_channels} latent channels and text dim {dit.config.text_dim}, "
+                f"the data has {in_channels} and {text_dim}; extract with the Wan VAE and UMT5"
+            )
+        return dit
+    return DiT(dit_cfg)
+
+
+def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, sample_steps: int = 10):
+    from semgen_cli.models.dit import semantic_times_from_fps
+    from semgen_cli.runs import tensors_fingerprint
+    from semgen_cli.steps.fit_compressor import load_compressor
+    from semgen_cli.training import check_run_dir, train
+
+    data = Dataset(cfg.data)
+    if not len(data):
+        raise InputError(f"{cfg.data}: the data set has no samples")
+    p = data.producer
+    fps, sfps = float(p["fps"]), float(p["semantic_fps"])
+    compressor, comp_run = None, None
+    if cfg.condition != "none":
+        compressor, comp_run = load_compressor(cfg.compressor)
+        if comp_run["features"] != cfg.condition:
+            raise MismatchError(f"--compressor {cfg.compressor}: fitted on {comp_run['features']} features, but --condition is {cfg.condition}")
+        role = "semantic" if cfg.condition == "semantic" else "vae"
+        want = comp_run["data"]["components"].get(role, {}).get("fingerprint")
+        have = data.components.get(role, {}).get("fingerprint")
+        if want != have:
+            raise MismatchError(
+                f"{cfg.data}: {role} encoder {have} differs from {want} that --compressor {cfg.compressor} was fitted on; "
+                "fit the compressor on this data"
+            )
+        compressor.train(not cfg.freeze_compressor)
+        for param in compressor.parameters():
+            param.requires_grad_(not cfg.freeze_compressor)
+    # training window
+    shortest = min(r["duration"] for r in data.records)
+    seconds = cfg.clip_seconds or shortest
+    n_lat = latent_frames_for(seconds, fps)
+    n_tok = semantic_tokens_for(seconds, sfps)
+    fields = ("latents", "text") + (("semantic",) if cfg.condition == "semantic" else ())
+    dataset = LatentWindows(data, n_lat, n_tok, fields)
+    sample = dataset[_first_key()]
+    C, _, h, w = sample["latents"].shape
+    text_dim = sample["text"].shape[-1]
+    semantic_times = None
+    if cfg.condition == "semantic":
+        semantic_times = semantic_times_from_fps(n_tok, sfps, fps / 4.0)
+    elif cfg.condition == "vae":
+        semantic_times = torch.arange(n_lat, dtype=torch.float32)
+    sem_dim = compressor.config.out_dim if compressor is not None else 0
+    shift = cfg.shift or _auto_shift(C * n_lat * h * w)
+    out = Path(cfg.out)
+    check_run_dir(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(train_cfg.seed)
+    dit = build_dit(cfg, C, text_dim, sem_dim)
+    dit.gradient_checkpointing = cfg.gradient_checkpointing
+    config = {
+        "step": "train-latent",
+        "settings": asdict(cfg),
+        "dit": dit.config.to_dict(),
+        "compressor": compressor.config.to_dict() if compressor is not None else None,
+        "compressor_source": {"path": str(Path(cfg.compressor).resolve()), "fingerprint": comp_run["fingerprint"], "features": comp_run["features"]} if comp_run else None,
+        "window": {"seconds": seconds, "latents": n_lat, "semantic_tokens": n_tok},
+        "latent_shape": [C, h, w],
+        "semantic_grid": list(sample["semantic"].shape[1:]) if "semantic" in sample else None,
+        "shift": shift,
+        "train": train_cfg.to_dict(),
+        "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data), "windows": len(dataset)},
+    }
+    if resume and (out / "config.json").is_file():
+        _check_same_architecture(out, config)
+    write_json_atomic(out / "config.json", config)
+    step = LatentStep(dit, compressor, cfg, semantic_times, shift)
+    reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
+    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint)
+    return result, config
+
+
+def _first_key():
+    from semgen_cli.training import Sample
+
+    return Sample(0, 0)
+
+
+def _auto_shift(elements: int) -> float:
+    from semgen_cli.flow import dimension_shift
+
+    return dimension_shift(elements)
+
+
+def _check_same_architecture(out: Path, config: dict) -> None:
+    from semgen_cli.io.shards import read_json
+
+    before = read_json(out / "config.json")
+    for key in ("dit", "compressor", "latent_shape"):
+        if before.get(key) != config.get(key):
+            raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")

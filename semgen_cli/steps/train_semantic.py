@@ -1,0 +1,202 @@
+"""`semgen train-semantic`: stage 2, the semantic generator (compressed semantics | text).
+
+Paper §3.2 (stage 2: "semantic representation generation": a diffusion model generates the
+compressed semantic features from text, with the semantic encoder and the compressor frozen)
+and §3.4 (long videos: full attention over the whole video in the semantic space, which is
+about 1/16 of the VAE tokens, so a minute is planned at once).
+
+The compressor is the one the latent run fine-tuned (its EMA weights), so stage 2 generates
+exactly the space stage 1 reads. Targets are computed from the shards on the fly: the
+posterior mean of the compressed features, normalised with the compressor's statistics. The
+DiT is the same class as stage 1, on tokens `(B, c, Ts, hs, ws)` with patch (1, 1, 1) and full
+attention. Clips keep their whole length: a batch is padded along time, padded tokens are masked
+out of attention (`token_mask`) and out of the loss, so a model trained on clips from seconds to
+a minute plans any length in that range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from semgen_cli.errors import ConfigError, InputError, MismatchError
+from semgen_cli.io.shards import Dataset, read_json, write_json_atomic
+from semgen_cli.reporting import NULL, Reporter
+
+
+@dataclass
+class TrainSemanticConfig:
+    data: str
+    """Shard folder from `semgen extract` (the same encoders as the latent run's data)."""
+    latent_run: str
+    """train-latent run folder: its compressor (EMA weights) is frozen and reused."""
+    out: str = "runs/semantic"
+    preset: str = "toy"
+    text_dropout: float = 0.1
+    shift: float | None = None
+    """Timestep shift; None: RAE's sqrt(elements / 4096) of the mean training clip."""
+    max_seconds: float | None = None
+    """Cut clips longer than this (memory); None keeps every clip whole."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.text_dropout < 1:
+            raise ConfigError(f"--text-dropout must be in [0, 1), got {self.text_dropout}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"--max-seconds must be positive, got {self.max_seconds}")
+        if self.shift is not None and self.shift <= 0:
+            raise ConfigError(f"--shift must be positive, got {self.shift}")
+
+
+class WholeClips(torch.utils.data.Dataset):
+    """Items: a sample's whole semantic tokens (Ts, hs, ws, d) and text, optionally cut to `max_tokens`."""
+
+    def __init__(self, data: Dataset, max_tokens: int | None) -> None:
+        self.data, self.max_tokens = data, max_tokens
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.data.load(i, ["semantic", "text"])
+        sem = x["semantic"].float()
+        if self.max_tokens is not None:
+            sem = sem[: self.max_tokens]
+        return {"semantic": sem, "text": x["text"].float()}
+
+
+def collate(items: list[dict]) -> dict:
+    """Pad semantic tokens along time (with `frame_mask`) and text (with `text_mask`)."""
+    from semgen_cli.steps.train_latent import collate as collate_text
+
+    batch = collate_text([{"text": it["text"], "latents": torch.zeros(0)} for it in items])
+    Ts = max(it["semantic"].shape[0] for it in items)
+    shape = items[0]["semantic"].shape[1:]
+    sem = torch.zeros(len(items), Ts, *shape)
+    mask = torch.zeros(len(items), Ts, dtype=torch.bool)
+    for i, it in enumerate(items):
+        n = it["semantic"].shape[0]
+        sem[i, :n] = it["semantic"]
+        mask[i, :n] = True
+    return {"semantic": sem, "frame_mask": mask, "text": batch["text"], "text_mask": batch["text_mask"]}
+
+
+class SemanticStep(nn.Module):
+    """Frozen compressor + the stage-2 DiT: `forward(batch, generator) → (loss, metrics)`."""
+
+    def __init__(self, dit, compressor, text_dropout: float, shift: float) -> None:
+        super().__init__()
+        self.dit = dit
+        self.compressor = compressor.eval().requires_grad_(False)
+        self.text_dropout = text_dropout
+        self.shift = shift
+
+    def targets(self, semantic: torch.Tensor) -> torch.Tensor:
+        """Raw features (B, Ts, hs, ws, d) → normalised compressed tokens (B, c, Ts, hs, ws)."""
+        with torch.no_grad():
+            _, mean, _ = self.compressor(semantic)
+            return self.compressor.normalize(mean).permute(0, 4, 1, 2, 3).contiguous()
+
+    def forward(self, batch: dict, generator: torch.Generator):
+        from semgen_cli.flow import interpolate, sample_timesteps, velocity_target
+        from semgen_cli.models.dit import frame_mask_to_token_mask
+
+        self.compressor.eval()
+        z0 = self.targets(batch["semantic"])  # (B, c, Ts, hs, ws)
+        B, c, Ts, hs, ws = z0.shape
+        dev = z0.device
+        text, tmask = batch["text"], batch["text_mask"]
+        drop = torch.rand(B, generator=generator, device=generator.device).to(dev) < self.text_dropout
+        text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
+        tmask = torch.where(drop[:, None], torch.ones_like(tmask), tmask)
+        fmask = batch["frame_mask"]  # (B, Ts)
+        t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
+        eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
+        v = self.dit(interpolate(z0, eps, t), t, text, tmask, token_mask=frame_mask_to_token_mask(fmask, hs, ws))
+        err = (v.float() - velocity_target(z0, eps).float()).pow(2)  # (B, c, Ts, hs, ws)
+        weight = fmask[:, None, :, None, None].to(err.dtype).expand_as(err)
+        loss = (err * weight).sum() / weight.sum()
+        return loss, {"tokens_t": float(fmask.sum(1).float().mean())}
+
+
+def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
+    """(compressor in eval mode, its fingerprint, the latent run config) from a train-latent run."""
+    from semgen_cli.models.compressor import Compressor, CompressorConfig
+    from semgen_cli.runs import read_run, split_state, tensors_fingerprint
+    from semgen_cli.training import load_checkpoint_weights
+
+    cfg = read_run(latent_run, "train-latent", flag)
+    if cfg.get("compressor") is None:
+        raise MismatchError(f"{flag} {latent_run}: trained without semantic tokens (--condition none); stage 2 needs a semantic latent run")
+    if cfg["settings"]["condition"] != "semantic":
+        raise MismatchError(f"{flag} {latent_run}: conditioned on {cfg['settings']['condition']} tokens, not semantic features")
+    try:
+        state = load_checkpoint_weights(latent_run, "ema")
+    except InputError:
+        state = load_checkpoint_weights(latent_run, "model")
+    comp_state = split_state(state, "compressor")
+    compressor = Compressor(CompressorConfig.from_dict(cfg["compressor"]))
+    compressor.load_state_dict(comp_state)
+    return compressor.eval(), tensors_fingerprint(comp_state, "compressor:"), cfg
+
+
+def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None):
+    from semgen_cli.flow import dimension_shift
+    from semgen_cli.models.dit import DiT
+    from semgen_cli.models.presets import preset
+    from semgen_cli.training import check_run_dir, train
+
+    data = Dataset(cfg.data)
+    if not len(data):
+        raise InputError(f"{cfg.data}: the data set has no samples")
+    compressor, comp_fp, lat = load_latent_compressor(cfg.latent_run)
+    for role in ("semantic", "text", "vae"):
+        want = lat["data"]["components"].get(role, {}).get("fingerprint")
+        have = data.components.get(role, {}).get("fingerprint")
+        if want != have:
+            raise MismatchError(f"{cfg.data}: {role} encoder {have} differs from {want} of --latent-run {cfg.latent_run}; use data extracted with the same components")
+    p = data.producer
+    max_tokens = None
+    if cfg.max_seconds is not None:
+        from semgen_cli.steps.train_latent import semantic_tokens_for
+
+        max_tokens = semantic_tokens_for(cfg.max_seconds, float(p["semantic_fps"]))
+    dataset = WholeClips(data, max_tokens)
+    first = dataset[0]
+    _, hs, ws, _ = first["semantic"].shape
+    text_dim = first["text"].shape[-1]
+    c = compressor.config.out_dim
+    records = data.records
+    mean_t = sum(min(r["semantic_tokens_t"], max_tokens or 1 << 30) for r in records) / len(records)
+    shift = cfg.shift or dimension_shift(int(c * mean_t * hs * ws))
+    longest = max(r["duration"] for r in records)
+    out = Path(cfg.out)
+    check_run_dir(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(train_cfg.seed)
+    dit = DiT(preset(cfg.preset, in_channels=c, text_dim=text_dim, semantic_dim=0, attention="full", patch=(1, 1, 1)))
+    config = {
+        "step": "train-semantic",
+        "settings": asdict(cfg),
+        "dit": dit.config.to_dict(),
+        "latent_run": {"path": str(Path(cfg.latent_run).resolve()), "compressor_fingerprint": comp_fp},
+        "compressor": compressor.config.to_dict(),
+        "semantic_grid": [hs, ws],
+        "channels": c,
+        "max_seconds": min(longest, cfg.max_seconds or longest),
+        "shift": shift,
+        "text_dropout": cfg.text_dropout,
+        "train": train_cfg.to_dict(),
+        "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data)},
+    }
+    if resume and (out / "config.json").is_file():
+        before = read_json(out / "config.json")
+        if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
+            raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
+    write_json_atomic(out / "config.json", config)
+    step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
+    reporter.info(f"semantic DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
+    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint)
+    return result, config

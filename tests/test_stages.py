@@ -1,0 +1,192 @@
+"""fit-compressor, train-latent and train-semantic on tiny shards: outputs, exact resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from semgen_cli.errors import ConfigError, InputError, MismatchError
+from tests.conftest import run_inproc as run_cli
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Tiny toy data: 4 clips of 4 s at 8 fps, tiny components."""
+    root = tmp_path_factory.mktemp("stages")
+    r = run_cli("toy-data", str(root / "videos"), "--count", "4", "--seconds", "4", "--seed", "5")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("extract", str(root / "videos"), "--out", str(root / "data"), "--fps", "8", "--num-workers", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def compressor(data) -> Path:
+    out = data.parent / "comp"
+    r = run_cli("fit-compressor", str(data), "--out", str(out), "--steps", "10", "--batch-size", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def latent(data, compressor) -> Path:
+    out = data.parent / "lat"
+    r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_fit_compressor_writes_weights_and_stats(compressor):
+    from semgen_cli.steps.fit_compressor import load_compressor
+
+    comp, cfg = load_compressor(compressor)
+    assert cfg["compressor"]["dim"] == 8 and cfg["fingerprint"].startswith("compressor:")
+    assert len(cfg["stats"]["mean"]) == 8 and all(s > 0 for s in cfg["stats"]["std"])
+    assert "fingerprint" in cfg["data"]["components"]["semantic"]
+
+
+def test_fit_compressor_dim_none_only_measures(data, tmp_path):
+    r = run_cli("fit-compressor", str(data), "--dim", "none", "--out", str(tmp_path / "none"))
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "none" / "config.json").read_text())
+    assert cfg["compressor"]["dim"] is None and not (tmp_path / "none" / "checkpoints").exists()
+
+
+def test_fit_compressor_bad_dim(data, tmp_path):
+    r = run_cli("fit-compressor", str(data), "--dim", "eight", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "--dim" in r.stderr
+
+
+@pytest.mark.parametrize("attention", ["full", "swin"])
+def test_train_latent_resume_is_exact(data, compressor, tmp_path, attention):
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--attention", attention, "--window", "2", "--save-every", "2", "--seed", "3"]
+    assert run_cli(*common, "--steps", "4", "--out", str(tmp_path / "a")).returncode == 0
+    assert run_cli(*common, "--steps", "2", "--out", str(tmp_path / "b")).returncode == 0
+    r = run_cli(*common, "--steps", "4", "--out", str(tmp_path / "b"), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_train_latent_baselines_and_vae_condition(data, tmp_path):
+    base = ["--preset", "tiny", "--batch-size", "2", "--steps", "1"]
+    r = run_cli("train-latent", str(data), "--condition", "none", "--attention", "full", *base, "--out", str(tmp_path / "ct"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "ct" / "config.json").read_text())["dit"]["semantic_dim"] == 0
+    assert run_cli("fit-compressor", str(data), "--features", "vae", "--steps", "2", "--out", str(tmp_path / "vc")).returncode == 0
+    r = run_cli("train-latent", str(data), "--condition", "vae", "--compressor", str(tmp_path / "vc"), *base, "--out", str(tmp_path / "v"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_train_latent_compressor_joint_vs_frozen(data, compressor, tmp_path):
+    from semgen_cli.runs import split_state
+    from semgen_cli.steps.fit_compressor import load_compressor
+    from semgen_cli.training import load_checkpoint_weights
+
+    start = load_compressor(compressor)[0].state_dict()
+    for flag, changed in (([], True), (["--freeze-compressor"], False)):
+        out = tmp_path / ("frozen" if flag else "joint")
+        r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--lr", "1e-2", *flag, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        after = split_state(load_checkpoint_weights(out, "model"), "compressor")
+        moved = any(not torch.equal(after[k], start[k]) for k in start if k in after and "stats" not in k)
+        assert moved == changed
+
+
+def test_train_latent_errors(data, compressor, tmp_path):
+    from semgen_cli.steps.train_latent import TrainLatentConfig
+
+    with pytest.raises(ConfigError, match="--compressor is required"):
+        TrainLatentConfig(data=str(data))
+    with pytest.raises(ConfigError, match="--condition"):
+        TrainLatentConfig(data=str(data), compressor="c", condition="text")
+    # missing index
+    (tmp_path / "half").mkdir()
+    r = run_cli("train-latent", str(tmp_path / "half"), "--compressor", str(compressor), "--preset", "tiny", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "index.json: missing" in r.stderr
+    # a checkpoint of another preset
+    out = tmp_path / "run"
+    assert run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--out", str(out)).returncode == 0
+    r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "toy", "--steps", "2", "--batch-size", "2", "--out", str(out), "--resume")
+    assert r.returncode == 2 and "different dit" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # without --resume a finished run is not overwritten
+    r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--steps", "1", "--out", str(out))
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_shards_from_a_different_encoder_than_the_compressor(data, compressor, tmp_path):
+    cfg = json.loads((compressor / "config.json").read_text())
+    cfg["data"]["components"]["semantic"]["fingerprint"] = "qwen2.5-vl:000000000000"
+    other = tmp_path / "other-comp"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(cfg))
+    (other / "compressor.safetensors").write_bytes((compressor / "compressor.safetensors").read_bytes())
+    r = run_cli("train-latent", str(data), "--compressor", str(other), "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "fit the compressor on this data" in r.stderr
+
+
+def test_corrupted_shard_is_a_clear_error(data, compressor, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    shard = next(bad.glob("shard-*.safetensors"))
+    shard.write_bytes(b"\x00" * 64)
+    r = run_cli("train-latent", str(bad), "--compressor", str(compressor), "--preset", "tiny", "--steps", "1", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "shard-00000.safetensors" in r.stderr and "inspect" in r.stderr
+
+
+def test_window_alignment_keeps_semantic_positions_fixed():
+    from fractions import Fraction
+
+    from semgen_cli.steps.train_latent import latent_frames_for, latents_per_token, semantic_tokens_for
+
+    assert latents_per_token(8, 1.6) == Fraction(5, 2)
+    assert latents_per_token(16, 1.6) == Fraction(5)
+    assert latent_frames_for(4, 8) == 9 and semantic_tokens_for(4, 1.6) == 3
+
+
+def test_train_semantic_resume_is_exact(data, latent, tmp_path):
+    common = ["train-semantic", str(data), "--latent-run", str(latent), "--preset", "tiny", "--batch-size", "2", "--save-every", "2"]
+    assert run_cli(*common, "--steps", "4", "--out", str(tmp_path / "a")).returncode == 0
+    assert run_cli(*common, "--steps", "2", "--out", str(tmp_path / "b")).returncode == 0
+    r = run_cli(*common, "--steps", "4", "--out", str(tmp_path / "b"), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["dit"]["patch"] == [1, 1, 1] and cfg["latent_run"]["compressor_fingerprint"].startswith("compressor:")
+
+
+def test_train_semantic_padding_is_masked():
+    """A clip's loss does not depend on the longer clips it is batched with."""
+    from semgen_cli.models.compressor import Compressor, CompressorConfig
+    from semgen_cli.models.dit import DiT
+    from semgen_cli.models.presets import preset
+    from semgen_cli.steps.train_semantic import SemanticStep, collate
+
+    torch.manual_seed(0)
+    step = SemanticStep(DiT(preset("tiny", in_channels=4, text_dim=6, patch=(1, 1, 1))), Compressor(CompressorConfig(in_dim=5, dim=4, hidden=8)), 0.0, 1.0)
+    short = {"semantic": torch.randn(2, 2, 2, 5), "text": torch.randn(3, 6)}
+    longer = {"semantic": torch.randn(4, 2, 2, 5), "text": torch.randn(3, 6)}
+    g = lambda: torch.Generator().manual_seed(1)
+    alone, _ = step(collate([short]), g())
+    b = collate([short, longer])
+    b["semantic"][0, 2:] = 1e3  # garbage in the padding
+    v1, _ = step(collate([short, longer]), g())
+    v2, _ = step(b, g())
+    torch.testing.assert_close(v1, v2)
+
+
+def test_train_semantic_refuses_a_baseline_latent_run(data, tmp_path):
+    r = run_cli("train-latent", str(data), "--condition", "none", "--preset", "tiny", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "ct"))
+    assert r.returncode == 0
+    r = run_cli("train-semantic", str(data), "--latent-run", str(tmp_path / "ct"), "--preset", "tiny", "--out", str(tmp_path / "s"))
+    assert r.returncode == 2 and "--condition none" in r.stderr
+    r = run_cli("train-semantic", str(data), "--latent-run", str(tmp_path / "nope"), "--preset", "tiny", "--out", str(tmp_path / "s"))
+    assert r.returncode == 2 and "no such run folder" in r.stderr
