@@ -57,7 +57,7 @@ def command(
             "frames": f"{size}x{size} at {fps:g} fps",
             "seed": seed,
             "held out": f"{len(exclude)} combos" + (f": {', '.join(':'.join(c) for c in exclude[:6])}{' …' if len(exclude) > 6 else ''}" if exclude else ""),
-            "encoding": f"H.264 yuv420p crf {crf}" + (" (lossless)" if crf == 0 else ""),
+            "encoding": f"H.264 yuv444p crf {crf}" + (" (lossless)" if crf == 0 else ""),
         },
     )
     with RichReporter() as reporter:

@@ -216,6 +216,8 @@ class VideoWriter:
 
     The file is written under a temp name and renamed on a clean exit, so a crash never leaves a
     truncated mp4 under the final name. `metadata` goes into the mp4 `comment` tag as JSON.
+    `pix_fmt` yuv420p plays everywhere; yuv444p with crf 0 keeps colours exact at object edges
+    too (chroma is not subsampled), which the toy world's training data wants.
     """
 
     def __init__(
@@ -227,13 +229,16 @@ class VideoWriter:
         metadata: dict | None = None,
         crf: int = 17,
         preset: str = "medium",
+        pix_fmt: str = "yuv420p",
     ) -> None:
-        if width % 2 or height % 2:
+        if pix_fmt not in ("yuv420p", "yuv444p"):
+            raise ValueError(f"pix_fmt must be yuv420p or yuv444p, got {pix_fmt!r}")
+        if pix_fmt == "yuv420p" and (width % 2 or height % 2):
             raise InputError(f"{path}: H.264 yuv420p needs even width and height, got {width}x{height}")
         self.path = Path(path)
         self.fps, self.width, self.height = fps, width, height
         self.metadata = metadata or {}
-        self.crf, self.preset = crf, preset
+        self.crf, self.preset, self.pix_fmt = crf, preset, pix_fmt
         self.frames_written = 0
         self._proc = None
         self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
@@ -244,7 +249,7 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         out_kwargs = {
             "vcodec": "libx264",
-            "pix_fmt": "yuv420p",
+            "pix_fmt": self.pix_fmt,
             "crf": self.crf,
             "preset": self.preset,
             "r": self.fps,
@@ -288,10 +293,10 @@ class VideoWriter:
         os.replace(self._tmp, self.path)
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, metadata: dict | None = None, crf: int = 17) -> Path:
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, metadata: dict | None = None, crf: int = 17, pix_fmt: str = "yuv420p") -> Path:
     """Write `(F, H, W, 3)` uint8 frames to an mp4 in one call."""
     _, h, w, _ = frames.shape
-    with VideoWriter(path, fps=fps, width=w, height=h, metadata=metadata, crf=crf) as writer:
+    with VideoWriter(path, fps=fps, width=w, height=h, metadata=metadata, crf=crf, pix_fmt=pix_fmt) as writer:
         writer.write(frames)
     return Path(path)
 

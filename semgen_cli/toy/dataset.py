@@ -1,8 +1,8 @@
 """The library side of `semgen toy-data`: render toy clips to mp4 with their captions.
 
 Output folder (the HF imagefolder convention that `semgen extract` reads):
-- `clip-000000.mp4` … H.264 encoded losslessly (crf 0, yuv420p), so flat colours decode to within
-  a couple of levels of the palette (only the 2×2 chroma subsampling blurs object edges);
+- `clip-000000.mp4` … H.264 at crf 0 in yuv444p (no chroma subsampling), so colours decode to
+  within one level of the palette, object edges included;
 - `toy_config.json`: the resolved settings, written first;
 - `metadata.jsonl`: one line per clip, `file_name`, `text` (the caption) and the attributes,
   written last and atomically (temp + rename): a folder with it is complete.
@@ -173,7 +173,7 @@ def write_toy_dataset(
         spec = config.spec(i)
         name = CLIP_NAME.format(i)
         meta = {"prompt": spec.caption, "toy": spec.to_dict()}
-        with VideoWriter(out / name, fps=spec.fps, width=spec.width, height=spec.height, metadata=meta, crf=config.crf) as writer:
+        with VideoWriter(out / name, fps=spec.fps, width=spec.width, height=spec.height, metadata=meta, crf=config.crf, pix_fmt="yuv444p") as writer:
             for chunk in render_iter(spec):
                 writer.write(chunk)
         records.append(metadata_record(name, spec))
