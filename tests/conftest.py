@@ -86,3 +86,22 @@ def run_inproc(*args: str) -> subprocess.CompletedProcess:
     finally:
         sys.argv = argv
     return subprocess.CompletedProcess(["semgen", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Tiny runs built through the library: toy-data → extract → fit-compressor → train-latent → train-semantic."""
+    from semgen_cli.steps.extract import ExtractConfig, extract
+    from semgen_cli.steps.fit_compressor import FitCompressorConfig, fit_compressor
+    from semgen_cli.steps.train_latent import TrainLatentConfig, train_latent
+    from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
+    from semgen_cli.toy.dataset import ToyDataConfig, write_toy_dataset
+    from semgen_cli.training import TrainConfig
+
+    root = tmp_path_factory.mktemp("generate-runs")
+    write_toy_dataset(root / "videos", ToyDataConfig(count=4, seconds=4, seed=3))
+    extract(ExtractConfig(str(root / "videos"), out=str(root / "data"), fps=8, num_workers=0))
+    fit_compressor(FitCompressorConfig(str(root / "data"), out=str(root / "comp")), TrainConfig(steps=5, batch_size=2))
+    train_latent(TrainLatentConfig(str(root / "data"), out=str(root / "lat"), compressor=str(root / "comp"), preset="tiny"), TrainConfig(steps=2, batch_size=2))
+    train_semantic(TrainSemanticConfig(str(root / "data"), latent_run=str(root / "lat"), out=str(root / "sem"), preset="tiny"), TrainConfig(steps=2, batch_size=2))
+    return root

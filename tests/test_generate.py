@@ -19,25 +19,6 @@ PROMPT = "a red circle moving left on a black background"
 FPS = 8
 
 
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    """Tiny runs built through the library: toy-data → extract → fit-compressor → train-latent → train-semantic."""
-    from semgen_cli.steps.extract import ExtractConfig, extract
-    from semgen_cli.steps.fit_compressor import FitCompressorConfig, fit_compressor
-    from semgen_cli.steps.train_latent import TrainLatentConfig, train_latent
-    from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
-    from semgen_cli.toy.dataset import ToyDataConfig, write_toy_dataset
-    from semgen_cli.training import TrainConfig
-
-    root = tmp_path_factory.mktemp("generate-runs")
-    write_toy_dataset(root / "videos", ToyDataConfig(count=4, seconds=4, seed=3))
-    extract(ExtractConfig(str(root / "videos"), out=str(root / "data"), fps=FPS, num_workers=0))
-    fit_compressor(FitCompressorConfig(str(root / "data"), out=str(root / "comp")), TrainConfig(steps=5, batch_size=2))
-    train_latent(TrainLatentConfig(str(root / "data"), out=str(root / "lat"), compressor=str(root / "comp"), preset="tiny"), TrainConfig(steps=2, batch_size=2))
-    train_semantic(TrainSemanticConfig(str(root / "data"), latent_run=str(root / "lat"), out=str(root / "sem"), preset="tiny"), TrainConfig(steps=2, batch_size=2))
-    return root
-
-
 def cfg(runs: Path, out: Path, **kw) -> GenerateConfig:
     base = dict(prompts=[PROMPT], out=str(out), latent_run=str(runs / "lat"), semantic_run=str(runs / "sem"),
                 semantic_steps=2, latent_steps=2, seed=7)

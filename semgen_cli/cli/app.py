@@ -21,6 +21,8 @@ COMMANDS = [
     ("train-semantic", "train_semantic", "Stage 2: train the semantic DiT on compressed semantics | text."),
     ("generate", "generate", "Text → semantic plan → VAE latents → mp4."),
     ("drift", "drift", "Measure quality drift between the first and last 15% of videos."),
+    ("toy-eval", "toy_eval", "Score a pipeline on toy-world prompts with the pixel-exact judge."),
+    ("info", "info", "Versions, devices and the bundled default pipeline."),
 ]
 
 app = typer.Typer(

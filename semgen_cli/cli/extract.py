@@ -11,8 +11,8 @@ import typer
 def command(
     videos: Annotated[Path, typer.Argument(help="Folder of videos (recursive) with metadata.jsonl or .txt captions.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards and index.json.")] = Path("data"),
-    semantic: Annotated[str, typer.Option(help="Semantic encoder: qwen2.5-vl:PATH, vjepa2:PATH, videomae:PATH, tiny.")] = "tiny",
-    vae: Annotated[str, typer.Option(help="VAE: wan:PATH, ltx:PATH, cogvideox:PATH, tiny.")] = "tiny",
+    semantic: Annotated[str, typer.Option(help="Semantic encoder: qwen2.5-vl:PATH, vjepa2:PATH, videomae:PATH, toy (bundled), tiny.")] = "tiny",
+    vae: Annotated[str, typer.Option(help="VAE: wan:PATH, ltx:PATH, cogvideox:PATH, toy (bundled), tiny.")] = "tiny",
     text: Annotated[str, typer.Option(help="Text encoder: umt5:PATH, t5:PATH, minilm, tiny.")] = "tiny",
     size: Annotated[Optional[str], typer.Option(help="Frame size HxW (or N) for the VAE; default: first video's size rounded down to ×16.")] = None,
     fps: Annotated[float, typer.Option(help="Frame rate the VAE sees.")] = 16.0,

@@ -1,6 +1,6 @@
 """Shared plumbing for component specs: parsing `kind:PATH`, freezing, fingerprints.
 
-A spec is either a literal (`tiny`, `minilm`) or `kind:PATH` where PATH is a local folder
+A spec is either a literal (`tiny`, `minilm`, `toy` for the bundled toy-world component) or `kind:PATH` where PATH is a local folder
 holding a `from_pretrained` layout. Every loaded component is frozen (eval mode, no grads) and
 carries a fingerprint: a short sha256 over its class name, its config and its weights, so a
 later step can refuse features made by a different model.
@@ -20,6 +20,16 @@ from torch import nn
 from semgen_cli.errors import ConfigError, InputError
 
 TINY_SEED = 0
+TOY_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toy"
+
+
+def toy_folder(name: str, role: str) -> str:
+    """The bundled toy component `name` (the embedded default's, trained on the toy world by
+    examples/toy/); the spec `toy` resolves to it wherever semgen is installed."""
+    folder = TOY_ASSETS / name
+    if not (folder / "config.json").is_file():
+        raise InputError(f"the bundled toy {role} is missing ({folder}); reinstall semgen or train it with examples/toy/")
+    return str(folder)
 
 
 def parse_spec(spec: str, role: str, kinds: Iterable[str], literals: Iterable[str]) -> tuple[str, str | None]:

@@ -24,6 +24,7 @@ import torch.nn.functional as Fn
 
 from semgen_cli.components._common import (
     TINY_SEED, fingerprint, freeze, load_error, place, quiet_loading, parse_spec, read_config, require_folder, seeded,
+    toy_folder,
 )
 from semgen_cli.errors import ConfigError, InputError
 
@@ -213,7 +214,7 @@ def load_semantic_encoder(spec: str, device="cpu", dtype: torch.dtype = torch.fl
                           fps: float = 1.6, min_pixels: int = QWEN_MIN_PIXELS,
                           max_pixels: int = QWEN_MAX_PIXELS,
                           chunk_temporal_patches: int = 8) -> SemanticEncoder:
-    """Resolve `qwen2.5-vl:PATH`, `vjepa2:PATH`, `videomae:PATH` or `tiny` to a frozen encoder.
+    """Resolve `qwen2.5-vl:PATH`, `vjepa2:PATH`, `videomae:PATH`, `tiny` or `toy` to a frozen encoder.
 
     `fps` is the rate frames are sampled at before `encode` (recorded, not applied here);
     `min_pixels`/`max_pixels` bound Qwen's smart_resize; `chunk_temporal_patches` is how many
@@ -232,6 +233,11 @@ def _load_semantic_encoder(spec, device, dtype, fps, min_pixels, max_pixels,
         raise ConfigError(f"chunk_temporal_patches must be >= 1, got {chunk_temporal_patches}")
     extra = dict(fps=fps, min_pixels=min_pixels, max_pixels=max_pixels,
                  chunk_temporal_patches=chunk_temporal_patches)
+    if spec == "toy":  # the bundled toy-world tower, recorded as "toy" so runs stay portable
+        encoder = _load_semantic_encoder("qwen2.5-vl:" + toy_folder("semantic", "semantic encoder"), device, dtype, fps,
+                                         min_pixels, max_pixels, chunk_temporal_patches)
+        encoder.spec = "toy"
+        return encoder
     kind, path = parse_spec(spec, "semantic encoder", KINDS, ("tiny",))
     if kind == "tiny":
         from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig

@@ -20,7 +20,7 @@ import torch
 
 from semgen_cli.components._common import (
     TINY_SEED, fingerprint, freeze, load_error, place, quiet_loading, parse_spec, pick_subfolder, read_config,
-    require_folder, seeded,
+    require_folder, seeded, toy_folder,
 )
 from semgen_cli.errors import ConfigError, InputError
 
@@ -214,7 +214,7 @@ def _count_causal_convs(module: torch.nn.Module) -> int:
 
 
 def load_vae(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VAE:
-    """Resolve a VAE spec (`wan:PATH`, `ltx:PATH`, `cogvideox:PATH`, `tiny`) to a frozen VAE."""
+    """Resolve a VAE spec (`wan:PATH`, `ltx:PATH`, `cogvideox:PATH`, `tiny`, `toy`) to a frozen VAE."""
     import diffusers  # noqa: F401  (imported first so quiet_loading can quiet its logger)
 
     with quiet_loading():
@@ -224,6 +224,10 @@ def load_vae(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype =
 def _load_vae(spec: str, device, dtype: torch.dtype) -> VAE:
     import diffusers
 
+    if spec == "toy":  # the bundled toy-world VAE, recorded as "toy" so runs stay portable
+        vae = _load_vae("wan:" + toy_folder("vae", "VAE"), device, dtype)
+        vae.spec = "toy"
+        return vae
     kind, path = parse_spec(spec, "VAE", KINDS, ("tiny",))
     if kind == "tiny":
         with seeded(TINY_SEED):

@@ -1,0 +1,31 @@
+"""`semgen info`: versions, devices, and the bundled default pipeline in use."""
+
+from __future__ import annotations
+
+
+def command() -> None:
+    """Print semgen's version, torch and its devices, and which pipeline `semgen generate` uses by default (with its components' fingerprints)."""
+    import platform
+
+    import torch
+
+    from semgen_cli import __version__
+    from semgen_cli.cli._common import settings_table
+    from semgen_cli.errors import SemgenError
+
+    rows = {"semgen": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"}
+    try:
+        from semgen_cli.steps.generate import default_pipeline
+        from semgen_cli.io.shards import read_json
+
+        latent, semantic = default_pipeline()
+        rows["default pipeline"] = f"{latent.parent}"
+        cfg = read_json(latent / "config.json")
+        for role, c in cfg["data"]["components"].items():
+            rows[f"  {role}"] = f"{c.get('spec')}  {c.get('fingerprint')}"
+        rows["  latent run"] = f"{latent.name}: {cfg['settings']['preset']} DiT, {cfg['settings']['attention']} attention"
+        rows["  semantic run"] = semantic.name
+    except SemgenError as err:
+        rows["default pipeline"] = str(err)
+    settings_table("semgen info", rows)

@@ -1,0 +1,53 @@
+"""toy-eval (generate + judge), the built-in prompt set, `semgen info`, and the `toy` spec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semgen_cli.errors import ConfigError, InputError
+from semgen_cli.toy.prompts import HELD_OUT, default_prompts, held_out_flag, is_held_out
+from semgen_cli.toy.world import parse_caption, parse_combos
+from tests.conftest import run_inproc
+
+
+def test_default_prompts_cover_held_out_and_every_value():
+    prompts = default_prompts(24)
+    assert len(prompts) == len(set(prompts)) == 24
+    assert sum(map(is_held_out, prompts)) == 2 * len(HELD_OUT)
+    attrs = [parse_caption(p) for p in prompts]
+    assert {a["motion"] for a in attrs} == {"left", "right", "up", "down", "still"}
+    assert parse_combos(held_out_flag()) == set(HELD_OUT)
+
+
+def test_toy_eval_json_through_the_cli(runs, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left on a black background\n# a comment\na blue square standing still on a gray background\n")
+    r = run_inproc("toy-eval", "--prompts", prompts, "--seconds", "1", "--latent-run", runs / "lat", "--semantic-run", runs / "sem", "--steps", "1", "--json", "--keep", tmp_path / "kept")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert len(data["videos"]) == 2 and set(data["summary"]["all"]) == {"background", "colour", "shape", "motion"}
+    for row in data["videos"]:
+        assert set(row["accuracy"]) == {"background", "colour", "shape", "motion"} and 0 <= row["accuracy"]["colour"] <= 1
+    assert len(list((tmp_path / "kept").glob("*.mp4"))) == 2
+    means = data["summary"]["all"]["colour"]
+    assert means["frames"] == pytest.approx(sum(v["accuracy"]["colour"] for v in data["videos"]) / 2)
+
+
+def test_toy_eval_errors(tmp_path):
+    from semgen_cli.steps.toy_eval import ToyEvalConfig, read_prompt_file
+
+    with pytest.raises(ConfigError):
+        ToyEvalConfig(prompts=["a dog running in a park"])
+    with pytest.raises(ConfigError, match="--seconds"):
+        ToyEvalConfig(prompts=default_prompts(1), seconds=0)
+    with pytest.raises(InputError, match="no such file"):
+        read_prompt_file(str(tmp_path / "none.txt"))
+    r = run_inproc("toy-eval", "--prompts", tmp_path / "none.txt")
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_info_runs():
+    r = run_inproc("info")
+    assert r.returncode == 0 and "torch" in r.stdout and "default pipeline" in r.stdout
