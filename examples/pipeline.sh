@@ -28,9 +28,9 @@ semgen fit-compressor "$W/data" --dim 8 --steps 20 --out "$W/compressor"
 semgen train-latent "$W/data" --compressor "$W/compressor" --preset tiny --batch-size 2 --steps 10 --out "$W/latent"
 semgen train-semantic "$W/data" --latent-run "$W/latent" --preset tiny --batch-size 2 --steps 10 --out "$W/semantic"
 
-# 3. generate a 6 s video (longer than the 4 s training clips: it warns that it extrapolates),
+# 3. generate a minute (far longer than the 4 s training clips: it warns that it extrapolates),
 #    keeping the semantic plan beside it, then re-render that plan with another seed
-semgen generate "$PROMPT" --seconds 6 --latent-run "$W/latent" --semantic-run "$W/semantic" \
+semgen generate "$PROMPT" --seconds "${SECONDS_OUT:-60}" --latent-run "$W/latent" --semantic-run "$W/semantic" \
     --steps 4 --seed 0 --save-semantics --out "$W/out.mp4"
 semgen generate "$PROMPT" --latent-run "$W/latent" --semantic-from "$W/out.semantic.safetensors" \
     --steps 4 --seed 1 --out "$W/out-replan.mp4"

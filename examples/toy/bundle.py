@@ -1,0 +1,69 @@
+"""Copy a trained toy pipeline into semgen_cli/assets/ as the embedded default.
+
+    python examples/toy/bundle.py runs/toy-default [semgen_cli/assets]
+
+From each run (latent, semantic) only what sampling needs is kept: config.json, the EMA weights
+of the final checkpoint, its state.json and the `latest` pointer (no optimizer state). Then
+`pipeline.json` is written last, naming the runs, every component with its fingerprint, the
+held-out combinations and the sizes, so `semgen generate` with no runs finds the bundle and
+`semgen info` can say what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from semgen_cli.io.shards import read_json, write_json_atomic
+from semgen_cli.toy.prompts import HELD_OUT
+from semgen_cli.training import latest_checkpoint
+
+KEEP = ("ema.safetensors", "state.json")
+LIMIT_MB = 40
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    ckpt = latest_checkpoint(src)
+    if dst.exists():
+        shutil.rmtree(dst)
+    (dst / "checkpoints" / ckpt.name).mkdir(parents=True)
+    for name in KEEP:
+        shutil.copy2(ckpt / name, dst / "checkpoints" / ckpt.name / name)
+    shutil.copy2(src / "config.json", dst / "config.json")
+    (dst / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+
+
+def main(work: str, assets: str = "semgen_cli/assets") -> None:
+    work_dir, assets_dir = Path(work), Path(assets)
+    runs = assets_dir / "toy" / "runs"
+    copy_run(work_dir / "latent", runs / "latent")
+    copy_run(work_dir / "semantic", runs / "semantic")
+    lat = read_json(runs / "latent" / "config.json")
+    sem = read_json(runs / "semantic" / "config.json")
+    size = sum(p.stat().st_size for p in (assets_dir / "toy").rglob("*") if p.is_file())
+    pipeline = {
+        "name": "toy",
+        "description": "SemanticGen trained on semgen's toy world by examples/toy/train_default.sh",
+        "latent_run": "toy/runs/latent",
+        "semantic_run": "toy/runs/semantic",
+        "components": {role: {k: c.get(k) for k in ("spec", "class", "fingerprint")} for role, c in lat["data"]["components"].items()},
+        "compressor_fingerprint": sem["latent_run"]["compressor_fingerprint"],
+        "latent_dit": {"preset": lat["settings"]["preset"], "attention": lat["settings"]["attention"], "window": lat["settings"]["window"]},
+        "semantic_dit": {"preset": sem["settings"]["preset"]},
+        "fps": lat["data"]["producer"]["fps"],
+        "size": lat["data"]["producer"]["size"],
+        "max_seconds": sem["max_seconds"],
+        "held_out_combinations": [list(c) for c in HELD_OUT],
+        "training_samples": lat["data"]["samples"],
+        "bundle_bytes": size,
+    }
+    if size > LIMIT_MB * 2**20:
+        raise SystemExit(f"bundle is {size / 2**20:.1f} MB, over the {LIMIT_MB} MB limit")
+    write_json_atomic(assets_dir / "pipeline.json", pipeline)
+    print(json.dumps(pipeline, indent=2))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

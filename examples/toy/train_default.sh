@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Reproduce the embedded default (semgen_cli/assets/) from nothing, on a CPU:
+#
+#   bash examples/toy/train_default.sh [WORKDIR]      # default WORKDIR: runs/toy-default
+#
+# 1. the toy components: a small AutoencoderKLWan and a small Qwen2.5-VL vision tower, trained on
+#    toy clips rendered in memory (skipped when semgen_cli/assets/toy/{vae,semantic} exist; set
+#    RETRAIN_COMPONENTS=1 to redo them);
+# 2. toy data with long clips (up to 60 s), leaving the held-out colour × shape × background
+#    combinations of semgen_cli/toy/prompts.py out on purpose;
+# 3. semgen's own commands: extract → fit-compressor → train-latent → train-semantic;
+# 4. bundle.py copies the EMA weights into semgen_cli/assets/ and writes pipeline.json.
+#
+# Sizes and step counts are environment variables (defaults below), so a GPU run can raise them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+W=${1:-runs/toy-default}
+CLIPS=${CLIPS:-400}            # 4 s training clips
+LONG=${LONG:-0.04}             # fraction of them that last 60 s instead
+COMP_STEPS=${COMP_STEPS:-1500}
+LATENT_STEPS=${LATENT_STEPS:-4000}
+SEMANTIC_STEPS=${SEMANTIC_STEPS:-3000}
+BATCH=${BATCH:-16}
+THREADS=${THREADS:-2}
+export OMP_NUM_THREADS=$THREADS
+
+if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.json ]]; then
+  python examples/toy/train_vae.py --out semgen_cli/assets/toy/vae --steps 1200 --batch 4 --frames 5 --lr 5e-4 --seed 0
+fi
+if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/semantic/config.json ]]; then
+  python examples/toy/train_semantic_encoder.py --out semgen_cli/assets/toy/semantic --steps 900 --seed 0
+fi
+
+HELD_OUT=$(python -c "from semgen_cli.toy.prompts import held_out_flag; print(held_out_flag())")
+mkdir -p "$W"
+[[ -f "$W/videos/metadata.jsonl" ]] || semgen toy-data "$W/videos" --count "$CLIPS" --seconds 4 --seed 0 \
+    --long-fraction "$LONG" --long-seconds 60 --exclude-combos "$HELD_OUT"
+semgen extract "$W/videos" --out "$W/data" --vae toy --semantic toy --text minilm \
+    --fps 8 --size 64 --semantic-size 112 --semantic-fps 1.6 --num-workers 1 --shard-size 64
+[[ -f "$W/compressor/compressor.safetensors" ]] || semgen fit-compressor "$W/data" --dim 8 --out "$W/compressor" \
+    --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3
+resume() { [[ -f "$1/checkpoints/latest" ]] && echo --resume || true; }
+semgen train-latent "$W/data" --compressor "$W/compressor" --preset toy --attention swin --window 4 \
+    --steps "$LATENT_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
+    --save-every 250 --out "$W/latent" $(resume "$W/latent")
+# stage 2 uses the plain logit-normal (shift 1): RAE's sqrt(elements/4096) rule gives ~0.4 for a space this
+# small, which would spend most steps near the data and too few on the layout.
+semgen train-semantic "$W/data" --latent-run "$W/latent" --preset toy --shift 1.0 \
+    --steps "$SEMANTIC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
+    --save-every 250 --out "$W/semantic" $(resume "$W/semantic")
+python examples/toy/bundle.py "$W" semgen_cli/assets

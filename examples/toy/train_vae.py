@@ -1,0 +1,281 @@
+"""Train the toy VAE of the embedded default: a small diffusers `AutoencoderKLWan` (causal, 4x time,
+8x space, so 64x64 frames -> 8x8 latents) on toy-world clips rendered in memory.
+
+    python examples/toy/train_vae.py --out semgen_cli/assets/toy/vae [--steps 1200] [--seed 0]
+
+What it does:
+1. trains on random toy clips (`semgen_cli.toy.world`, 8 fps, 5-frame windows = 2 latent frames:
+   the causal first frame and one 4-frame chunk) with a weighted L1 + MSE reconstruction loss
+   (object pixels weigh 5x: the object is a few % of the frame), decoding the posterior mean plus
+   a little noise (10 % of its RMS), and a small weight on the KL's mean term (mu^2) so the latent
+   scale stays bounded. Most steps see random 32x32 crops of the 64x64 torus world (the VAE is
+   fully convolutional; a crop is 4x cheaper), the last `--full-frac` of the steps whole 64x64
+   frames. Half the inputs go through a simulated H.264 yuv420p round trip (chroma averaged over
+   2x2 blocks) while the target stays the clean frame, since `semgen extract` reads mp4s;
+2. measures the per-channel mean/std of the posterior mean over held-out clips and stores them as
+   the config's `latents_mean` / `latents_std`, which `load_vae("wan:...")` uses to normalise
+   latents to ~zero mean, unit variance;
+3. saves with `save_pretrained` (safetensors, fp32) and evaluates the saved folder through the
+   real loader: PSNR on held-out 17-frame clips and on a 60 s clip encoded chunk by chunk and
+   decoded with `iter_decode`, plus how far decoded flat regions land from the exact palette.
+   The numbers go to `<out>/train_report.json` and stdout.
+
+Runs on one CPU thread by default (`--threads`); see examples/toy/README.md for wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from semgen_cli.toy.world import BACKGROUNDS, COLOURS, render, sample_spec  # noqa: E402
+
+FPS = 8.0
+CONFIG = dict(
+    base_dim=12, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0,
+)
+EVAL_SEED_OFFSET = 10_000  # held-out clips use default_rng([seed + offset, i])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path, help="output folder (save_pretrained layout)")
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--batch", type=int, default=4, help="clips per step at the crop size (halved twice at 64x64)")
+    p.add_argument("--frames", type=int, default=5, help="frames per training window (4k+1)")
+    p.add_argument("--crop", type=int, default=32, help="training crop side for the first phase")
+    p.add_argument("--full-frac", type=float, default=0.25, help="fraction of steps on whole 64x64 frames")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--kl", type=float, default=1e-4, help="weight of the KL's mean term (per-element mean)")
+    p.add_argument("--noise", type=float, default=0.1, help="latent noise, relative to the latents' RMS")
+    p.add_argument("--obj-weight", type=float, default=4.0, help="extra loss weight on object pixels")
+    p.add_argument("--eval-clips", type=int, default=16)
+    p.add_argument("--long-seconds", type=float, default=60.0)
+    p.add_argument("--init", type=Path, default=None, help="start from this saved VAE folder (continue training)")
+    p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
+    return p.parse_args(argv)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def yuv420_roundtrip(frames: np.ndarray) -> np.ndarray:
+    """Approximate an H.264 yuv420p round trip of uint8 (F, H, W, 3): BT.601 full-range YCbCr,
+    chroma averaged over 2x2 blocks and repeated back, rounded to uint8."""
+    x = frames.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = (b - y) * 0.564
+    cr = (r - y) * 0.713
+    f, h, w = y.shape
+
+    def sub(c):
+        c = c.reshape(f, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+        return np.repeat(np.repeat(c, 2, axis=1), 2, axis=2)
+
+    cb, cr = sub(cb), sub(cr)
+    r2 = y + 1.403 * cr
+    b2 = y + 1.773 * cb
+    g2 = (y - 0.299 * r2 - 0.114 * b2) / 0.587
+    return np.clip(np.round(np.stack([r2, g2, b2], -1)), 0, 255).astype(np.uint8)
+
+
+def batch(rng: np.random.Generator, n: int, frames: int, crop: int, degrade_p: float = 0.5):
+    """(inputs, targets, object weights): float (n, 3, F, c, c) in [-1, 1] and (n, 1, F, c, c)."""
+    xs, ys, ms = [], [], []
+    for _ in range(n):
+        spec = sample_spec(rng, seconds=frames / FPS, fps=FPS)
+        clip = render(spec)  # (F, 64, 64, 3) uint8
+        if crop < clip.shape[1]:
+            oy, ox = rng.integers(0, clip.shape[1] - crop + 1), rng.integers(0, clip.shape[2] - crop + 1)
+            clip = clip[:, oy:oy + crop, ox:ox + crop]
+        bg = np.array(BACKGROUNDS[spec.background], dtype=np.uint8)
+        ms.append((clip != bg).any(-1)[None].astype(np.float32))
+        ys.append(clip)
+        xs.append(yuv420_roundtrip(clip) if rng.random() < degrade_p else clip)
+
+    def to_t(a):
+        return torch.from_numpy(np.stack(a)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+    return to_t(xs), to_t(ys), torch.from_numpy(np.stack(ms))
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def flat_region_errors(decoded: np.ndarray, clip: np.ndarray, bg_rgb) -> dict:
+    """Colour error (levels, max over RGB) inside flat regions: pixels whose 5x5 neighbourhood
+    (torus) holds a single colour in the source. Returned separately for background and object."""
+    bg = (clip == np.array(bg_rgb, dtype=np.uint8)).all(-1)  # (F, H, W)
+    interior_bg, interior_obj = bg.copy(), ~bg
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            sh = np.roll(bg, (dy, dx), axis=(1, 2))
+            interior_bg &= sh
+            interior_obj &= ~sh
+    err = np.abs(decoded.astype(np.int16) - clip.astype(np.int16)).max(-1)  # (F, H, W)
+    out = {}
+    for name, m in (("background", interior_bg), ("object", interior_obj)):
+        e = err[m]
+        out[name] = {"pixels": int(e.size), "mean": float(e.mean()) if e.size else None,
+                     "p99": float(np.percentile(e, 99)) if e.size else None,
+                     "max": int(e.max()) if e.size else None}
+    return out
+
+
+def evaluate(folder: Path, seed: int, n_clips: int, long_seconds: float) -> dict:
+    """Through the real loader: held-out 17-frame clips and one long clip (chunked encode,
+    streamed `iter_decode`)."""
+    from semgen_cli.components import load_vae
+
+    vae = load_vae(f"wan:{folder}")
+    ps, errs, lat = [], {"background": [], "object": []}, []
+    for i in range(n_clips):
+        spec = sample_spec(np.random.default_rng([seed + EVAL_SEED_OFFSET, 1_000_000 + i]), seconds=17 / FPS, fps=FPS)
+        clip = render(spec)
+        z = vae.encode(clip)
+        lat.append(z)
+        dec = vae.decode(z)
+        ps.append(psnr(dec, clip))
+        fe = flat_region_errors(dec, clip, BACKGROUNDS[spec.background])
+        for k in errs:
+            if fe[k]["mean"] is not None:
+                errs[k].append(fe[k])
+    zs = torch.cat([z.flatten(1) for z in lat], 1)  # (C, N)
+    spec = sample_spec(np.random.default_rng([seed + EVAL_SEED_OFFSET, 2_000_000]), seconds=long_seconds, fps=FPS)
+    long_clip = render(spec)
+    long_clip = long_clip[: vae.valid_frames(long_clip.shape[0])]
+    t0 = time.perf_counter()
+    z = vae.encode(long_clip)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dec = np.concatenate(list(vae.iter_decode(z, chunk_latent_frames=4)), 0)
+    t_dec = time.perf_counter() - t0
+    long_fe = flat_region_errors(dec, long_clip, BACKGROUNDS[spec.background])
+    first, last = psnr(dec[:32], long_clip[:32]), psnr(dec[-32:], long_clip[-32:])
+    return {
+        "fingerprint": vae.fingerprint,
+        "heldout_clips": n_clips,
+        "heldout_psnr_mean": float(np.mean(ps)),
+        "heldout_psnr_min": float(np.min(ps)),
+        "heldout_flat_error_levels": {k: {"mean": float(np.mean([e["mean"] for e in v])),
+                                          "p99_mean": float(np.mean([e["p99"] for e in v])),
+                                          "max": int(np.max([e["max"] for e in v]))} for k, v in errs.items()},
+        "normalised_latent_mean_abs": float(zs.mean(1).abs().mean()),
+        "normalised_latent_std_range": [float(zs.std(1).min()), float(zs.std(1).max())],
+        "long_clip": {"caption": spec.caption, "frames": int(long_clip.shape[0]), "latent_shape": list(z.shape),
+                      "psnr": psnr(dec, long_clip), "psnr_first_4s": first, "psnr_last_4s": last,
+                      "flat_error_levels": long_fe, "encode_s": t_enc, "decode_s": t_dec},
+    }
+
+
+# -- training ------------------------------------------------------------------------------------
+def save(model, out: Path, seed: int) -> None:
+    """Latent statistics on held-out 64x64 clips -> config latents_mean / latents_std, then save."""
+    model.eval()
+    mus = []
+    with torch.no_grad():
+        for i in range(32):
+            spec = sample_spec(np.random.default_rng([seed + EVAL_SEED_OFFSET, i]), seconds=17 / FPS, fps=FPS)
+            x = torch.from_numpy(render(spec)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            mus.append(model.encode(x).latent_dist.mean[0].flatten(1))  # (C, T*h*w)
+    mu = torch.cat(mus, 1)
+    mean, std = mu.mean(1), mu.std(1).clamp_min(1e-4)
+    model.register_to_config(latents_mean=[round(float(v), 6) for v in mean],
+                             latents_std=[round(float(v), 6) for v in std])
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    print(f"saved {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.2f} MB); "
+          f"latents_mean {mean.numpy().round(3).tolist()} latents_std {std.numpy().round(3).tolist()}", flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import diffusers
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng([args.seed, 1])
+    z = CONFIG["z_dim"]
+    if args.init is not None:  # continue a saved VAE (optimizer state starts fresh)
+        model = diffusers.AutoencoderKLWan.from_pretrained(args.init)
+    else:
+        model = diffusers.AutoencoderKLWan(**CONFIG, latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"AutoencoderKLWan {n_params / 1e6:.2f} M params, config {CONFIG}", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    warm = max(1, args.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
+    full_from = int(args.steps * (1 - args.full_frac))
+    t_start = time.perf_counter()
+    model.train()
+    hist = []
+    for step in range(args.steps):
+        full = step >= full_from
+        crop, n = (64, max(1, args.batch // 4)) if full else (args.crop, args.batch)
+        x, y, m = batch(rng, n, args.frames, crop)
+        post = model.encode(x).latent_dist
+        mu = post.mean
+        # Posterior mean plus a little noise (10 % of its RMS): the loader encodes with the mean,
+        # and sampling at the initial unit variance buries the signal for hundreds of steps.
+        z = mu + args.noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
+        rec = model.decode(z).sample
+        w = 1.0 + args.obj_weight * m
+        diff = rec - y
+        l1 = (w * diff.abs()).mean()
+        l2 = (w * diff.square()).mean()
+        kl = 0.5 * mu.square().mean()  # the mean part of the KL: keeps the latent scale bounded
+        loss = l1 + l2 + args.kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            p = float(10 * torch.log10(4.0 / diff.square().mean().clamp_min(1e-10)))
+        hist.append((float(l1.detach()), p, float(kl.detach())))
+        if args.save_every and step and step % args.save_every == 0:
+            save(model, args.out, args.seed)
+            model.train()
+        if step % 20 == 0 or step == args.steps - 1:
+            el = time.perf_counter() - t_start
+            recent = np.mean(hist[-20:], 0)
+            eta = el / (step + 1) * (args.steps - step - 1)
+            print(f"step {step:5d}/{args.steps} {'64x64' if full else f'{crop}x{crop}'} l1 {recent[0]:.4f} "
+                  f"psnr {recent[1]:5.2f} kl {recent[2]:.2f} lr {sched.get_last_lr()[0]:.2e} "
+                  f"elapsed {el / 60:5.1f} min eta {eta / 60:5.1f} min", flush=True)
+    train_s = time.perf_counter() - t_start
+
+    save(model, args.out, args.seed)
+
+    t0 = time.perf_counter()
+    report = evaluate(args.out, args.seed, args.eval_clips, args.long_seconds)
+    report.update({
+        "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
+                  "frames": args.frames, "crop": args.crop, "full_frac": args.full_frac, "lr": args.lr,
+                  "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "wall_s": round(train_s, 1),
+                  "final_train_psnr_64": float(np.mean([h[1] for h in hist[-20:]]))},
+        "params": n_params, "config": CONFIG, "eval_s": round(time.perf_counter() - t0, 1),
+    })
+    (args.out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
