@@ -190,3 +190,16 @@ def test_train_semantic_refuses_a_baseline_latent_run(data, tmp_path):
     assert r.returncode == 2 and "--condition none" in r.stderr
     r = run_cli("train-semantic", str(data), "--latent-run", str(tmp_path / "nope"), "--preset", "tiny", "--out", str(tmp_path / "s"))
     assert r.returncode == 2 and "no such run folder" in r.stderr
+
+
+def test_validation_samples_beside_checkpoints_leave_losses_alone(data, compressor, tmp_path):
+    from semgen_cli.io.video import probe, read_metadata
+
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--seed", "1"]
+    assert run_cli(*common, "--out", str(tmp_path / "plain")).returncode == 0
+    r = run_cli(*common, "--sample-every", "1", "--sample-steps", "2", "--out", str(tmp_path / "sampled"))
+    assert r.returncode == 0, r.stderr
+    for step in (1, 2):
+        mp4 = tmp_path / "sampled" / "checkpoints" / f"step-{step:07d}" / "sample.mp4"
+        assert probe(mp4).frames == 29 and read_metadata(mp4)["step"] == step  # 8 latents → 29 frames
+    assert losses(tmp_path / "plain") == losses(tmp_path / "sampled")

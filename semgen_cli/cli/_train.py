@@ -21,6 +21,7 @@ KeepLast = Annotated[int, typer.Option(help="Checkpoints to keep.")]
 Seed = Annotated[int, typer.Option(help="Seed of data order, timesteps and noise.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint (exactly).")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU).")]
 
 
 def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every: int = 0):

@@ -59,4 +59,4 @@ def command(
         "written": out / "compressor.safetensors", "fingerprint": result["fingerprint"],
         "in → out": f"{result['compressor']['in_dim']} → {result['compressor']['dim'] or 'none'}",
         "final loss": result.get("final_loss", "—"),
-    }, next_command=f"semgen train-latent {data} --compressor {out} --out runs/latent")
+    }, next_command=f"semgen train-latent {data} --compressor {out} --out {out.parent / 'latent'}")

@@ -41,6 +41,9 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    fsdp: T.Fsdp = False,
+    sample_every: Annotated[int, typer.Option(help="Write a validation sample.mp4 beside the checkpoint every N steps (0: never).")] = 0,
+    sample_steps: Annotated[int, typer.Option(help="Euler steps of the validation samples.")] = 10,
 ) -> None:
     """Stage 1 (paper §3.2, §3.4): train the latent DiT on VAE latents, conditioned in context on compressed semantic tokens and by cross-attention on text.
 
@@ -55,7 +58,7 @@ def command(
         clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
         init=init, gradient_checkpointing=gradient_checkpointing,
     )
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, 0.0 if weight_decay is None else weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     settings_table("semgen train-latent", {
         "data": data, "compressor": compressor or "—", "out": out, "preset": preset,
         "attention": f"{attention} (T_w={window})" if attention == "swin" else attention, "condition": condition,
@@ -63,8 +66,8 @@ def command(
         "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:
-        result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]))
+        result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
     if result.interrupted:
         rows["stopped early"] = T.resume_hint(sys.argv[1:])
-    summary("stage 1", rows, next_command=f"semgen train-semantic {data} --latent-run {out} --out runs/semantic")
+    summary("stage 1", rows, next_command=f"semgen train-semantic {data} --latent-run {out} --out {out.parent / 'semantic'}")

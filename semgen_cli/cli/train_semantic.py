@@ -34,6 +34,7 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    fsdp: T.Fsdp = False,
 ) -> None:
     """Stage 2 (paper §3.2, §3.4): train the semantic DiT to generate compressed semantic tokens from text, with full attention over whole clips.
 
@@ -49,8 +50,8 @@ def command(
         "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:
-        result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]))
+        result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
     if result.interrupted:
         rows["stopped early"] = T.resume_hint(sys.argv[1:])
-    summary("stage 2", rows, next_command=f'semgen generate "a red circle moving right on a navy background" --latent-run {config["latent_run"]["path"]} --semantic-run {out} --seconds 10 --out out.mp4')
+    summary("stage 2", rows, next_command=f'semgen generate "a red circle moving right on a navy background" --latent-run {latent_run} --semantic-run {out} --seconds 10 --out out.mp4')

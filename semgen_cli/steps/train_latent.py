@@ -217,7 +217,7 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
     return DiT(dit_cfg)
 
 
-def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, sample_steps: int = 10):
+def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10):
     from semgen_cli.models.dit import semantic_times_from_fps
     from semgen_cli.runs import tensors_fingerprint
     from semgen_cli.steps.fit_compressor import load_compressor
@@ -285,8 +285,49 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
     write_json_atomic(out / "config.json", config)
     step = LatentStep(dit, compressor, cfg, semantic_times, shift)
     reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
-    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint)
+    sampler = None
+    if train_cfg.sample_every:
+        sampler = ValidationSampler(dataset, data.components["vae"]["spec"], fps, shift, sample_steps, reporter)
+    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
+                   on_checkpoint=sampler,
+                   fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
+
+
+class ValidationSampler:
+    """Writes `sample.mp4` into a checkpoint folder: the EMA model renders the first training
+    window's latents from noise (Euler, `steps`), conditioned on that window's semantic tokens
+    (σ = half the training maximum) and text, and the data's VAE decodes them. Same noise every
+    time (seed 0), so samples of successive checkpoints are comparable."""
+
+    def __init__(self, dataset: "LatentWindows", vae_spec: str, fps: float, shift: float, steps: int, reporter: Reporter) -> None:
+        from semgen_cli.training import Sample
+
+        self.item = collate([dataset[Sample(0, 0)]])
+        self.caption = dataset.data.records[dataset.index[0]]["caption"]
+        self.vae_spec, self.fps, self.shift, self.steps, self.reporter = vae_spec, fps, shift, steps, reporter
+        self.vae = None
+
+    def __call__(self, step: int, ckpt_dir: Path, model: "LatentStep") -> None:
+        from semgen_cli.components import load_vae
+        from semgen_cli.flow import euler_sample
+        from semgen_cli.io.video import write_video
+
+        if self.vae is None:
+            self.vae = load_vae(self.vae_spec)
+        dev = next(model.parameters()).device
+        batch = {k: v.to(dev) for k, v in self.item.items()}
+        g = torch.Generator().manual_seed(0)
+        noise = torch.randn(batch["latents"].shape, generator=g).to(dev)
+        cond: dict = {"text": batch["text"], "text_mask": batch["text_mask"]}
+        if model.condition != "none":
+            sem, _ = model.condition_tokens(batch)
+            cond.update(semantic=sem, semantic_t=torch.full((1,), model.semantic_noise / 2, device=dev),
+                        semantic_times=model.semantic_times if model.semantic_times.numel() else None)
+        z = euler_sample(lambda x, t, **c: model.dit(x, t, **c), noise, self.steps, shift=self.shift, cond=cond)
+        frames = self.vae.decode(z[0].float().cpu())
+        write_video(ckpt_dir / "sample.mp4", frames, fps=self.fps, metadata={"step": step, "prompt": self.caption, "steps": self.steps})
+        self.reporter.info(f"sample: {ckpt_dir / 'sample.mp4'} ({self.caption})")
 
 
 def _first_key():

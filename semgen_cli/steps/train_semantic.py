@@ -142,7 +142,7 @@ def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
     return compressor.eval(), tensors_fingerprint(comp_state, "compressor:"), cfg
 
 
-def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None):
+def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False):
     from semgen_cli.flow import dimension_shift
     from semgen_cli.models.dit import DiT
     from semgen_cli.models.presets import preset
@@ -198,5 +198,6 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     write_json_atomic(out / "config.json", config)
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
     reporter.info(f"semantic DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
-    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint)
+    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
+                   fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
