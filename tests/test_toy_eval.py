@@ -51,3 +51,30 @@ def test_toy_eval_errors(tmp_path):
 def test_info_runs():
     r = run_inproc("info")
     assert r.returncode == 0 and "torch" in r.stdout and "default pipeline" in r.stdout
+
+
+def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
+    """examples/toy/bundle.py keeps only what sampling needs and writes pipeline.json last;
+    generate with no runs then uses it."""
+    import importlib.util
+    from pathlib import Path
+
+    import semgen_cli.steps.generate as G
+
+    spec = importlib.util.spec_from_file_location("bundle", Path(__file__).parents[1] / "examples" / "toy" / "bundle.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "latent").symlink_to(runs / "lat")
+    (work / "semantic").symlink_to(runs / "sem")
+    assets = tmp_path / "assets"
+    bundle.main(str(work), str(assets))
+    pipeline = json.loads((assets / "pipeline.json").read_text())
+    assert pipeline["latent_run"] == "toy/runs/latent" and pipeline["held_out_combinations"]
+    kept = sorted(p.name for p in (assets / "toy" / "runs" / "latent").rglob("*") if p.is_file())
+    assert kept == ["config.json", "ema.safetensors", "latest", "state.json"]
+    monkeypatch.setattr(G, "ASSETS", assets)
+    r = run_inproc("generate", "a red circle moving left on a black background", "--seconds", "1", "--steps", "1", "--out", tmp_path / "o.mp4")
+    assert r.returncode == 0, r.stderr
+    assert "bundled default" in r.stdout

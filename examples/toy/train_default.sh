@@ -48,4 +48,4 @@ semgen train-latent "$W/data" --compressor "$W/compressor" --preset toy --attent
 semgen train-semantic "$W/data" --latent-run "$W/latent" --preset toy --shift 1.0 \
     --steps "$SEMANTIC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
     --save-every 250 --out "$W/semantic" $(resume "$W/semantic")
-python examples/toy/bundle.py "$W" semgen_cli/assets
+python examples/toy/bundle.py "$W" "${ASSETS:-semgen_cli/assets}"
