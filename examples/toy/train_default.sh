@@ -5,7 +5,8 @@
 #
 # 1. the toy components: a small AutoencoderKLWan and a small Qwen2.5-VL vision tower, trained on
 #    toy clips rendered in memory (skipped when semgen_cli/assets/toy/{vae,semantic} exist; set
-#    RETRAIN_COMPONENTS=1 to redo them);
+#    RETRAIN_COMPONENTS=1 to redo them; the VAE is saved every 500 steps, so a stopped run leaves
+#    a usable folder that `train_vae.py --init` continues);
 # 2. toy data with long clips (up to 60 s), leaving the held-out colour × shape × background
 #    combinations of semgen_cli/toy/prompts.py out on purpose;
 # 3. semgen's own commands: extract → fit-compressor → train-latent → train-semantic;
@@ -25,7 +26,8 @@ THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS
 
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.json ]]; then
-  python examples/toy/train_vae.py --out semgen_cli/assets/toy/vae --steps 1200 --batch 4 --frames 5 --lr 5e-4 --seed 0
+  python examples/toy/train_vae.py --out semgen_cli/assets/toy/vae --steps "${VAE_STEPS:-6000}" --batch 4 --frames 9 --lr 1e-3 \
+      --threads "$THREADS" --save-every 500 --seed 0
 fi
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/semantic/config.json ]]; then
   python examples/toy/train_semantic_encoder.py --out semgen_cli/assets/toy/semantic --steps 900 --seed 0
