@@ -1030,6 +1030,8 @@ class _Trainer:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, `cmd &`): keep it so
+            return lambda: None
 
         def handler(signum, frame):
             if self.stop_requested:

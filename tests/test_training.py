@@ -193,12 +193,35 @@ def test_first_ctrl_c_finishes_the_step_and_saves(tmp_path):
         return loss_fn(model, batch, generator)
 
     rec = Recorder()
-    r = train(make_net(), NoisyPoints(), collate, ctrl_c_at_step_3, cfg(steps=6), tmp_path, reporter=rec,
-              resume_hint="semgen fit-compressor --resume")
+    # a shell started in the background (nohup, `cmd &`, some CI runners) ignores SIGINT; this test
+    # is about an interactive run, so it sets Python's default handler and puts back what was there
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = train(make_net(), NoisyPoints(), collate, ctrl_c_at_step_3, cfg(steps=6), tmp_path, reporter=rec,
+                  resume_hint="semgen fit-compressor --resume")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert r.interrupted and r.step == 3 and r.checkpoint.name == "step-0000003"
     assert (r.checkpoint / "state.json").is_file() and sorted(losses(tmp_path)) == [1, 2, 3]
     assert rec.lines[-1] == "resume with: semgen fit-compressor --resume"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_ignored_sigint_stays_ignored(tmp_path):
+    """Started with Ctrl-C ignored (nohup), training neither installs a handler nor stops."""
+    import signal
+
+    outer = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        def ctrl_c(model, batch, generator):
+            os.kill(os.getpid(), signal.SIGINT)
+            return loss_fn(model, batch, generator)
+
+        r = train(make_net(), NoisyPoints(), collate, ctrl_c, cfg(steps=3), tmp_path)
+        assert not r.interrupted and r.step == 3
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_already_finished_run_says_so(tmp_path):
