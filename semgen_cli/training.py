@@ -106,6 +106,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io.shards import read_json, write_json_atomic, write_text_atomic
 from semgen_cli.reporting import NULL, Reporter
@@ -223,11 +224,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a config file's dict; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+        return from_dict_strict(cls, d, "training setting")
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the numbers (not steps, save/log cadence, workers)."""

@@ -131,7 +131,7 @@ def test_config_rejects_bad_values(bad):
 def test_config_dict_roundtrip_and_unknown_keys():
     cfg = preset("tiny", in_channels=4, text_dim=16, semantic_dim=8, attention="swin", window=2)
     assert DiTConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ConfigError, match="unknown DiT config keys"):
+    with pytest.raises(ConfigError, match="unknown DiT config key"):
         DiTConfig.from_dict({**cfg.to_dict(), "depth": 3})
 
 

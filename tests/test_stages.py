@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semgen_cli.errors import ConfigError, InputError, MismatchError
+from semgen_cli.errors import ConfigError
 from tests.conftest import run_inproc as run_cli
 
 

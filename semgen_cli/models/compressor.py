@@ -13,12 +13,13 @@ diffusion models see a normalised space (``normalize`` / ``denormalize``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError
 
 
@@ -55,11 +56,7 @@ class CompressorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompressorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown compressor config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "compressor config")
 
 
 class Compressor(nn.Module):

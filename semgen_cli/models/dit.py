@@ -37,13 +37,14 @@ tokens, and are dropped before the output head.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError
 from semgen_cli.models.attention import WindowPlan, attention, window_plan
 
@@ -128,11 +129,7 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown DiT config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "DiT config")
 
     @classmethod
     def from_wan_config(cls, wan: dict, **overrides) -> "DiTConfig":

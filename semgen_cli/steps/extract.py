@@ -22,7 +22,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io import shards as S

@@ -219,7 +219,6 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
 
 def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10):
     from semgen_cli.models.dit import semantic_times_from_fps
-    from semgen_cli.runs import tensors_fingerprint
     from semgen_cli.steps.fit_compressor import load_compressor
     from semgen_cli.training import check_run_dir, train
 
