@@ -203,3 +203,23 @@ def test_validation_samples_beside_checkpoints_leave_losses_alone(data, compress
         mp4 = tmp_path / "sampled" / "checkpoints" / f"step-{step:07d}" / "sample.mp4"
         assert probe(mp4).frames == 29 and read_metadata(mp4)["step"] == step  # 8 latents → 29 frames
     assert losses(tmp_path / "plain") == losses(tmp_path / "sampled")
+
+
+def test_config_file_gives_defaults_and_flags_win(data, compressor, tmp_path):
+    cfg_file = tmp_path / "latent.json"
+    cfg_file.write_text(json.dumps({"preset": "tiny", "steps": 3, "batch-size": 2, "seed": 4}))
+    r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--config", str(cfg_file), "--steps", "1", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert written["settings"]["preset"] == "tiny" and written["train"]["steps"] == 1 and written["train"]["seed"] == 4
+    assert written["train"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("content, message", [("{\"bogus\": 1}", "unknown option(s) bogus"), ("{not json", "not valid JSON"), ("[1]", "JSON object")])
+def test_bad_config_file_is_one_line(data, tmp_path, content, message):
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(content)
+    r = run_cli("train-semantic", str(data), "--latent-run", str(tmp_path), "--config", str(cfg_file))
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("fit-compressor", str(data), "--config", str(tmp_path / "missing.json"))
+    assert r.returncode == 2 and "no such file" in r.stderr

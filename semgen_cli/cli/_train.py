@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -40,3 +41,36 @@ def resume_hint(argv: list[str]) -> str:
 
     args = [a for a in argv if a != "--resume"]
     return "semgen " + " ".join(shlex.quote(a) for a in args) + " --resume"
+
+
+def _load_config_file(ctx: typer.Context, param, value):
+    """Eager callback of --config: a JSON file of option values becomes the defaults that flags
+    then override (defaults ← file ← flags). Keys are option names (`batch_size` or `batch-size`);
+    an unknown key is an error naming the file."""
+    if value is None:
+        return value
+    import json
+
+    from semgen_cli.errors import ConfigError, InputError
+
+    try:
+        data = json.loads(value.read_text())
+    except FileNotFoundError:
+        raise InputError(f"--config {value}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"--config {value}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {value}: expected a JSON object of option values")
+    names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
+    clean = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(clean) - names)
+    if unknown:
+        raise ConfigError(f"--config {value}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    ctx.default_map = {**(ctx.default_map or {}), **clean}
+    return value
+
+
+ConfigFile = Annotated[
+    Optional[Path],
+    typer.Option("--config", is_eager=True, callback=_load_config_file, help="JSON file of option values (flags given on the command line win)."),
+]

@@ -34,6 +34,7 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    config: T.ConfigFile = None,
 ) -> None:
     """Fit the MLP compressor (mean, logvar; KL) on extracted semantic features (paper §3.2).
 

@@ -41,6 +41,7 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
     sample_every: Annotated[int, typer.Option(help="Write a validation sample.mp4 beside the checkpoint every N steps (0: never).")] = 0,
     sample_steps: Annotated[int, typer.Option(help="Euler steps of the validation samples.")] = 10,

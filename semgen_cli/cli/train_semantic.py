@@ -34,6 +34,7 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
 ) -> None:
     """Stage 2 (paper §3.2, §3.4): train the semantic DiT to generate compressed semantic tokens from text, with full attention over whole clips.
