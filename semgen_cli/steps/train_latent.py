@@ -135,20 +135,32 @@ class LatentWindows(torch.utils.data.Dataset):
         return out
 
 
+def pad_text(texts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text embeddings (L_i, D) → (B, L, D) zero-padded to the longest, and its mask (B, L).
+    An empty caption still attends to one (zero) token."""
+    L = max(max(t.shape[0] for t in texts), 1)
+    text = torch.zeros(len(texts), L, texts[0].shape[1])
+    mask = torch.zeros(len(texts), L, dtype=torch.bool)
+    for i, t in enumerate(texts):
+        text[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    mask[:, 0] |= ~mask.any(1)
+    return text, mask
+
+
+def drop_text(text: torch.Tensor, mask: torch.Tensor, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier-free-guidance dropout: with probability `p` a sample's text becomes zeros with an
+    all-True mask, the same "no text" that sampling uses for the unconditional branch."""
+    drop = torch.rand(text.shape[0], generator=generator, device=generator.device).to(text.device) < p
+    return (torch.where(drop[:, None, None], torch.zeros_like(text), text),
+            torch.where(drop[:, None], torch.ones_like(mask), mask))
+
+
 def collate(items: list[dict]) -> dict:
     """Stack windows; pad text to the longest in the batch with a mask."""
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "text"}
     if "text" in items[0]:
-        L = max(it["text"].shape[0] for it in items)
-        D = items[0]["text"].shape[1]
-        text = torch.zeros(len(items), max(L, 1), D)
-        mask = torch.zeros(len(items), max(L, 1), dtype=torch.bool)
-        for i, it in enumerate(items):
-            n = it["text"].shape[0]
-            text[i, :n] = it["text"]
-            mask[i, :n] = True
-        mask[:, 0] |= ~mask.any(1)  # an empty caption still attends to one (zero) token
-        batch["text"], batch["text_mask"] = text, mask
+        batch["text"], batch["text_mask"] = pad_text([it["text"] for it in items])
     return batch
 
 
@@ -183,10 +195,7 @@ class LatentStep(nn.Module):
 
         z0 = batch["latents"]  # (B, C, T, h, w)
         B, dev = z0.shape[0], z0.device
-        text, mask = batch["text"], batch["text_mask"]
-        drop = torch.rand(B, generator=generator, device=generator.device).to(dev) < self.text_dropout
-        text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
-        mask = torch.where(drop[:, None], torch.ones_like(mask), mask)
+        text, mask = drop_text(batch["text"], batch["text_mask"], self.text_dropout, generator)
         cond: dict = {"text": text, "text_mask": mask}
         kl = z0.new_zeros(())
         if self.condition != "none":

@@ -69,9 +69,9 @@ class WholeClips(torch.utils.data.Dataset):
 
 def collate(items: list[dict]) -> dict:
     """Pad semantic tokens along time (with `frame_mask`) and text (with `text_mask`)."""
-    from semgen_cli.steps.train_latent import collate as collate_text
+    from semgen_cli.steps.train_latent import pad_text
 
-    batch = collate_text([{"text": it["text"], "latents": torch.zeros(0)} for it in items])
+    text, text_mask = pad_text([it["text"] for it in items])
     Ts = max(it["semantic"].shape[0] for it in items)
     shape = items[0]["semantic"].shape[1:]
     sem = torch.zeros(len(items), Ts, *shape)
@@ -80,7 +80,7 @@ def collate(items: list[dict]) -> dict:
         n = it["semantic"].shape[0]
         sem[i, :n] = it["semantic"]
         mask[i, :n] = True
-    return {"semantic": sem, "frame_mask": mask, "text": batch["text"], "text_mask": batch["text_mask"]}
+    return {"semantic": sem, "frame_mask": mask, "text": text, "text_mask": text_mask}
 
 
 class SemanticStep(nn.Module):
@@ -102,15 +102,13 @@ class SemanticStep(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator):
         from semgen_cli.flow import interpolate, sample_timesteps, velocity_target
         from semgen_cli.models.dit import frame_mask_to_token_mask
+        from semgen_cli.steps.train_latent import drop_text
 
         self.compressor.eval()
         z0 = self.targets(batch["semantic"])  # (B, c, Ts, hs, ws)
         B, c, Ts, hs, ws = z0.shape
         dev = z0.device
-        text, tmask = batch["text"], batch["text_mask"]
-        drop = torch.rand(B, generator=generator, device=generator.device).to(dev) < self.text_dropout
-        text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
-        tmask = torch.where(drop[:, None], torch.ones_like(tmask), tmask)
+        text, tmask = drop_text(batch["text"], batch["text_mask"], self.text_dropout, generator)
         fmask = batch["frame_mask"]  # (B, Ts)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
