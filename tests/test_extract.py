@@ -199,3 +199,20 @@ def test_cli_extract_inspect_verify_and_flipped_byte(tmp_path):
 def test_cli_bad_flag_is_one_line(tmp_path):
     r = run_cli("extract", str(tmp_path), "--size", "abc")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--size" in r.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_index_covers_all_shards(tmp_path):
+    import shutil
+
+    videos = make_videos(tmp_path / "videos", n=4)
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun ships with torch"
+    r = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "semgen_cli.cli.app", "extract", str(videos),
+         "--out", str(tmp_path / "data"), "--fps", "8", "--semantic-fps", "2", "--shard-size", "1", "--num-workers", "0"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ds = Dataset(tmp_path / "data")
+    assert len(ds) == 4 and [s.name for s in ds.shards] == [f"shard-{k:05d}" for k in range(4)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,6 +51,8 @@ def command(
     })
     with RichReporter() as reporter:
         result = extract(cfg, reporter)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 indexes and reports for all
+        return
     rows = {
         "samples": result.samples, "failed": result.failed,
         "seconds of video": round(result.seconds_of_video, 2),

@@ -177,15 +177,28 @@ def extract(cfg: ExtractConfig, reporter: Reporter = NULL) -> ExtractResult:
         timings["extract"] = time.perf_counter() - t0
 
     if world > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
+        _wait_for_all_ranks()
     result = ExtractResult(out, 0, 0, 0.0, len(todo), kept, 0, timings)
     if rank == 0:
         _write_index(cfg, out, root, plan, producer, result)
     timings["total"] = time.perf_counter() - t_start
     return result
+
+
+def _wait_for_all_ranks() -> None:
+    """Under torchrun (MASTER_ADDR set), a gloo barrier so rank 0 indexes every rank's shards.
+    Ranks started by hand (RANK/WORLD_SIZE only) are not waited for: rank 0 then indexes only if
+    every shard is finished, and otherwise says which marker is missing."""
+    import torch.distributed as dist
+
+    if "MASTER_ADDR" not in os.environ:
+        return
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("gloo")
+    dist.barrier()
+    if owns:
+        dist.destroy_process_group()
 
 
 def _default_size(videos: list[Path]) -> tuple[int, int]:
