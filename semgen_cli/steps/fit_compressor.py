@@ -132,12 +132,10 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
     reporter.finish("stats")
     mean, std = Compressor.stats_of(torch.cat(zs))
     compressor.set_stats(mean, std)
-    from safetensors.torch import save_file
+    from semgen_cli.io.shards import save_tensors_atomic
 
-    state = {k: v.contiguous() for k, v in compressor.state_dict().items()}
-    tmp = out / ".compressor.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / "compressor.safetensors")
+    state = compressor.state_dict()
+    save_tensors_atomic(out / "compressor.safetensors", state)
     config["fingerprint"] = tensors_fingerprint(state, "compressor:")
     config["stats"] = {"mean": mean.tolist(), "std": std.tolist()}
     write_json_atomic(out / "config.json", config)

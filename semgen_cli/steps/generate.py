@@ -781,7 +781,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
 
 def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Resolved) -> None:
     """The normalised plan (Ts, hs, ws, c) as safetensors, with what made it as string metadata."""
-    from safetensors.torch import save_file
+    from semgen_cli.io.shards import save_tensors_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {
@@ -789,9 +789,7 @@ def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Res
         "normalised": "true", "layout": "Ts,hs,ws,c", "compressor_fingerprint": compressor_fingerprint,
         "plan": meta["plan"], "latent_run": meta["latent_run"]["path"], "semantic_run": meta["semantic_run"] or "",
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({"semantic": plan.detach().float().cpu().contiguous()}, str(tmp), metadata=info)
-    os.replace(tmp, path)
+    save_tensors_atomic(path, {"semantic": plan.detach().float().cpu()}, metadata=info)
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

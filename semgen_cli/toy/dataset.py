@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from semgen_cli.errors import ConfigError, InputError
+from semgen_cli.io.shards import write_text_atomic
 from semgen_cli.reporting import NULL, Reporter
 from semgen_cli.toy.world import MAX_SIZE, ClipSpec, Combo, all_combos, render_iter, sample_spec
 
@@ -184,9 +185,5 @@ def write_toy_dataset(
     reporter.finish("render")
 
     # metadata.jsonl last and atomically: a folder that has it is complete.
-    tmp = out / f".{METADATA}.partial"
-    with open(tmp, "w") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-    os.replace(tmp, out / METADATA)
+    write_text_atomic(out / METADATA, "".join(json.dumps(rec) + "\n" for rec in records))
     return ToyDataResult(out, config.count, long_clips, frames, seconds, out / METADATA, time.perf_counter() - t0)
