@@ -26,8 +26,13 @@ THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS
 
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.json ]]; then
-  python examples/toy/train_vae.py --out semgen_cli/assets/toy/vae --steps "${VAE_STEPS:-6000}" --batch 4 --frames 9 --lr 1e-3 \
-      --threads "$THREADS" --save-every 500 --seed 0
+  # two phases (examples/toy/README.md): 5-frame 32x32 crops to learn colours and shapes, then
+  # 9-frame windows (3 latent frames, so the causal caches reach their steady state) with 40 % of
+  # the steps on whole 64x64 frames. lr 2e-4: at 5e-4 and above this VAE stalls near 18 dB.
+  python examples/toy/train_vae.py --out "$W/vae-phase1" --steps "${VAE_STEPS1:-1250}" --batch 4 --frames 5 \
+      --lr 2e-4 --noise 0 --full-frac 0 --threads "$THREADS" --save-every 250 --seed 0 --eval-clips 4 --long-seconds 8
+  python examples/toy/train_vae.py --init "$W/vae-phase1" --out semgen_cli/assets/toy/vae --steps "${VAE_STEPS2:-1600}" \
+      --batch 4 --frames 9 --lr 2e-4 --noise 0 --full-frac 0.4 --threads "$THREADS" --save-every 200 --seed 0 --eval-clips 8
 fi
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/semantic/config.json ]]; then
   python examples/toy/train_semantic_encoder.py --out semgen_cli/assets/toy/semantic --steps 900 --seed 0
@@ -42,12 +47,22 @@ semgen extract "$W/videos" --out "$W/data" --vae toy --semantic toy --text minil
 [[ -f "$W/compressor/compressor.safetensors" ]] || semgen fit-compressor "$W/data" --dim 8 --out "$W/compressor" \
     --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3
 resume() { [[ -f "$1/checkpoints/latest" ]] && echo --resume || true; }
-semgen train-latent "$W/data" --compressor "$W/compressor" --preset toy --attention swin --window 4 \
+# The compressor stays frozen in stage 1 (--freeze-compressor), so the stage-2 target space is fixed
+# from stage 1's first checkpoint on and the two stages train side by side, one thread each.
+OMP_NUM_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 )) semgen train-latent "$W/data" --compressor "$W/compressor" \
+    --freeze-compressor --preset toy --attention swin --window 4 \
     --steps "$LATENT_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
-    --save-every 250 --out "$W/latent" $(resume "$W/latent")
+    --save-every 250 --out "$W/latent" $(resume "$W/latent") > "$W/latent.log" 2>&1 &
+LATENT_PID=$!
+until [[ -f "$W/latent/checkpoints/latest" ]]; do
+  kill -0 "$LATENT_PID" 2>/dev/null || { wait "$LATENT_PID"; echo "train-latent failed: see $W/latent.log" >&2; exit 1; }
+  sleep 10
+done
 # stage 2 uses the plain logit-normal (shift 1): RAE's sqrt(elements/4096) rule gives ~0.4 for a space this
 # small, which would spend most steps near the data and too few on the layout.
-semgen train-semantic "$W/data" --latent-run "$W/latent" --preset toy --shift 1.0 \
+OMP_NUM_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 )) semgen train-semantic "$W/data" --latent-run "$W/latent" \
+    --preset toy --shift 1.0 \
     --steps "$SEMANTIC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
-    --save-every 250 --out "$W/semantic" $(resume "$W/semantic")
+    --save-every 250 --out "$W/semantic" $(resume "$W/semantic") > "$W/semantic.log" 2>&1
+wait "$LATENT_PID" || { echo "train-latent failed: see $W/latent.log" >&2; exit 1; }
 python examples/toy/bundle.py "$W" "${ASSETS:-semgen_cli/assets}"

@@ -65,6 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--obj-weight", type=float, default=4.0, help="extra loss weight on object pixels")
     p.add_argument("--eval-clips", type=int, default=16)
     p.add_argument("--long-seconds", type=float, default=60.0)
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
+                   help="Wan2.2-style residual blocks (space-to-channel average shortcuts); learns far faster")
+    p.add_argument("--zero-init", action="store_true",
+                   help="zero the last layer of every residual branch (the VAE starts as its shortcut path)")
     p.add_argument("--init", type=Path, default=None, help="start from this saved VAE folder (continue training)")
     p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
     return p.parse_args(argv)
@@ -185,6 +189,30 @@ def evaluate(folder: Path, seed: int, n_clips: int, long_seconds: float) -> dict
 
 
 # -- training ------------------------------------------------------------------------------------
+def zero_init_residual(model):
+    """Zero the last layer of every residual branch so the residual VAE starts as its shortcut path."""
+    from torch import nn
+    from diffusers.models.autoencoders import autoencoder_kl_wan as W
+
+    n = 0
+    for mod in model.modules():
+        tgt = []
+        if isinstance(mod, W.WanResidualBlock):
+            tgt = [mod.conv2]
+        elif isinstance(mod, W.WanAttentionBlock):
+            tgt = [mod.proj]
+        elif isinstance(mod, W.WanResidualDownBlock) and mod.downsampler is not None:
+            d = mod.downsampler
+            tgt = [d.time_conv] if d.mode == "downsample3d" else [d.resample[-1]]
+        elif isinstance(mod, W.WanResidualUpBlock) and mod.upsampler is not None and mod.avg_shortcut is not None:
+            tgt = [mod.upsampler.resample[-1]]
+        for t in tgt:
+            nn.init.zeros_(t.weight)
+            nn.init.zeros_(t.bias)
+            n += 1
+    return n
+
+
 def save(model, out: Path, seed: int) -> None:
     """Latent statistics on held-out 64x64 clips -> config latents_mean / latents_std, then save."""
     model.eval()
@@ -215,7 +243,10 @@ def main(argv=None) -> None:
     if args.init is not None:  # continue a saved VAE (optimizer state starts fresh)
         model = diffusers.AutoencoderKLWan.from_pretrained(args.init)
     else:
-        model = diffusers.AutoencoderKLWan(**CONFIG, latents_mean=[0.0] * z, latents_std=[1.0] * z)
+        model = diffusers.AutoencoderKLWan(**CONFIG, is_residual=args.residual,
+                                           latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    if args.zero_init and args.init is None:
+        print(f"zero-initialised {zero_init_residual(model)} residual branch outputs", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"AutoencoderKLWan {n_params / 1e6:.2f} M params, config {CONFIG}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -249,7 +280,12 @@ def main(argv=None) -> None:
         sched.step()
         with torch.no_grad():
             p = float(10 * torch.log10(4.0 / diff.square().mean().clamp_min(1e-10)))
-        hist.append((float(l1.detach()), p, float(kl.detach())))
+            sq = diff.square().mean(1, keepdim=True)  # (n, 1, F, h, w)
+            p_first = float(10 * torch.log10(4.0 / sq[:, :, :1].mean().clamp_min(1e-10)))
+            p_rest = float(10 * torch.log10(4.0 / sq[:, :, 1:].mean().clamp_min(1e-10))) if sq.shape[2] > 1 else p_first
+            p_bg = float(10 * torch.log10(4.0 / sq[m == 0].mean().clamp_min(1e-10)))
+            p_obj = float(10 * torch.log10(4.0 / sq[m > 0].mean().clamp_min(1e-10))) if (m > 0).any() else p
+        hist.append((float(l1.detach()), p, float(kl.detach()), p_first, p_rest, p_bg, p_obj))
         if args.save_every and step and step % args.save_every == 0:
             save(model, args.out, args.seed)
             model.train()
@@ -258,7 +294,7 @@ def main(argv=None) -> None:
             recent = np.mean(hist[-20:], 0)
             eta = el / (step + 1) * (args.steps - step - 1)
             print(f"step {step:5d}/{args.steps} {'64x64' if full else f'{crop}x{crop}'} l1 {recent[0]:.4f} "
-                  f"psnr {recent[1]:5.2f} kl {recent[2]:.2f} lr {sched.get_last_lr()[0]:.2e} "
+                  f"psnr {recent[1]:5.2f} (first {recent[3]:5.2f} rest {recent[4]:5.2f} bg {recent[5]:5.2f} obj {recent[6]:5.2f}) kl {recent[2]:.2f} lr {sched.get_last_lr()[0]:.2e} "
                   f"elapsed {el / 60:5.1f} min eta {eta / 60:5.1f} min", flush=True)
     train_s = time.perf_counter() - t_start
 

@@ -16,11 +16,14 @@ def command() -> None:
     rows = {"semgen": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"}
     try:
-        from semgen_cli.steps.generate import default_pipeline
         from semgen_cli.io.shards import read_json
+        from semgen_cli.steps.generate import ASSETS, default_pipeline
 
         latent, semantic = default_pipeline()
-        rows["default pipeline"] = f"{latent.parent}"
+        bundle = read_json(ASSETS / "pipeline.json")
+        rows["default pipeline"] = f"{bundle.get('name', '?')} ({ASSETS / 'pipeline.json'})"
+        if bundle.get("held_out_combinations"):
+            rows["  held out"] = ", ".join(" ".join(c) for c in bundle["held_out_combinations"])
         cfg = read_json(latent / "config.json")
         for role, c in cfg["data"]["components"].items():
             rows[f"  {role}"] = f"{c.get('spec')}  {c.get('fingerprint')}"
