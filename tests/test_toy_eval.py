@@ -78,3 +78,26 @@ def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
     r = run_inproc("generate", "a red circle moving left on a black background", "--seconds", "1", "--steps", "1", "--out", tmp_path / "o.mp4")
     assert r.returncode == 0, r.stderr
     assert "bundled default" in r.stdout
+
+
+def test_toy_eval_pipeline_file(runs, tmp_path):
+    """--pipeline FILE scores the runs a pipeline.json names (paths relative to the file)."""
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "lat").symlink_to(runs / "lat")
+    (folder / "sem").symlink_to(runs / "sem")
+    (folder / "pipeline.json").write_text(json.dumps({"latent_run": "lat", "semantic_run": "sem"}))
+    r = run_inproc("toy-eval", "--pipeline", folder / "pipeline.json", "--count", "1", "--seconds", "1", "--steps", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["videos"]) == 1
+
+
+def test_toy_eval_pipeline_errors(runs, tmp_path):
+    r = run_inproc("toy-eval", "--pipeline", tmp_path / "none.json", "--count", "1")
+    assert r.returncode == 2 and "none.json" in r.stderr and "no such file" in r.stderr
+    bad = tmp_path / "pipeline.json"
+    bad.write_text("{}")
+    r = run_inproc("toy-eval", "--pipeline", bad, "--count", "1")
+    assert r.returncode == 2 and "pipeline.json" in r.stderr
+    r = run_inproc("toy-eval", "--pipeline", bad, "--latent-run", runs / "lat", "--count", "1")
+    assert r.returncode == 2 and "--pipeline" in r.stderr

@@ -13,6 +13,7 @@ import typer
 def command(
     prompts: Annotated[Optional[Path], typer.Option(help="File of toy-grammar prompts, one per line (default: the 24 built-in ones).")] = None,
     seconds: Annotated[float, typer.Option(help="Duration of each video.")] = 20.0,
+    pipeline: Annotated[Optional[Path], typer.Option(help="A pipeline.json (as examples/toy/bundle.py writes) naming the runs to score (default: the bundled one).")] = None,
     latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (default: the bundled pipeline).")] = None,
     semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (default: the bundled pipeline).")] = None,
     count: Annotated[int, typer.Option(help="How many built-in prompts (held-out combinations first).")] = 24,
@@ -29,6 +30,13 @@ def command(
     from semgen_cli.steps.toy_eval import ToyEvalConfig, read_prompt_file, toy_eval
     from semgen_cli.toy.prompts import default_prompts
 
+    from semgen_cli.errors import ConfigError
+    from semgen_cli.steps.generate import default_pipeline
+
+    if pipeline is not None:
+        if latent_run is not None or semantic_run is not None:
+            raise ConfigError("--pipeline names the runs itself; drop --latent-run/--semantic-run")
+        latent_run, semantic_run = default_pipeline(pipeline)
     prompt_list = read_prompt_file(str(prompts)) if prompts else default_prompts(count)
     cfg = ToyEvalConfig(prompts=prompt_list, seconds=seconds, latent_run=str(latent_run) if latent_run else None,
                         semantic_run=str(semantic_run) if semantic_run else None, seed=seed, steps=steps, keep=str(keep) if keep else None)
@@ -39,7 +47,7 @@ def command(
         sys.stdout.write(json.dumps({"pipeline": result.pipeline, "seconds": seconds, "summary": result.summary, "videos": result.rows}, indent=2) + "\n")
         return
     settings_table("semgen toy-eval", {"prompts": f"{len(prompt_list)} ({prompts or 'built-in'})", "seconds": seconds, "seed": seed,
-                                       "pipeline": "bundled" if not latent_run else f"{latent_run} + {semantic_run}"})
+                                       "pipeline": str(pipeline) if pipeline else "bundled" if not latent_run else f"{latent_run} + {semantic_run}"})
     with RichReporter() as reporter:
         result = toy_eval(cfg, reporter)
     from rich.table import Table

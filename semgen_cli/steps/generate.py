@@ -134,12 +134,17 @@ class GenerateConfig:
             raise InputError(f"--semantic-from {self.semantic_from}: no such file")
 
 
-def default_pipeline() -> tuple[Path, Path]:
-    """The bundled embedded-default runs: ``semgen_cli/assets/pipeline.json`` holds
-    ``{"latent_run": PATH, "semantic_run": PATH}``, paths relative to the assets folder."""
+def default_pipeline(path: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The runs a pipeline file names: ``{"latent_run": PATH, "semantic_run": PATH}``, paths
+    relative to the file's folder. Default: the bundled embedded default,
+    ``semgen_cli/assets/pipeline.json``."""
     from semgen_cli.io.shards import read_json
 
-    path = ASSETS / "pipeline.json"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"--pipeline {path}: no such file (give a pipeline.json written by examples/toy/bundle.py)")
+    path = ASSETS / "pipeline.json" if path is None else path
     if not path.is_file():
         raise ConfigError(
             "no bundled default pipeline in this install yet (semgen_cli/assets/pipeline.json); "
