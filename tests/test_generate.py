@@ -140,6 +140,8 @@ def test_extrapolation_warns(runs, tmp_path):
     r = resolve(cfg(runs, tmp_path / "o.mp4", seconds=6))
     assert any("extrapolates" in w for w in r.warnings)
     assert not resolve(cfg(runs, tmp_path / "o.mp4", seconds=1.5)).warnings
+    longest = resolve(cfg(runs, tmp_path / "o.mp4")).seconds  # the longest trained clip (whole latent frames)
+    assert not resolve(cfg(runs, tmp_path / "o.mp4", seconds=longest + 0.1)).warnings  # within one latent frame
     assert resolve(cfg(runs, tmp_path / "o.mp4")).seconds == r.max_seconds  # default: the trained length
 
 

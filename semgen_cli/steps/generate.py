@@ -304,7 +304,9 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     frames = round(seconds * fps)
     if frames < 1:
         raise ConfigError(f"--seconds {seconds:g} is less than one frame at {fps:g} fps; ask for at least {1 / fps:.3g} s")
-    if plan_source == "stage 2" and max_seconds is not None and seconds > max_seconds + 1e-6:
+    # Training clips are cut to whole latent frames (1 + 4k video frames), so a 60 s clip trains as
+    # 59.6 s: asking for up to one latent frame more is not extrapolation.
+    if plan_source == "stage 2" and max_seconds is not None and seconds > max_seconds + t_stride / trained_fps + 1e-6:
         warnings.append(
             f"--seconds {seconds:g} is longer than the {max_seconds:g} s the semantic model was trained on; "
             "it extrapolates, expect the plan to degrade"
