@@ -27,12 +27,13 @@ export OMP_NUM_THREADS=$THREADS
 
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.json ]]; then
   # two phases (examples/toy/README.md): 5-frame 32x32 crops to learn colours and shapes, then
-  # 9-frame windows (3 latent frames, so the causal caches reach their steady state) with 40 % of
-  # the steps on whole 64x64 frames. lr 2e-4: at 5e-4 and above this VAE stalls near 18 dB.
+  # 9-frame windows (3 latent frames, so the causal caches reach their steady state) with half of
+  # the steps on whole 64x64 frames and object pixels weighted 16x (at 4x objects come out in the
+  # wrong hue). lr 2e-4: at 5e-4 and above this VAE stalls near 18 dB.
   python examples/toy/train_vae.py --out "$W/vae-phase1" --steps "${VAE_STEPS1:-1250}" --batch 4 --frames 5 \
       --lr 2e-4 --noise 0 --full-frac 0 --threads "$THREADS" --save-every 250 --seed 0 --eval-clips 4 --long-seconds 8
-  python examples/toy/train_vae.py --init "$W/vae-phase1" --out semgen_cli/assets/toy/vae --steps "${VAE_STEPS2:-1600}" \
-      --batch 4 --frames 9 --lr 2e-4 --noise 0 --full-frac 0.4 --threads "$THREADS" --save-every 200 --seed 0 --eval-clips 8
+  python examples/toy/train_vae.py --init "$W/vae-phase1" --out semgen_cli/assets/toy/vae --steps "${VAE_STEPS2:-1800}" \
+      --batch 4 --frames 9 --lr 2e-4 --noise 0 --full-frac 0.5 --obj-weight 16 --threads "$THREADS" --save-every 200 --seed 0 --eval-clips 8
 fi
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/semantic/config.json ]]; then
   python examples/toy/train_semantic_encoder.py --out semgen_cli/assets/toy/semantic --steps 900 --seed 0
