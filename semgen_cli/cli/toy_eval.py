@@ -27,11 +27,10 @@ def command(
     Held-out colour × shape × background combinations (never in the embedded default's training data) are reported on their own row.
     """
     from semgen_cli.cli._common import RichReporter, console, settings_table
-    from semgen_cli.steps.toy_eval import ToyEvalConfig, read_prompt_file, toy_eval
-    from semgen_cli.toy.prompts import default_prompts
-
     from semgen_cli.errors import ConfigError
     from semgen_cli.steps.generate import default_pipeline
+    from semgen_cli.steps.toy_eval import ToyEvalConfig, read_prompt_file, toy_eval
+    from semgen_cli.toy.prompts import default_prompts
 
     if pipeline is not None:
         if latent_run is not None or semantic_run is not None:

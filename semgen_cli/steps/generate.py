@@ -140,6 +140,7 @@ def default_pipeline(path: str | os.PathLike | None = None) -> tuple[Path, Path]
     ``semgen_cli/assets/pipeline.json``."""
     from semgen_cli.io.shards import read_json
 
+    fix = "reinstall semgen" if path is None else "write it with examples/toy/bundle.py"
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -154,7 +155,7 @@ def default_pipeline(path: str | os.PathLike | None = None) -> tuple[Path, Path]
     try:
         return (path.parent / d["latent_run"]).resolve(), (path.parent / d["semantic_run"]).resolve()
     except (KeyError, TypeError):
-        raise InputError(f"{path}: expected {{\"latent_run\": PATH, \"semantic_run\": PATH}}; reinstall semgen") from None
+        raise InputError(f"{path}: expected {{\"latent_run\": PATH, \"semantic_run\": PATH}}; {fix}") from None
 
 
 def output_paths(out: str | os.PathLike, count: int) -> list[Path]:
