@@ -5,8 +5,8 @@
 #
 # 1. the toy components: a small AutoencoderKLWan and a small Qwen2.5-VL vision tower, trained on
 #    toy clips rendered in memory (skipped when semgen_cli/assets/toy/{vae,semantic} exist; set
-#    RETRAIN_COMPONENTS=1 to redo them; the VAE is saved every 500 steps, so a stopped run leaves
-#    a usable folder that `train_vae.py --init` continues);
+#    RETRAIN_COMPONENTS=1 to redo them; each VAE phase saves every 200–250 steps, so a stopped run
+#    leaves a usable folder that `train_vae.py --init` continues);
 # 2. toy data with long clips (up to 60 s), leaving the held-out colour × shape × background
 #    combinations of semgen_cli/toy/prompts.py out on purpose;
 # 3. semgen's own commands: extract → fit-compressor → train-latent → train-semantic;
@@ -49,8 +49,9 @@ semgen extract "$W/videos" --out "$W/data" --vae toy --semantic toy --text minil
     --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3
 resume() { [[ -f "$1/checkpoints/latest" ]] && echo --resume || true; }
 # The compressor stays frozen in stage 1 (--freeze-compressor), so the stage-2 target space is fixed
-# from stage 1's first checkpoint on and the two stages train side by side, one thread each.
-OMP_NUM_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 )) semgen train-latent "$W/data" --compressor "$W/compressor" \
+# from stage 1's first checkpoint on and the two stages train side by side, half the threads each.
+STAGE_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 ))
+OMP_NUM_THREADS=$STAGE_THREADS semgen train-latent "$W/data" --compressor "$W/compressor" \
     --freeze-compressor --preset toy --attention swin --window 4 \
     --steps "$LATENT_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
     --save-every 250 --out "$W/latent" $(resume "$W/latent") > "$W/latent.log" 2>&1 &
@@ -61,7 +62,7 @@ until [[ -f "$W/latent/checkpoints/latest" ]]; do
 done
 # stage 2 uses the plain logit-normal (shift 1): RAE's sqrt(elements/4096) rule gives ~0.4 for a space this
 # small, which would spend most steps near the data and too few on the layout.
-OMP_NUM_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 )) semgen train-semantic "$W/data" --latent-run "$W/latent" \
+OMP_NUM_THREADS=$STAGE_THREADS semgen train-semantic "$W/data" --latent-run "$W/latent" \
     --preset toy --shift 1.0 \
     --steps "$SEMANTIC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
     --save-every 250 --out "$W/semantic" $(resume "$W/semantic") > "$W/semantic.log" 2>&1

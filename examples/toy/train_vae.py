@@ -279,12 +279,15 @@ def main(argv=None) -> None:
         opt.step()
         sched.step()
         with torch.no_grad():
-            p = float(10 * torch.log10(4.0 / diff.square().mean().clamp_min(1e-10)))
+            def db(sq_err):  # PSNR of [-1, 1] images (peak-to-peak 2) from squared errors
+                return float(10 * torch.log10(4.0 / sq_err.mean().clamp_min(1e-10)))
+
             sq = diff.square().mean(1, keepdim=True)  # (n, 1, F, h, w)
-            p_first = float(10 * torch.log10(4.0 / sq[:, :, :1].mean().clamp_min(1e-10)))
-            p_rest = float(10 * torch.log10(4.0 / sq[:, :, 1:].mean().clamp_min(1e-10))) if sq.shape[2] > 1 else p_first
-            p_bg = float(10 * torch.log10(4.0 / sq[m == 0].mean().clamp_min(1e-10)))
-            p_obj = float(10 * torch.log10(4.0 / sq[m > 0].mean().clamp_min(1e-10))) if (m > 0).any() else p
+            p = db(sq)
+            p_first = db(sq[:, :, :1])
+            p_rest = db(sq[:, :, 1:]) if sq.shape[2] > 1 else p_first
+            p_bg = db(sq[m == 0])
+            p_obj = db(sq[m > 0]) if (m > 0).any() else p
         hist.append((float(l1.detach()), p, float(kl.detach()), p_first, p_rest, p_bg, p_obj))
         if args.save_every and step and step % args.save_every == 0:
             save(model, args.out, args.seed)

@@ -25,6 +25,7 @@ def main(argv=None) -> None:
     from semgen_cli.components import load_vae
     from semgen_cli.toy.judge import ATTRIBUTES, judge
     from semgen_cli.toy.world import render, sample_spec
+    from train_vae import psnr  # examples/toy/train_vae.py (this script's folder is on sys.path)
 
     vae = load_vae(args.vae)
     acc = {k: [] for k in ATTRIBUTES}
@@ -33,7 +34,7 @@ def main(argv=None) -> None:
         spec = sample_spec(np.random.default_rng([777, i]), seconds=args.frames / 8.0, fps=8.0)
         clip = render(spec)
         dec = vae.decode(vae.encode(clip))
-        psnrs.append(10 * np.log10(255.0**2 / np.mean((dec.astype(np.float64) - clip) ** 2)))
+        psnrs.append(psnr(dec, clip))
         res = judge(dec, spec.caption)
         for k in ATTRIBUTES:
             acc[k].append(res.accuracy[k])
