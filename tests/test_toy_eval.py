@@ -74,6 +74,10 @@ def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
     assert pipeline["latent_run"] == "toy/runs/latent" and pipeline["held_out_combinations"]
     kept = sorted(p.name for p in (assets / "toy" / "runs" / "latent").rglob("*") if p.is_file())
     assert kept == ["config.json", "ema.safetensors", "latest", "state.json"]
+    # the training machine's paths under WORKDIR are written relative to it, others stay
+    w = str(work.resolve())
+    assert bundle.relative_paths({"data": {"path": w + "/data"}, "x": [w, w + "x/y", "/elsewhere"]}, w) == {
+        "data": {"path": "WORKDIR/data"}, "x": ["WORKDIR", w + "x/y", "/elsewhere"]}
     monkeypatch.setattr(G, "ASSETS", assets)
     r = run_inproc("generate", "a red circle moving left on a black background", "--seconds", "1", "--steps", "1", "--out", tmp_path / "o.mp4")
     assert r.returncode == 0, r.stderr
@@ -101,3 +105,14 @@ def test_toy_eval_pipeline_errors(runs, tmp_path):
     assert r.returncode == 2 and "pipeline.json" in r.stderr
     r = run_inproc("toy-eval", "--pipeline", bad, "--latent-run", runs / "lat", "--count", "1")
     assert r.returncode == 2 and "--pipeline" in r.stderr
+
+
+def test_toy_eval_cfg_flags(runs, tmp_path):
+    """--semantic-cfg/--latent-cfg reach generate (shown in its settings) and are validated there."""
+    r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--semantic-run", runs / "sem", "--count", "1",
+                   "--seconds", "1", "--steps", "1", "--latent-cfg", "-1")
+    assert r.returncode == 2 and "--latent-cfg must be >= 0" in r.stderr
+    r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--semantic-run", runs / "sem", "--count", "1",
+                   "--seconds", "1", "--steps", "1", "--semantic-cfg", "3", "--latent-cfg", "1.5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["videos"]) == 1

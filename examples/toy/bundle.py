@@ -3,7 +3,9 @@
     python examples/toy/bundle.py runs/toy-default [semgen_cli/assets]
 
 From each run (latent, semantic) only what sampling needs is kept: config.json, the EMA weights
-of the final checkpoint, its state.json and the `latest` pointer (no optimizer state). Then
+of the final checkpoint, its state.json and the `latest` pointer (no optimizer state); paths in
+config.json under the training folder are written as `WORKDIR/...` (the training machine's
+absolute paths mean nothing elsewhere, and nothing reads them to load the pipeline). Then
 `pipeline.json` is written last, naming the runs, every component with its fingerprint, the
 held-out combinations and the sizes, so `semgen generate` with no runs finds the bundle and
 `semgen info` can say what it is.
@@ -24,22 +26,33 @@ KEEP = ("ema.safetensors", "state.json")
 LIMIT_MB = 40
 
 
-def copy_run(src: Path, dst: Path) -> None:
+def relative_paths(value, prefix: str):
+    """`value` (parsed JSON) with every string under the folder `prefix` rewritten to WORKDIR/…."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, prefix) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, prefix) for v in value]
+    if isinstance(value, str) and (value == prefix or value.startswith(prefix + "/")):
+        return "WORKDIR" + value[len(prefix):]
+    return value
+
+
+def copy_run(src: Path, dst: Path, work_dir: Path) -> None:
     ckpt = latest_checkpoint(src)
     if dst.exists():
         shutil.rmtree(dst)
     (dst / "checkpoints" / ckpt.name).mkdir(parents=True)
     for name in KEEP:
         shutil.copy2(ckpt / name, dst / "checkpoints" / ckpt.name / name)
-    shutil.copy2(src / "config.json", dst / "config.json")
+    write_json_atomic(dst / "config.json", relative_paths(read_json(src / "config.json"), str(work_dir.resolve())))
     (dst / "checkpoints" / "latest").write_text(ckpt.name + "\n")
 
 
 def main(work: str, assets: str = "semgen_cli/assets") -> None:
     work_dir, assets_dir = Path(work), Path(assets)
     runs = assets_dir / "toy" / "runs"
-    copy_run(work_dir / "latent", runs / "latent")
-    copy_run(work_dir / "semantic", runs / "semantic")
+    copy_run(work_dir / "latent", runs / "latent", work_dir)
+    copy_run(work_dir / "semantic", runs / "semantic", work_dir)
     lat = read_json(runs / "latent" / "config.json")
     sem = read_json(runs / "semantic" / "config.json")
     size = sum(p.stat().st_size for p in (assets_dir / "toy").rglob("*") if p.is_file())

@@ -70,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--zero-init", action="store_true",
                    help="zero the last layer of every residual branch (the VAE starts as its shortcut path)")
     p.add_argument("--init", type=Path, default=None, help="start from this saved VAE folder (continue training)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train only the decoder (with --init): the latents, their stored statistics and so every "
+                        "data set extracted with the VAE stay exactly the same, while decoding gets better")
     p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
     return p.parse_args(argv)
 
@@ -213,9 +216,15 @@ def zero_init_residual(model):
     return n
 
 
-def save(model, out: Path, seed: int) -> None:
-    """Latent statistics on held-out 64x64 clips -> config latents_mean / latents_std, then save."""
+def save(model, out: Path, seed: int, keep_stats: bool = False) -> None:
+    """Latent statistics on held-out 64x64 clips -> config latents_mean / latents_std (unless
+    `keep_stats`: a frozen encoder keeps the ones it has), then save."""
     model.eval()
+    if keep_stats:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        print(f"saved {out} (decoder only; latent statistics kept)", flush=True)
+        return
     mus = []
     with torch.no_grad():
         for i in range(32):
@@ -249,7 +258,14 @@ def main(argv=None) -> None:
         print(f"zero-initialised {zero_init_residual(model)} residual branch outputs", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"AutoencoderKLWan {n_params / 1e6:.2f} M params, config {CONFIG}", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if args.freeze_encoder:
+        if args.init is None:
+            raise SystemExit("--freeze-encoder needs --init: a random encoder is not worth keeping")
+        for mod in (model.encoder, model.quant_conv):
+            mod.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    print(f"training {sum(p.numel() for p in trainable) / 1e6:.2f} M parameters", flush=True)
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     warm = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
@@ -261,8 +277,8 @@ def main(argv=None) -> None:
         full = step >= full_from
         crop, n = (64, max(1, args.batch // 4)) if full else (args.crop, args.batch)
         x, y, m = batch(rng, n, args.frames, crop)
-        post = model.encode(x).latent_dist
-        mu = post.mean
+        with torch.set_grad_enabled(not args.freeze_encoder):
+            mu = model.encode(x).latent_dist.mean
         # Posterior mean plus a little noise (10 % of its RMS): the loader encodes with the mean,
         # and sampling at the initial unit variance buries the signal for hundreds of steps.
         z = mu + args.noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
@@ -275,7 +291,7 @@ def main(argv=None) -> None:
         loss = l1 + l2 + args.kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -290,7 +306,7 @@ def main(argv=None) -> None:
             p_obj = db(sq[m > 0]) if (m > 0).any() else p
         hist.append((float(l1.detach()), p, float(kl.detach()), p_first, p_rest, p_bg, p_obj))
         if args.save_every and step and step % args.save_every == 0:
-            save(model, args.out, args.seed)
+            save(model, args.out, args.seed, keep_stats=args.freeze_encoder)
             model.train()
         if step % 20 == 0 or step == args.steps - 1:
             el = time.perf_counter() - t_start
@@ -301,14 +317,14 @@ def main(argv=None) -> None:
                   f"elapsed {el / 60:5.1f} min eta {eta / 60:5.1f} min", flush=True)
     train_s = time.perf_counter() - t_start
 
-    save(model, args.out, args.seed)
+    save(model, args.out, args.seed, keep_stats=args.freeze_encoder)
 
     t0 = time.perf_counter()
     report = evaluate(args.out, args.seed, args.eval_clips, args.long_seconds)
     report.update({
         "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "frames": args.frames, "crop": args.crop, "full_frac": args.full_frac, "lr": args.lr,
-                  "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "wall_s": round(train_s, 1),
+                  "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "freeze_encoder": args.freeze_encoder, "wall_s": round(train_s, 1),
                   "final_train_psnr_64": float(np.mean([h[1] for h in hist[-20:]]))},
         "params": n_params, "config": CONFIG, "eval_s": round(time.perf_counter() - t0, 1),
     })

@@ -19,6 +19,8 @@ def command(
     count: Annotated[int, typer.Option(help="How many built-in prompts (held-out combinations first).")] = 24,
     seed: Annotated[int, typer.Option(help="Seed of the generations.")] = 0,
     steps: Annotated[Optional[int], typer.Option(help="Euler steps per stage (default: generate's).")] = None,
+    semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (default: generate's).")] = None,
+    latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (default: generate's).")] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep the mp4s in this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON only.")] = False,
 ) -> None:
@@ -38,7 +40,8 @@ def command(
         latent_run, semantic_run = default_pipeline(pipeline)
     prompt_list = read_prompt_file(str(prompts)) if prompts else default_prompts(count)
     cfg = ToyEvalConfig(prompts=prompt_list, seconds=seconds, latent_run=str(latent_run) if latent_run else None,
-                        semantic_run=str(semantic_run) if semantic_run else None, seed=seed, steps=steps, keep=str(keep) if keep else None)
+                        semantic_run=str(semantic_run) if semantic_run else None, seed=seed, steps=steps,
+                        semantic_cfg=semantic_cfg, latent_cfg=latent_cfg, keep=str(keep) if keep else None)
     if as_json:
         from semgen_cli.reporting import NULL
 
@@ -46,6 +49,7 @@ def command(
         sys.stdout.write(json.dumps({"pipeline": result.pipeline, "seconds": seconds, "summary": result.summary, "videos": result.rows}, indent=2) + "\n")
         return
     settings_table("semgen toy-eval", {"prompts": f"{len(prompt_list)} ({prompts or 'built-in'})", "seconds": seconds, "seed": seed,
+                                       "cfg": f"stage 2 {semantic_cfg if semantic_cfg is not None else 'default'}, stage 1 {latent_cfg if latent_cfg is not None else 'default'}",
                                        "pipeline": str(pipeline) if pipeline else "bundled" if not latent_run else f"{latent_run} + {semantic_run}"})
     with RichReporter() as reporter:
         result = toy_eval(cfg, reporter)

@@ -27,6 +27,10 @@ class ToyEvalConfig:
     semantic_run: str | None = None
     seed: int = 0
     steps: int | None = None
+    semantic_cfg: float | None = None
+    """CFG scale of stage 2 (None: generate's default)."""
+    latent_cfg: float | None = None
+    """CFG scale of stage 1 (None: generate's default)."""
     keep: str | None = None
     """Folder to keep the generated mp4s in (default: a temp folder, removed)."""
 
@@ -78,6 +82,7 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
         kwargs = {}
         if cfg.steps is not None:
             kwargs = {"semantic_steps": cfg.steps, "latent_steps": cfg.steps}
+        kwargs.update({k: v for k, v in (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg)) if v is not None})
         gen_cfg = GenerateConfig(prompts=list(cfg.prompts), out=str(folder / "eval.mp4"), seconds=cfg.seconds,
                                  latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, **kwargs)
         result = generate(gen_cfg, reporter)
