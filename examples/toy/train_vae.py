@@ -16,7 +16,8 @@ What it does:
    the config's `latents_mean` / `latents_std`, which `load_vae("wan:...")` uses to normalise
    latents to ~zero mean, unit variance;
 3. saves with `save_pretrained` (safetensors, fp32) and evaluates the saved folder through the
-   real loader: PSNR on held-out 17-frame clips and on a 60 s clip encoded chunk by chunk and
+   real loader: PSNR on held-out 33-frame clips (also per latent frame, since a causal VAE can
+   fail only past the window length it was trained on) and on a 60 s clip encoded chunk by chunk and
    decoded with `iter_decode`, plus how far decoded flat regions land from the exact palette.
    The numbers go to `<out>/train_report.json` and stdout.
 
@@ -47,6 +48,7 @@ CONFIG = dict(
     temperal_downsample=[False, True, True], dropout=0.0,
 )
 EVAL_SEED_OFFSET = 10_000  # held-out clips use default_rng([seed + offset, i])
+EVAL_FRAMES = 33  # held-out clip length: 9 latent frames, as long as a 4 s training clip of semgen extract
 
 
 def parse_args(argv=None):
@@ -70,6 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--zero-init", action="store_true",
                    help="zero the last layer of every residual branch (the VAE starts as its shortcut path)")
     p.add_argument("--init", type=Path, default=None, help="start from this saved VAE folder (continue training)")
+    p.add_argument("--warmup-latents", type=int, default=0,
+                   help="before each training window, run up to this many latent frames (a random number, 0 included) "
+                        "through encoder and decoder without gradients, so the causal caches carry the state of a long "
+                        "clip: a VAE trained only on clip starts fails a few latent frames past its window")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train only the decoder (with --init): the latents, their stored statistics and so every "
                         "data set extracted with the VAE stay exactly the same, while decoding gets better")
@@ -99,11 +105,11 @@ def yuv420_roundtrip(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.stack([r2, g2, b2], -1)), 0, 255).astype(np.uint8)
 
 
-def batch(rng: np.random.Generator, n: int, frames: int, crop: int, degrade_p: float = 0.5):
+def batch(rng: np.random.Generator, n: int, frames: int, crop: int, degrade_p: float = 0.5, extra: int = 0):
     """(inputs, targets, object weights): float (n, 3, F, c, c) in [-1, 1] and (n, 1, F, c, c)."""
     xs, ys, ms = [], [], []
     for _ in range(n):
-        spec = sample_spec(rng, seconds=frames / FPS, fps=FPS)
+        spec = sample_spec(rng, seconds=(frames + extra) / FPS, fps=FPS)
         clip = render(spec)  # (F, 64, 64, 3) uint8
         if crop < clip.shape[1]:
             oy, ox = rng.integers(0, clip.shape[1] - crop + 1), rng.integers(0, clip.shape[2] - crop + 1)
@@ -120,6 +126,12 @@ def batch(rng: np.random.Generator, n: int, frames: int, crop: int, degrade_p: f
 
 
 # -- metrics -------------------------------------------------------------------------------------
+def latent_frame_spans(frames: int) -> list[tuple[int, int]]:
+    """Frame ranges [a, b) of each latent frame of a causal 4x-time VAE: the first frame alone,
+    then chunks of 4."""
+    return [(0, 1)] + [(a, min(a + 4, frames)) for a in range(1, frames, 4)]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
@@ -146,19 +158,20 @@ def flat_region_errors(decoded: np.ndarray, clip: np.ndarray, bg_rgb) -> dict:
 
 
 def evaluate(folder: Path, seed: int, n_clips: int, long_seconds: float) -> dict:
-    """Through the real loader: held-out 17-frame clips and one long clip (chunked encode,
+    """Through the real loader: held-out 33-frame clips and one long clip (chunked encode,
     streamed `iter_decode`)."""
     from semgen_cli.components import load_vae
 
     vae = load_vae(f"wan:{folder}")
-    ps, errs, lat = [], {"background": [], "object": []}, []
+    ps, errs, lat, per_latent = [], {"background": [], "object": []}, [], []
     for i in range(n_clips):
-        spec = sample_spec(np.random.default_rng([seed + EVAL_SEED_OFFSET, 1_000_000 + i]), seconds=17 / FPS, fps=FPS)
+        spec = sample_spec(np.random.default_rng([seed + EVAL_SEED_OFFSET, 1_000_000 + i]), seconds=EVAL_FRAMES / FPS, fps=FPS)
         clip = render(spec)
         z = vae.encode(clip)
         lat.append(z)
         dec = vae.decode(z)
         ps.append(psnr(dec, clip))
+        per_latent.append([psnr(dec[a:b], clip[a:b]) for a, b in latent_frame_spans(len(clip))])
         fe = flat_region_errors(dec, clip, BACKGROUNDS[spec.background])
         for k in errs:
             if fe[k]["mean"] is not None:
@@ -180,6 +193,7 @@ def evaluate(folder: Path, seed: int, n_clips: int, long_seconds: float) -> dict
         "heldout_clips": n_clips,
         "heldout_psnr_mean": float(np.mean(ps)),
         "heldout_psnr_min": float(np.min(ps)),
+        "heldout_psnr_per_latent_frame": [round(float(v), 2) for v in np.mean(per_latent, 0)],
         "heldout_flat_error_levels": {k: {"mean": float(np.mean([e["mean"] for e in v])),
                                           "p99_mean": float(np.mean([e["p99"] for e in v])),
                                           "max": int(np.max([e["max"] for e in v]))} for k, v in errs.items()},
@@ -192,6 +206,45 @@ def evaluate(folder: Path, seed: int, n_clips: int, long_seconds: float) -> dict
 
 
 # -- training ------------------------------------------------------------------------------------
+def encode_chunks(model, x: torch.Tensor, warm: int, encoder_grad: bool = True) -> torch.Tensor:
+    """Posterior mean of `x` (n, 3, 1 + 4m, h, w), chunk by chunk through the
+    causal caches as diffusers' `_encode`/`_decode` do, with the first `warm` latent frames run
+    without gradients: they only bring the caches into the state they have deep inside a long clip.
+    Returns the posterior mean of every latent frame (the warm-up ones carry no gradient)."""
+    m = (x.shape[2] - 1) // 4
+    chunks = [x[:, :, :1]] + [x[:, :, 1 + 4 * (i - 1):1 + 4 * i] for i in range(1, m + 1)]
+    model.clear_cache()
+    enc = []
+    for i, chunk in enumerate(chunks):
+        model._enc_conv_idx = [0]
+        with torch.set_grad_enabled(encoder_grad and i >= warm):
+            enc.append(model.encoder(chunk, feat_cache=model._enc_feat_map, feat_idx=model._enc_conv_idx))
+    with torch.set_grad_enabled(encoder_grad):
+        mu = model.quant_conv(torch.cat(enc, 2))[:, : model.config.z_dim]  # the posterior's mean half
+    return mu
+
+
+def decode_tail(model, z: torch.Tensor, warm: int) -> torch.Tensor:
+    """Decode latents `z` (n, C, T, h, w) frame by frame through the decoder's caches; the first
+    `warm` latent frames without gradients. Returns the frames of latent frames warm.. in [-1, 1]."""
+    model.clear_cache()
+    x = model.post_quant_conv(z)
+    outs = []
+    for i in range(z.shape[2]):
+        model._conv_idx = [0]
+        with torch.set_grad_enabled(i >= warm):
+            out = model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx, first_chunk=i == 0)
+        if i >= warm:
+            outs.append(out)
+    model.clear_cache()
+    return torch.clamp(torch.cat(outs, 2), -1.0, 1.0)
+
+
+def tail_frames(warm: int) -> int:
+    """Index of the first frame decoded from latent frame `warm` (the causal first frame is alone)."""
+    return 0 if warm == 0 else 1 + 4 * (warm - 1)
+
+
 def zero_init_residual(model):
     """Zero the last layer of every residual branch so the residual VAE starts as its shortcut path."""
     from torch import nn
@@ -228,7 +281,7 @@ def save(model, out: Path, seed: int, keep_stats: bool = False) -> None:
     mus = []
     with torch.no_grad():
         for i in range(32):
-            spec = sample_spec(np.random.default_rng([seed + EVAL_SEED_OFFSET, i]), seconds=17 / FPS, fps=FPS)
+            spec = sample_spec(np.random.default_rng([seed + EVAL_SEED_OFFSET, i]), seconds=EVAL_FRAMES / FPS, fps=FPS)
             x = torch.from_numpy(render(spec)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
             mus.append(model.encode(x).latent_dist.mean[0].flatten(1))  # (C, T*h*w)
     mu = torch.cat(mus, 1)
@@ -276,13 +329,14 @@ def main(argv=None) -> None:
     for step in range(args.steps):
         full = step >= full_from
         crop, n = (64, max(1, args.batch // 4)) if full else (args.crop, args.batch)
-        x, y, m = batch(rng, n, args.frames, crop)
-        with torch.set_grad_enabled(not args.freeze_encoder):
-            mu = model.encode(x).latent_dist.mean
+        lead = int(rng.integers(0, args.warmup_latents + 1)) if args.warmup_latents else 0  # latent frames run without gradients
+        x, y, m = batch(rng, n, args.frames, crop, extra=4 * lead)
+        mu = encode_chunks(model, x, lead, encoder_grad=not args.freeze_encoder)
         # Posterior mean plus a little noise (10 % of its RMS): the loader encodes with the mean,
         # and sampling at the initial unit variance buries the signal for hundreds of steps.
         z = mu + args.noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
-        rec = model.decode(z).sample
+        rec = decode_tail(model, z, lead)
+        y, m = y[:, :, tail_frames(lead):], m[:, :, tail_frames(lead):]
         w = 1.0 + args.obj_weight * m
         diff = rec - y
         l1 = (w * diff.abs()).mean()
@@ -324,7 +378,8 @@ def main(argv=None) -> None:
     report.update({
         "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "frames": args.frames, "crop": args.crop, "full_frac": args.full_frac, "lr": args.lr,
-                  "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "freeze_encoder": args.freeze_encoder, "wall_s": round(train_s, 1),
+                  "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "freeze_encoder": args.freeze_encoder,
+                  "warmup_latents": args.warmup_latents, "wall_s": round(train_s, 1),
                   "final_train_psnr_64": float(np.mean([h[1] for h in hist[-20:]]))},
         "params": n_params, "config": CONFIG, "eval_s": round(time.perf_counter() - t0, 1),
     })

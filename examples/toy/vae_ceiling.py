@@ -25,21 +25,23 @@ def main(argv=None) -> None:
     from semgen_cli.components import load_vae
     from semgen_cli.toy.judge import ATTRIBUTES, judge
     from semgen_cli.toy.world import render, sample_spec
-    from train_vae import psnr  # examples/toy/train_vae.py (this script's folder is on sys.path)
+    from train_vae import latent_frame_spans, psnr  # examples/toy/train_vae.py (this script's folder is on sys.path)
 
     vae = load_vae(args.vae)
     acc = {k: [] for k in ATTRIBUTES}
-    psnrs = []
+    psnrs, per_latent = [], []
     for i in range(args.clips):
         spec = sample_spec(np.random.default_rng([777, i]), seconds=args.frames / 8.0, fps=8.0)
         clip = render(spec)
         dec = vae.decode(vae.encode(clip))
         psnrs.append(psnr(dec, clip))
+        per_latent.append([psnr(dec[a:b], clip[a:b]) for a, b in latent_frame_spans(len(clip))])
         res = judge(dec, spec.caption)
         for k in ATTRIBUTES:
             acc[k].append(res.accuracy[k])
     out = {"vae": args.vae, "fingerprint": vae.fingerprint, "clips": args.clips, "frames": args.frames,
            "psnr_mean": round(float(np.mean(psnrs)), 2),
+           "psnr_per_latent_frame": [round(float(v), 1) for v in np.mean(per_latent, 0)],
            "judge_frame_accuracy_percent": {k: round(100 * float(np.mean(v)), 1) for k, v in acc.items()}}
     print(json.dumps(out, indent=2))
 
