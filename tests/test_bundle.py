@@ -18,8 +18,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "semgen_cli" / "assets"
 PIPELINE = ASSETS / "pipeline.json"
 
 PROMPT = "a red circle moving right on a navy background"  # README's prompt, a trained combination
-MIN_BACKGROUND = 0.9
-MIN_COLOUR = 0.5
+MIN_BACKGROUND = 0.9  # measured 1.0 (4 s, seed 0)
+MIN_COLOUR = 0.8  # measured 1.0 (4 s, seed 0); 0.72 with the previous bundle
 
 
 def test_bundle_is_committed_and_small():
