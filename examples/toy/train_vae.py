@@ -10,7 +10,10 @@ What it does:
    a little noise (10 % of its RMS), and a small weight on the KL's mean term (mu^2) so the latent
    scale stays bounded. Most steps see random 32x32 crops of the 64x64 torus world (the VAE is
    fully convolutional; a crop is 4x cheaper), the last `--full-frac` of the steps whole 64x64
-   frames. Half the inputs go through a simulated H.264 yuv420p round trip (chroma averaged over
+   frames. With `--warmup-latents N` each window starts a random 0–N latent frames into its clip:
+   the frames before it run through encoder and decoder without gradients, only to fill the
+   causal caches (trained on clip starts alone, the VAE fails a few latent frames past its
+   window). Half the inputs go through a simulated H.264 yuv420p round trip (chroma averaged over
    2x2 blocks) while the target stays the clean frame, since `semgen extract` reads mp4s;
 2. measures the per-channel mean/std of the posterior mean over held-out clips and stores them as
    the config's `latents_mean` / `latents_std`, which `load_vae("wan:...")` uses to normalise
@@ -77,8 +80,8 @@ def parse_args(argv=None):
                         "through encoder and decoder without gradients, so the causal caches carry the state of a long "
                         "clip: a VAE trained only on clip starts fails a few latent frames past its window")
     p.add_argument("--freeze-encoder", action="store_true",
-                   help="train only the decoder (with --init): the latents, their stored statistics and so every "
-                        "data set extracted with the VAE stay exactly the same, while decoding gets better")
+                   help="train only the decoder (with --init): the latents and their stored statistics stay exactly "
+                        "the same, so data sets extracted with the VAE stay valid")
     p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
     return p.parse_args(argv)
 
@@ -206,9 +209,9 @@ def evaluate(folder: Path, seed: int, n_clips: int, long_seconds: float) -> dict
 
 
 # -- training ------------------------------------------------------------------------------------
-def encode_chunks(model, x: torch.Tensor, warm: int, encoder_grad: bool = True) -> torch.Tensor:
+def encode_chunks(model, x: torch.Tensor, lead: int, encoder_grad: bool = True) -> torch.Tensor:
     """Posterior mean of `x` (n, 3, 1 + 4m, h, w), chunk by chunk through the
-    causal caches as diffusers' `_encode`/`_decode` do, with the first `warm` latent frames run
+    causal caches as diffusers' `_encode`/`_decode` do, with the first `lead` latent frames run
     without gradients: they only bring the caches into the state they have deep inside a long clip.
     Returns the posterior mean of every latent frame (the warm-up ones carry no gradient)."""
     m = (x.shape[2] - 1) // 4
@@ -217,32 +220,32 @@ def encode_chunks(model, x: torch.Tensor, warm: int, encoder_grad: bool = True) 
     enc = []
     for i, chunk in enumerate(chunks):
         model._enc_conv_idx = [0]
-        with torch.set_grad_enabled(encoder_grad and i >= warm):
+        with torch.set_grad_enabled(encoder_grad and i >= lead):
             enc.append(model.encoder(chunk, feat_cache=model._enc_feat_map, feat_idx=model._enc_conv_idx))
     with torch.set_grad_enabled(encoder_grad):
         mu = model.quant_conv(torch.cat(enc, 2))[:, : model.config.z_dim]  # the posterior's mean half
     return mu
 
 
-def decode_tail(model, z: torch.Tensor, warm: int) -> torch.Tensor:
+def decode_tail(model, z: torch.Tensor, lead: int) -> torch.Tensor:
     """Decode latents `z` (n, C, T, h, w) frame by frame through the decoder's caches; the first
-    `warm` latent frames without gradients. Returns the frames of latent frames warm.. in [-1, 1]."""
+    `lead` latent frames without gradients. Returns the frames of latent frames lead.. in [-1, 1]."""
     model.clear_cache()
     x = model.post_quant_conv(z)
     outs = []
     for i in range(z.shape[2]):
         model._conv_idx = [0]
-        with torch.set_grad_enabled(i >= warm):
+        with torch.set_grad_enabled(i >= lead):
             out = model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx, first_chunk=i == 0)
-        if i >= warm:
+        if i >= lead:
             outs.append(out)
     model.clear_cache()
     return torch.clamp(torch.cat(outs, 2), -1.0, 1.0)
 
 
-def tail_frames(warm: int) -> int:
-    """Index of the first frame decoded from latent frame `warm` (the causal first frame is alone)."""
-    return 0 if warm == 0 else 1 + 4 * (warm - 1)
+def tail_frames(lead: int) -> int:
+    """Index of the first frame decoded from latent frame `lead` (the causal first frame is alone)."""
+    return 0 if lead == 0 else 1 + 4 * (lead - 1)
 
 
 def zero_init_residual(model):
