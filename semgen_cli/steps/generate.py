@@ -140,18 +140,18 @@ def default_pipeline(path: str | os.PathLike | None = None) -> tuple[Path, Path]
     ``semgen_cli/assets/pipeline.json``."""
     from semgen_cli.io.shards import read_json
 
-    fix = "reinstall semgen" if path is None else "write it with examples/toy/bundle.py"
-    if path is not None:
-        path = Path(path)
+    if path is None:
+        path, what, fix = ASSETS / "pipeline.json", "bundled pipeline file", "reinstall semgen"
+        if not path.is_file():
+            raise ConfigError(
+                "no bundled default pipeline in this install yet (semgen_cli/assets/pipeline.json); "
+                "pass --latent-run and --semantic-run"
+            )
+    else:
+        path, what, fix = Path(path), "pipeline file", "write it with examples/toy/bundle.py"
         if not path.is_file():
             raise InputError(f"--pipeline {path}: no such file (give a pipeline.json written by examples/toy/bundle.py)")
-    path = ASSETS / "pipeline.json" if path is None else path
-    if not path.is_file():
-        raise ConfigError(
-            "no bundled default pipeline in this install yet (semgen_cli/assets/pipeline.json); "
-            "pass --latent-run and --semantic-run"
-        )
-    d = read_json(path, "bundled pipeline file")
+    d = read_json(path, what)
     try:
         return (path.parent / d["latent_run"]).resolve(), (path.parent / d["semantic_run"]).resolve()
     except (KeyError, TypeError):
