@@ -89,6 +89,21 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path):
     assert all(src in reason for src, reason in failures.items())
 
 
+def test_metadata_in_subfolders_names_videos_relative_to_itself(tmp_path):
+    """Two toy-data style folders side by side extract as one data set; deeper metadata wins."""
+    root = tmp_path / "videos"
+    make_videos(root / "a", n=2)
+    make_videos(root / "b" / "c", n=1)
+    (root / "metadata.jsonl").write_text(json.dumps({"file_name": "a/clip-01.mp4", "text": "shadowed"}) + "\n")
+    result = extract(cfg(root, tmp_path / "data"))
+    assert (result.samples, result.failed) == (3, 0)
+    got = {r["source"]: r["caption"] for r in Dataset(tmp_path / "data").records}
+    assert got == {"a/clip-00.mp4": "clip number 0", "a/clip-01.mp4": "clip number 1", "b/c/clip-00.mp4": "clip number 0"}
+    (root / "b" / "c" / "metadata.jsonl").write_text("{oops\n")
+    with pytest.raises(InputError, match=r"b/c/metadata.jsonl:1: not valid JSON"):
+        extract(cfg(root, tmp_path / "data2"))
+
+
 def test_allow_uncaptioned_keeps_them(tmp_path):
     videos = make_videos(tmp_path / "videos", n=1, captions=False)
     result = extract(cfg(videos, tmp_path / "data", allow_uncaptioned=True))

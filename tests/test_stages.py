@@ -163,6 +163,42 @@ def test_train_semantic_resume_is_exact(data, latent, tmp_path):
     assert cfg["dit"]["patch"] == [1, 1, 1] and cfg["latent_run"]["compressor_fingerprint"].startswith("compressor:")
 
 
+def test_train_semantic_init_starts_from_another_runs_weights(data, latent, tmp_path):
+    """--init loads the other run's EMA DiT weights (a fine-tune with a fresh schedule)."""
+    from semgen_cli.models.dit import DiT, DiTConfig
+    from semgen_cli.runs import split_state
+    from semgen_cli.steps.train_semantic import init_from_run, load_latent_compressor
+    from semgen_cli.training import load_checkpoint_weights
+
+    common = ["train-semantic", str(data), "--latent-run", str(latent), "--preset", "tiny", "--batch-size", "2"]
+    assert run_cli(*common, "--steps", "3", "--out", str(tmp_path / "a")).returncode == 0
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    _, fp, _ = load_latent_compressor(latent)
+    dit = DiT(DiTConfig.from_dict(cfg["dit"]))
+    init_from_run(dit, tmp_path / "a", fp)
+    want = split_state(load_checkpoint_weights(tmp_path / "a", "ema"), "dit")
+    for k, v in dit.state_dict().items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+    r = run_cli(*common, "--steps", "2", "--init", str(tmp_path / "a"), "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["settings"]["init"] == str(tmp_path / "a")
+    fresh = run_cli(*common, "--steps", "2", "--out", str(tmp_path / "c"))
+    assert fresh.returncode == 0 and losses(tmp_path / "b")[1] != losses(tmp_path / "c")[1]
+
+
+def test_train_semantic_init_errors(data, latent, tmp_path):
+    common = ["train-semantic", str(data), "--latent-run", str(latent), "--batch-size", "2", "--steps", "1"]
+    assert run_cli(*common, "--preset", "tiny", "--out", str(tmp_path / "a")).returncode == 0
+    r = run_cli(*common, "--preset", "toy", "--init", str(tmp_path / "a"), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "another DiT (preset tiny)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli(*common, "--preset", "tiny", "--init", str(latent), "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "--init" in r.stderr and "train-latent" in r.stderr
+    r = run_cli(*common, "--preset", "tiny", "--init", str(tmp_path / "nope"), "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "no such run folder" in r.stderr
+    assert not (tmp_path / "d" / "checkpoints").exists()
+
+
 def test_train_semantic_padding_is_masked():
     """A clip's loss does not depend on the longer clips it is batched with."""
     from semgen_cli.models.compressor import Compressor, CompressorConfig

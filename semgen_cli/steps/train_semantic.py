@@ -40,6 +40,10 @@ class TrainSemanticConfig:
     """Timestep shift; None: RAE's sqrt(elements / 4096) of the mean training clip."""
     max_seconds: float | None = None
     """Cut clips longer than this (memory); None keeps every clip whole."""
+    init: str | None = None
+    """A train-semantic run whose weights (EMA if it has them) start this run: a fine-tune with a
+    fresh optimiser and schedule, e.g. on new data. Same preset and compressor required; ignored
+    when --resume finds a checkpoint (that checkpoint's weights win)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.text_dropout < 1:
@@ -119,6 +123,24 @@ class SemanticStep(nn.Module):
         return loss, {"tokens_t": float(fmask.sum(1).float().mean())}
 
 
+def init_from_run(dit, run: str | Path, compressor_fingerprint: str, flag: str = "--init") -> None:
+    """Load the DiT weights of train-semantic `run` (EMA, else model) into `dit` in place."""
+    from semgen_cli.runs import read_run, split_state
+    from semgen_cli.training import load_checkpoint_weights
+
+    before = read_run(run, "train-semantic", flag)
+    if before.get("dit") != dit.config.to_dict():
+        theirs = before.get("settings", {}).get("preset", "?")
+        raise MismatchError(f"{flag} {run}: trained with another DiT (preset {theirs}); pass the same --preset")
+    if before.get("latent_run", {}).get("compressor_fingerprint") != compressor_fingerprint:
+        raise MismatchError(f"{flag} {run}: generates the space of another compressor; use a --latent-run with the same compressor")
+    try:
+        state = load_checkpoint_weights(run, "ema")
+    except InputError:
+        state = load_checkpoint_weights(run, "model")
+    dit.load_state_dict(split_state(state, "dit"))
+
+
 def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
     """(compressor in eval mode, its fingerprint, the latent run config) from a train-latent run."""
     from semgen_cli.models.compressor import Compressor, CompressorConfig
@@ -171,7 +193,7 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     shift = cfg.shift or dimension_shift(int(c * mean_t * hs * ws))
     longest = max(r["duration"] for r in records)
     out = Path(cfg.out)
-    check_run_dir(out, resume)
+    resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
     dit = DiT(preset(cfg.preset, in_channels=c, text_dim=text_dim, semantic_dim=0, attention="full", patch=(1, 1, 1)))
@@ -193,6 +215,9 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
         before = read_json(out / "config.json")
         if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
+    if cfg.init is not None and resume_from is None:
+        init_from_run(dit, cfg.init, comp_fp)
+        reporter.info(f"weights from --init {cfg.init}")
     write_json_atomic(out / "config.json", config)
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
     reporter.info(f"semantic DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
