@@ -18,6 +18,7 @@ cd "$(dirname "$0")/../.."
 W=${1:-runs/toy-default}
 CLIPS=${CLIPS:-400}            # 4 s training clips
 LONG=${LONG:-0.04}             # fraction of them that last 60 s instead
+MORE=${MORE:-160}              # a second set (seed 1), half of it 60 s: the long trajectories stage 2 plans from
 COMP_STEPS=${COMP_STEPS:-1500}
 LATENT_STEPS=${LATENT_STEPS:-4000}
 SEMANTIC_STEPS=${SEMANTIC_STEPS:-3000}
@@ -48,6 +49,9 @@ HELD_OUT=$(python -c "from semgen_cli.toy.prompts import held_out_flag; print(he
 mkdir -p "$W"
 [[ -f "$W/videos/metadata.jsonl" ]] || semgen toy-data "$W/videos" --count "$CLIPS" --seconds 4 --seed 0 \
     --long-fraction "$LONG" --long-seconds 60 --exclude-combos "$HELD_OUT"
+# with 4 % long clips (12 of 320), stage 2 planned incoherent trajectories past 4 s (see README.md)
+[[ $MORE == 0 || -f "$W/videos/more/metadata.jsonl" ]] || semgen toy-data "$W/videos/more" --count "$MORE" --seconds 4 \
+    --seed 1 --long-fraction 0.5 --long-seconds 60 --exclude-combos "$HELD_OUT"
 semgen extract "$W/videos" --out "$W/data" --vae toy --semantic toy --text minilm \
     --fps 8 --size 64 --semantic-size 112 --semantic-fps 1.6 --num-workers 1 --shard-size 64
 [[ -f "$W/compressor/compressor.safetensors" ]] || semgen fit-compressor "$W/data" --dim 8 --out "$W/compressor" \
