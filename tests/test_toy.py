@@ -372,3 +372,15 @@ def test_library_errors_are_semgen_errors(tmp_path):
         write_toy_dataset(tmp_path / "f", ToyDataConfig(count=1))
     with pytest.raises(ConfigError):
         ToyDataConfig(count=1, exclude=tuple(all_combos()))
+
+
+def test_spec_for_caption_renders_what_the_caption_says():
+    from semgen_cli.toy.judge import judge
+    from semgen_cli.toy.world import render, spec_for_caption
+
+    for i, text in enumerate(["a red circle moving right on a navy background", "a white triangle standing still on a brown background"]):
+        spec = spec_for_caption(text, np.random.default_rng([999, i]), seconds=2, fps=8)
+        assert spec.caption == text and spec.num_frames == 16
+        assert judge(render(spec), text).passed
+    with pytest.raises(ConfigError, match="toy grammar"):
+        spec_for_caption("a dog", np.random.default_rng(0))

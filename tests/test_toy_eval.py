@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,18 @@ def test_toy_eval_cfg_flags(runs, tmp_path):
                    "--seconds", "1", "--steps", "1", "--semantic-cfg", "3", "--latent-cfg", "1.5", "--json")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["videos"]) == 1
+
+
+def test_toy_eval_rendered_plans_score_stage_1_alone(runs, tmp_path):
+    """--plans rendered: each prompt's plan comes from a rendered clip of that caption; no stage 2."""
+    r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--count", "2", "--seconds", "1", "--steps", "1",
+                   "--plans", "rendered", "--json", "--keep", tmp_path / "kept")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["plans"] == "rendered" and "rendered plans" in data["pipeline"] and len(data["videos"]) == 2
+    for i, row in enumerate(data["videos"]):
+        sidecar = json.loads(Path(row["path"]).with_suffix(".json").read_text())
+        assert sidecar["plan"].startswith("reference video") and f"reference-{i:03d}.mp4" in sidecar["plan"]
+        assert sidecar["semantic_run"] is None and sidecar["prompt"] == row["prompt"]
+    r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--count", "1", "--plans", "perfect")
+    assert r.returncode == 2 and "--plans 'perfect'" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -5,18 +5,23 @@ its quality is measured exactly: for each prompt, `semgen_cli.toy.judge` reads t
 frames and scores background colour, object colour, object shape and motion direction per
 frame; a video counts as right for an attribute when its majority per-frame verdict is right;
 drift is the first-15 % minus last-15 % accuracy of each attribute (positive: worse at the end).
+
+With `plans="rendered"` stage 2 is skipped: each prompt's plan is read from a rendered clip of
+that caption (`generate --semantic-from`, paper Fig. 4), the plan a perfect stage 2 would make, so
+the scores are those of stage 1 and the VAE alone: the ceiling of the pipeline's stage 1.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from semgen_cli.errors import ConfigError, InputError
 from semgen_cli.reporting import NULL, Reporter
 
 ATTRIBUTES = ("background", "colour", "shape", "motion")
+PLANS = ("stage2", "rendered")
 
 
 @dataclass
@@ -33,6 +38,8 @@ class ToyEvalConfig:
     """CFG scale of stage 1 (None: generate's default)."""
     keep: str | None = None
     """Folder to keep the generated mp4s in (default: a temp folder, removed)."""
+    plans: str = "stage2"
+    """Where plans come from: stage2 (the whole pipeline) or rendered (clips of each caption: stage 1 alone)."""
 
     def __post_init__(self) -> None:
         from semgen_cli.toy.world import parse_caption
@@ -43,6 +50,8 @@ class ToyEvalConfig:
             parse_caption(p)  # every prompt must follow the toy grammar (ConfigError otherwise)
         if self.seconds <= 0:
             raise ConfigError(f"--seconds must be positive, got {self.seconds}")
+        if self.plans not in PLANS:
+            raise ConfigError(f"--plans {self.plans!r}: choose stage2 or rendered")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
 
@@ -85,17 +94,45 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
         kwargs.update({k: v for k, v in (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg)) if v is not None})
         gen_cfg = GenerateConfig(prompts=list(cfg.prompts), out=str(folder / "eval.mp4"), seconds=cfg.seconds,
                                  latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, **kwargs)
-        result = generate(gen_cfg, reporter)
-        reporter.start("judge", total=len(result.videos), unit="videos")
+        if cfg.plans == "stage2":
+            result = generate(gen_cfg, reporter)
+            videos, pipeline = result.videos, result.pipeline
+        else:
+            videos, pipeline = _from_rendered_plans(gen_cfg, folder, reporter)
+        reporter.start("judge", total=len(videos), unit="videos")
         rows = []
-        for video in result.videos:
+        for video in videos:
             judged = judge_video(video.path, video.prompt).to_dict()
             rows.append({"prompt": video.prompt, "held_out": is_held_out(video.prompt), "path": str(video.path) if cfg.keep else None, **judged})
             reporter.advance("judge")
         reporter.finish("judge")
     summary = {"all": summarise(rows), "held-out": summarise([r for r in rows if r["held_out"]]), "seen": summarise([r for r in rows if not r["held_out"]])}
-    gen_time = sum(sum(v.seconds_per_stage.values()) for v in result.videos)
-    return ToyEvalResult(rows, {k: v for k, v in summary.items() if v}, result.pipeline, gen_time)
+    gen_time = sum(sum(v.seconds_per_stage.values()) for v in videos)
+    return ToyEvalResult(rows, {k: v for k, v in summary.items() if v}, pipeline, gen_time)
+
+
+def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter) -> tuple[list, str]:
+    """One generation per prompt, its plan read from a rendered clip of the prompt (seed [999, i]),
+    at the latent run's training fps and size -> (videos, pipeline label)."""
+    import numpy as np
+
+    from semgen_cli.io.video import write_video
+    from semgen_cli.runs import read_run
+    from semgen_cli.steps.generate import default_pipeline, generate
+    from semgen_cli.toy.world import render, spec_for_caption
+
+    latent_run = gen_cfg.latent_run or default_pipeline()[0]
+    producer = read_run(latent_run, "train-latent", "--latent-run")["data"]["producer"]
+    fps, (h, w) = float(producer["fps"]), producer["size"]
+    videos, pipeline = [], ""
+    for i, prompt in enumerate(gen_cfg.prompts):
+        spec = spec_for_caption(prompt, np.random.default_rng([999, i]), seconds=gen_cfg.seconds, fps=fps, width=w, height=h)
+        ref = write_video(folder / f"reference-{i:03d}.mp4", render(spec), fps=fps, crf=0, pix_fmt="yuv444p")
+        one = replace(gen_cfg, prompts=[prompt], out=str(folder / f"eval-{i:03d}.mp4"), semantic_from=str(ref), semantic_run=None)
+        result = generate(one, reporter)
+        videos += result.videos
+        pipeline = f"{result.pipeline} (stage 1 on rendered plans)"
+    return videos, pipeline
 
 
 def read_prompt_file(path: str) -> list[str]:

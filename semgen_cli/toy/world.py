@@ -225,15 +225,30 @@ def sample_spec(
         raise ConfigError("every colour × shape × background combination is excluded; nothing left to render")
     colour, shape, background = allowed[int(rng.integers(len(allowed)))]
     motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
+    return _placed((colour, shape, background), motion, rng, seconds=seconds, fps=fps, width=width, height=height)
+
+
+def _placed(combo: Combo, motion: str, rng: np.random.Generator, *, seconds: float, fps: float, width: int, height: int) -> ClipSpec:
+    """`combo` moving as `motion`, with size, speed and start position drawn in that order."""
     size = int(rng.integers(MIN_SIZE, MAX_SIZE + 1))
     speed = round(float(rng.uniform(MIN_SPEED, MAX_SPEED)), 2)
     x = round(float(rng.uniform(0, width)), 2)
     y = round(float(rng.uniform(0, height)), 2)
+    colour, shape, background = combo
     return ClipSpec(
         colour=colour, shape=shape, background=background, motion=motion, size=size,
         speed=0.0 if motion == "still" else speed, x=x, y=y,
         seconds=seconds, fps=fps, width=width, height=height,
     )  # fmt: skip
+
+
+def spec_for_caption(
+    text: str, rng: np.random.Generator, *, seconds: float = 4.0, fps: float = 8.0, width: int = 64, height: int = 64
+) -> ClipSpec:
+    """A clip that fits `text` (toy grammar), with size, speed and start position drawn as
+    `sample_spec` draws them."""
+    a = parse_caption(text)
+    return _placed((a["colour"], a["shape"], a["background"]), a["motion"], rng, seconds=seconds, fps=fps, width=width, height=height)
 
 
 def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, size: float) -> np.ndarray:
