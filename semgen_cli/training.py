@@ -48,6 +48,11 @@ Design (the contract the step modules rely on):
   `(epoch, position)` in that stream, so resume needs no dataset state. A step takes the next
   `batch_size` samples (crossing into the next epoch if needed; any dataset size works); micro-step
   `k` takes its slice, and rank `r` takes `slice[r::world]`.
+- **Length grouping.** A dataset with a `lengths` attribute (one int per sample, e.g. the time
+  tokens of a clip) gets its epoch permutation cut into chunks of `GROUP_BATCHES` batches, each
+  chunk sorted by length and its batches put in a random order: a batch then holds clips of
+  similar length, so padding a 4 s clip to a minute does not waste most of the compute (the
+  Hugging Face `group_by_length` idea). Still a function of `(seed, e)` only, so resume is exact.
 - **Per-sample randomness.** A dataset whose class sets `takes_seed = True` is indexed with
   `Sample(index, seed)` instead of an int; `seed` is a 63-bit hash of `(seed, epoch, position)`,
   so random crops, frame windows or noise made in `__getitem__` replay identically after a resume,
@@ -99,7 +104,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -353,19 +358,40 @@ def _hash_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+GROUP_BATCHES = 16
+"""Batches per length-sorted chunk of an epoch (datasets with `lengths`)."""
+
+
+def group_by_length(perm: list[int], lengths: Sequence[int], batch: int, g: torch.Generator) -> list[int]:
+    """`perm` cut into chunks of GROUP_BATCHES batches; each chunk sorted by length (longest first),
+    cut into batches, and those batches shuffled with `g`. Returns a permutation of `perm`."""
+    out: list[int] = []
+    size = batch * GROUP_BATCHES
+    for start in range(0, len(perm), size):
+        chunk = sorted(perm[start : start + size], key=lambda i: -lengths[i])  # stable: ties keep the random order
+        batches = [chunk[k : k + batch] for k in range(0, len(chunk), batch)]
+        out += [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
+    return out
+
+
 class _Stream:
     """The endless stream of per-epoch permutations; its state is the cursor (epoch, position)."""
 
-    def __init__(self, n: int, seed: int, seeded: bool, epoch: int = 0, position: int = 0) -> None:
+    def __init__(self, n: int, seed: int, seeded: bool, epoch: int = 0, position: int = 0,
+                 lengths: Sequence[int] | None = None, batch: int = 1) -> None:
         self.n, self.seed, self.seeded = n, seed, seeded
         self.epoch, self.position = epoch, position
+        self.lengths, self.batch = lengths, batch
         self._perm: list[int] | None = None
         self._perm_epoch = -1
 
     def _permutation(self) -> list[int]:
         if self._perm_epoch != self.epoch:
             g = torch.Generator().manual_seed(_hash_seed(self.seed, self.epoch))
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), self.epoch
+            perm = torch.randperm(self.n, generator=g).tolist()
+            if self.lengths is not None:
+                perm = group_by_length(perm, self.lengths, self.batch, g)
+            self._perm, self._perm_epoch = perm, self.epoch
         return self._perm  # type: ignore[return-value]
 
     def take(self, k: int) -> list[Any]:
@@ -386,7 +412,7 @@ class _Stream:
                 yield self.take(global_batch // accum)[rank::world]
 
     def copy(self) -> "_Stream":
-        return _Stream(self.n, self.seed, self.seeded, self.epoch, self.position)
+        return _Stream(self.n, self.seed, self.seeded, self.epoch, self.position, self.lengths, self.batch)
 
 
 class _KeySampler:
@@ -684,7 +710,10 @@ class _Trainer:
 
         self.step, self.elapsed_before = 0, 0.0
         seeded = bool(getattr(dataset, "takes_seed", False))
-        self.stream = _Stream(len(dataset), cfg.seed, seeded)
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"dataset.lengths has {len(lengths)} entries for {len(dataset)} samples")
+        self.stream = _Stream(len(dataset), cfg.seed, seeded, lengths=lengths, batch=cfg.batch_size)
         self.last_ckpt: Path | None = None
         self.stop_requested = False
         self.phase = "done"  # "step" (forward/backward) -> "update" -> "done"; "save" while saving

@@ -302,6 +302,40 @@ def test_plain_datasets_get_int_indices(tmp_path):
     assert r.step == 2 and r.loss is not None
 
 
+def test_group_by_length_batches_similar_lengths_and_keeps_every_sample():
+    from semgen_cli.training import GROUP_BATCHES, group_by_length
+
+    g = torch.Generator().manual_seed(0)
+    n, batch = 200, 4
+    lengths = [3] * 150 + [48] * 50  # many short clips, few long ones
+    perm = torch.randperm(n, generator=g).tolist()
+    out = group_by_length(perm, lengths, batch, g)
+    assert sorted(out) == list(range(n))
+    mixed = sum(len({lengths[i] for i in out[k : k + batch]}) > 1 for k in range(0, n, batch))
+    assert mixed <= n // (batch * GROUP_BATCHES) + 1  # at most one mixed batch per chunk (+ the tail)
+    plain = sum(len({lengths[i] for i in perm[k : k + batch]}) > 1 for k in range(0, n, batch))
+    assert plain > 3 * mixed  # a random order mixes most batches
+
+
+class LengthPoints(NoisyPoints):
+    def __init__(self, n: int = 10) -> None:
+        super().__init__(n)
+        self.lengths = [1 + (i * 7) % 5 for i in range(n)]
+
+
+def test_length_grouped_runs_resume_exactly_and_differ_from_plain(tmp_path):
+    train(make_net(), LengthPoints(), collate, loss_fn, cfg(steps=6, save_every=3), tmp_path / "a")
+    train(make_net(), LengthPoints(), collate, loss_fn, cfg(steps=3, save_every=3), tmp_path / "b")
+    train(make_net(), LengthPoints(), collate, loss_fn, cfg(steps=6, save_every=3), tmp_path / "b", resume=True)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    train(make_net(), NoisyPoints(), collate, loss_fn, cfg(steps=6, save_every=3), tmp_path / "c")
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
+    bad = LengthPoints()
+    bad.lengths = bad.lengths[:-1]
+    with pytest.raises(ValueError, match="lengths has 9 entries for 10 samples"):
+        train(make_net(), bad, collate, loss_fn, cfg(steps=1), tmp_path / "d")
+
+
 # ----------------------------------------------------------------------------- files on disk
 
 

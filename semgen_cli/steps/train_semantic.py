@@ -11,7 +11,8 @@ posterior mean of the compressed features, normalised with the compressor's stat
 DiT is the same class as stage 1, on tokens `(B, c, Ts, hs, ws)` with patch (1, 1, 1) and full
 attention. Clips keep their whole length: a batch is padded along time, padded tokens are masked
 out of attention (`token_mask`) and out of the loss, so a model trained on clips from seconds to
-a minute plans any length in that range.
+a minute plans any length in that range. Batches group clips of similar length (`lengths`, see
+`semgen_cli.training`), so short clips are not padded to the longest one in the data.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class WholeClips(torch.utils.data.Dataset):
 
     def __init__(self, data: Dataset, max_tokens: int | None) -> None:
         self.data, self.max_tokens = data, max_tokens
+        self.lengths = [min(int(r["semantic_tokens_t"]), max_tokens or 1 << 30) for r in data.records]
+        """Time tokens per sample: the trainer batches clips of similar length together."""
 
     def __len__(self) -> int:
         return len(self.data)
