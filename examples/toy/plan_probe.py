@@ -8,9 +8,8 @@ tokens are all alike and the object's tokens stand out. The object's position is
 centroid of each token's distance from the frame's median token (weights: the distance above the
 median; circular, because the toy world wraps around). A step between two plan frames counts as
 *forward* when the object moved along the prompt's direction (for `still`: less than a quarter of
-a cell). On rendered clips this finds the object within 8 px in every plan frame of the bundled
-pipeline's data and nearly every step is forward, so a low score for sampled plans is the plan's
-fault, not the probe's.
+a cell). The `rendered` row scores the plans of rendered clips the same way: when it is near 1, a
+low score for sampled plans is the plan's fault, not the probe's.
 
 Prompts: the 24 built-in ones of `semgen toy-eval`. Reference clips: `sample_spec(default_rng(
 [888, i]))` rendered at 8 fps and read through the same path as `semgen generate --semantic-from`.

@@ -52,8 +52,10 @@ mkdir -p "$W"
 # with 4 % long clips (12 of 320), stage 2 planned incoherent trajectories past 4 s (see README.md)
 [[ $MORE == 0 || -f "$W/videos/more/metadata.jsonl" ]] || semgen toy-data "$W/videos/more" --count "$MORE" --seconds 4 \
     --seed 1 --long-fraction 0.5 --long-seconds 60 --exclude-combos "$HELD_OUT"
+# --semantic-fps 3.2, not the paper's 1.6: toy objects cross up to 30 px of a 64 px frame in the
+# 1.25 s between two plan frames at 1.6 fps, and stage 2 did not learn such trajectories
 semgen extract "$W/videos" --out "$W/data" --vae toy --semantic toy --text minilm \
-    --fps 8 --size 64 --semantic-size 112 --semantic-fps 1.6 --num-workers 1 --shard-size 64
+    --fps 8 --size 64 --semantic-size 112 --semantic-fps 3.2 --num-workers 1 --shard-size 64
 [[ -f "$W/compressor/compressor.safetensors" ]] || semgen fit-compressor "$W/data" --dim 8 --out "$W/compressor" \
     --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3
 resume() { [[ -f "$1/checkpoints/latest" ]] && echo --resume || true; }
