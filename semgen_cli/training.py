@@ -344,6 +344,14 @@ def load_checkpoint_weights(
     return load_file(str(path), device="cpu")
 
 
+def load_sampling_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A run's newest weights for sampling: the EMA, or the raw model of a run trained without EMA."""
+    try:
+        return load_checkpoint_weights(run_dir, "ema")
+    except InputError:
+        return load_checkpoint_weights(run_dir, "model")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside a DDP wrapper (FSDP2 shards in place, so it is itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

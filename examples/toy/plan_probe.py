@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +73,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from semgen_cli.components import load_semantic_encoder
     from semgen_cli.io.video import write_video
     from semgen_cli.steps.generate import GenerateConfig, Pipeline, resolve
-    from semgen_cli.steps.train_semantic import load_latent_compressor
     from semgen_cli.toy.prompts import default_prompts
     from semgen_cli.toy.world import parse_caption, render, sample_spec
 
@@ -95,17 +94,15 @@ def main(argv=None) -> None:
             plan = pipe.plan_from_stage2(cond, uncond, g)[0]
             motion = parse_caption(prompt)["motion"]
             results["sampled"].setdefault(motion, []).append(float(forward_steps(locate(plan), motion, grid).mean()))
-        if args.references:
-            s = r.components["semantic"]
-            extra = {k: s[k] for k in ("min_pixels", "max_pixels") if k in s}
-            pipe.compressor = load_latent_compressor(r.latent_run)[0].to(pipe.device)
-            pipe.semantic_encoder = load_semantic_encoder(s["spec"], device=pipe.device, fps=r.semantic_fps, **extra)
+        if args.references:  # the same Pipeline, reading plans from rendered clips (generate --semantic-from)
             with tempfile.TemporaryDirectory() as tmp:
-                for i in range(args.references):
-                    spec = sample_spec(np.random.default_rng([888, i]), seconds=args.seconds, fps=r.fps, width=r.size[1], height=r.size[0])
-                    path = Path(tmp) / f"ref-{i}.mp4"
-                    write_video(path, render(spec), fps=r.fps, crf=0, pix_fmt="yuv444p")
-                    plan = pipe.plan_from_reference(str(path))[0]
+                specs = [sample_spec(np.random.default_rng([888, i]), seconds=args.seconds, fps=r.fps, width=r.size[1], height=r.size[0])
+                         for i in range(args.references)]
+                paths = [write_video(Path(tmp) / f"ref-{i}.mp4", render(spec), fps=r.fps, crf=0, pix_fmt="yuv444p") for i, spec in enumerate(specs)]
+                ref_cfg = replace(cfg, semantic_from=str(paths[0]), semantic_run=None)
+                ref_pipe = Pipeline(ref_cfg, resolve(ref_cfg))
+                for spec, path in zip(specs, paths):
+                    plan = ref_pipe.plan_from_reference(str(path))[0]
                     results["rendered"].setdefault(spec.motion, []).append(float(forward_steps(locate(plan), spec.motion, grid).mean()))
 
     table = {

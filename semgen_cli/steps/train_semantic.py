@@ -129,7 +129,7 @@ class SemanticStep(nn.Module):
 def init_from_run(dit, run: str | Path, compressor_fingerprint: str, flag: str = "--init") -> None:
     """Load the DiT weights of train-semantic `run` (EMA, else model) into `dit` in place."""
     from semgen_cli.runs import read_run, split_state
-    from semgen_cli.training import load_checkpoint_weights
+    from semgen_cli.training import load_sampling_weights
 
     before = read_run(run, "train-semantic", flag)
     if before.get("dit") != dit.config.to_dict():
@@ -137,29 +137,21 @@ def init_from_run(dit, run: str | Path, compressor_fingerprint: str, flag: str =
         raise MismatchError(f"{flag} {run}: trained with another DiT (preset {theirs}); pass the same --preset")
     if before.get("latent_run", {}).get("compressor_fingerprint") != compressor_fingerprint:
         raise MismatchError(f"{flag} {run}: generates the space of another compressor; use a --latent-run with the same compressor")
-    try:
-        state = load_checkpoint_weights(run, "ema")
-    except InputError:
-        state = load_checkpoint_weights(run, "model")
-    dit.load_state_dict(split_state(state, "dit"))
+    dit.load_state_dict(split_state(load_sampling_weights(run), "dit"))
 
 
 def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
     """(compressor in eval mode, its fingerprint, the latent run config) from a train-latent run."""
     from semgen_cli.models.compressor import Compressor, CompressorConfig
     from semgen_cli.runs import read_run, split_state, tensors_fingerprint
-    from semgen_cli.training import load_checkpoint_weights
+    from semgen_cli.training import load_sampling_weights
 
     cfg = read_run(latent_run, "train-latent", flag)
     if cfg.get("compressor") is None:
         raise MismatchError(f"{flag} {latent_run}: trained without semantic tokens (--condition none); stage 2 needs a semantic latent run")
     if cfg["settings"]["condition"] != "semantic":
         raise MismatchError(f"{flag} {latent_run}: conditioned on {cfg['settings']['condition']} tokens, not semantic features")
-    try:
-        state = load_checkpoint_weights(latent_run, "ema")
-    except InputError:
-        state = load_checkpoint_weights(latent_run, "model")
-    comp_state = split_state(state, "compressor")
+    comp_state = split_state(load_sampling_weights(latent_run), "compressor")
     compressor = Compressor(CompressorConfig.from_dict(cfg["compressor"]))
     compressor.load_state_dict(comp_state)
     return compressor.eval(), tensors_fingerprint(comp_state, "compressor:"), cfg
