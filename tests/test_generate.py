@@ -236,6 +236,10 @@ def test_semantic_from_reference_video(runs, tmp_path):
     assert res.warnings == []
     with pytest.raises(ConfigError, match="lasts only"):
         resolve(cfg(runs, out, seconds=10, semantic_from=str(ref)))
+    with pytest.raises(ConfigError, match="one reference video per prompt"):  # toy-eval's per-prompt references
+        generate(cfg(runs, out, prompts=[PROMPT, PROMPT], seconds=1, semantic_run=None, semantic_from=str(ref)), references=[str(ref)])
+    with pytest.raises(ConfigError, match="one reference video per prompt"):
+        generate(cfg(runs, out, seconds=1), references=[str(ref)])
 
 
 @pytest.mark.slow

@@ -685,8 +685,12 @@ def decoded_frames(vae, latents, frames: int, chunk_latent_frames: int) -> Itera
             return
 
 
-def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None) -> GenerateResult:
-    """Write one mp4 (and its sidecar JSON) per prompt; see the module docstring."""
+def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None,
+             references: list[str] | None = None) -> GenerateResult:
+    """Write one mp4 (and its sidecar JSON) per prompt; see the module docstring.
+
+    `references` (with a reference-video `cfg.semantic_from`): one reference video per prompt,
+    read instead of `cfg.semantic_from`, so that one loaded pipeline serves every prompt."""
     import torch
 
     from semgen_cli import __version__
@@ -694,6 +698,8 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     from semgen_cli.io.video import VideoWriter
 
     r = resolved or resolve(cfg)
+    if references is not None and (r.plan_source != "reference video" or len(references) != len(cfg.prompts)):
+        raise ConfigError(f"references: one reference video per prompt ({len(cfg.prompts)}) and a reference-video semantic_from needed, got {len(references)}")
     for w in r.warnings:
         reporter.warn(w)
     device, dtype = pick_device(cfg.device, cfg.dtype)
@@ -726,7 +732,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                 plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n: reporter.advance(name))
                 reporter.finish(name)
             elif r.plan_source == "reference video":
-                plan = pipe.plan_from_reference(cfg.semantic_from)
+                plan = pipe.plan_from_reference(references[i] if references is not None else cfg.semantic_from)
             else:
                 plan = pipe.plan_from_file(cfg.semantic_from)
             stages.end()
@@ -741,7 +747,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
             meta = {
                 "prompt": prompt, "seed": cfg.seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
                 "size": list(r.size), "semgen": __version__, "settings": settings,
-                "sigma": r.sigma, "plan": r.plan_source + (f": {cfg.semantic_from}" if cfg.semantic_from else ""),
+                "sigma": r.sigma, "plan": r.plan_source + (f": {references[i] if references is not None else cfg.semantic_from}" if cfg.semantic_from else ""),
                 "latent_run": {"path": str(Path(r.latent_run).resolve()), "compressor_fingerprint": pipe.compressor_fingerprint},
                 "semantic_run": str(Path(r.semantic_run).resolve()) if r.semantic_run and r.plan_source == "stage 2" else None,
                 "pipeline": r.pipeline,

@@ -112,7 +112,7 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
 
 
 def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter) -> tuple[list, str]:
-    """One generation per prompt, its plan read from a rendered clip of the prompt (seed [999, i]),
+    """One `generate` call for all prompts, each plan read from a rendered clip of its prompt (seed [999, i]),
     at the latent run's training fps and size -> (videos, pipeline label)."""
     import numpy as np
 
@@ -124,15 +124,13 @@ def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter) -> tuple[lis
     latent_run = gen_cfg.latent_run or default_pipeline()[0]
     producer = read_run(latent_run, "train-latent", "--latent-run")["data"]["producer"]
     fps, (h, w) = float(producer["fps"]), producer["size"]
-    videos, pipeline = [], ""
+    refs = []
     for i, prompt in enumerate(gen_cfg.prompts):
         spec = spec_for_caption(prompt, np.random.default_rng([999, i]), seconds=gen_cfg.seconds, fps=fps, width=w, height=h)
-        ref = write_video(folder / f"reference-{i:03d}.mp4", render(spec), fps=fps, crf=0, pix_fmt="yuv444p")
-        one = replace(gen_cfg, prompts=[prompt], out=str(folder / f"eval-{i:03d}.mp4"), semantic_from=str(ref), semantic_run=None)
-        result = generate(one, reporter)
-        videos += result.videos
-        pipeline = f"{result.pipeline} (stage 1 on rendered plans)"
-    return videos, pipeline
+        refs.append(str(write_video(folder / f"reference-{i:03d}.mp4", render(spec), fps=fps, crf=0, pix_fmt="yuv444p")))
+    result = generate(replace(gen_cfg, semantic_from=refs[0], semantic_run=None), reporter, references=refs)
+    pipeline = f"{result.pipeline} (stage 1 on rendered plans)"
+    return result.videos, pipeline
 
 
 def read_prompt_file(path: str) -> list[str]:
