@@ -49,6 +49,16 @@ def test_forward_steps_follow_the_direction_with_wrap_around():
     assert probe.forward_steps(jitter, "still", (4, 4)).tolist() == [0, 0, 1]
 
 
+def test_right_way_tells_a_wrong_direction_from_jitter():
+    probe = _probe()
+    left = probe.locate(_plan([(2, 1), (1, 1), (0, 1), (3, 1)]))  # steady leftward, wrapping from x=0 to x=3
+    assert probe.right_way(left, "left", (4, 4)) == 1.0 and probe.right_way(left, "right", (4, 4)) == 0.0
+    assert probe.right_way(left, "still", (4, 4)) == 0.0
+    jitter = probe.locate(_plan([(2, 1), (3, 1), (1, 1), (2, 1), (0, 1)], grid=(4, 8)))  # +1, -2, +1, -2 cells
+    assert probe.forward_steps(jitter, "right", (4, 8)).mean() == 0.5
+    assert probe.right_way(jitter, "right", (4, 8)) == 0.0 and probe.right_way(jitter, "left", (4, 8)) == 1.0
+
+
 @pytest.mark.slow
 def test_rendered_clips_score_forward_on_the_bundle():
     r = subprocess.run([sys.executable, str(PROBE), "--seconds", "8", "--count", "2", "--references", "5", "--steps", "4", "--json"],
@@ -56,4 +66,5 @@ def test_rendered_clips_score_forward_on_the_bundle():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["forward_fraction"]["rendered"]["all"] >= 0.9
+    assert out["right_way_fraction"]["rendered"]["all"] == 1.0
     assert 0.0 <= out["forward_fraction"]["sampled"]["all"] <= 1.0

@@ -11,6 +11,11 @@ median; circular, because the toy world wraps around). A step between two plan f
 a cell). The `rendered` row scores the plans of rendered clips the same way: when it is near 1, a
 low score for sampled plans is the plan's fault, not the probe's.
 
+A second score tells a wrong direction from jitter: a plan goes the *right way* when its mean step
+points along the prompt's direction (for `still`: is under a quarter of a cell). Plans that move
+steadily the wrong way score low on both; plans that jitter along the right path score low on
+forward steps only.
+
 Prompts: the 24 built-in ones of `semgen toy-eval`. Reference clips: `sample_spec(default_rng(
 [888, i]))` rendered at 8 fps and read through the same path as `semgen generate --semantic-from`.
 """
@@ -58,6 +63,19 @@ def forward_steps(pos, motion: str, grid: tuple[int, int]) -> np.ndarray:
     return (step[:, 0] * vx + step[:, 1] * vy > 0).astype(float)
 
 
+def right_way(pos, motion: str, grid: tuple[int, int]) -> float:
+    """1 when the plan's mean step goes along `motion` (still: stays under a quarter cell), else 0."""
+    from semgen_cli.toy.world import VELOCITY
+
+    pos = pos.numpy()
+    size = np.array([grid[1], grid[0]], dtype=np.float64)
+    mean = ((pos[1:] - pos[:-1] + size / 2) % size - size / 2).mean(0)  # (2,) mean circular step
+    if motion == "still":
+        return float(np.abs(mean).max() < QUARTER_CELL)
+    vx, vy = VELOCITY[motion]
+    return float(mean[0] * vx + mean[1] * vy > 0)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--semantic-run", help="train-semantic run (default: the bundled pipeline's)")
@@ -85,6 +103,7 @@ def main(argv=None) -> None:
     pipe = Pipeline(cfg, r)
     grid = tuple(r.semantic_grid)
     results: dict[str, dict[str, list[float]]] = {"sampled": {}, "rendered": {}}
+    ways: dict[str, dict[str, list[float]]] = {"sampled": {}, "rendered": {}}
     with torch.inference_mode():
         for prompt in prompts:  # the same draws as `semgen generate` makes before its plan
             g = torch.Generator("cpu").manual_seed(int(args.seed))
@@ -92,8 +111,9 @@ def main(argv=None) -> None:
             torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)
             cond, uncond = pipe.text(prompt)
             plan = pipe.plan_from_stage2(cond, uncond, g)[0]
-            motion = parse_caption(prompt)["motion"]
-            results["sampled"].setdefault(motion, []).append(float(forward_steps(locate(plan), motion, grid).mean()))
+            motion, pos = parse_caption(prompt)["motion"], locate(plan)
+            results["sampled"].setdefault(motion, []).append(float(forward_steps(pos, motion, grid).mean()))
+            ways["sampled"].setdefault(motion, []).append(right_way(pos, motion, grid))
         if args.references:  # the same Pipeline, reading plans from rendered clips (generate --semantic-from)
             with tempfile.TemporaryDirectory() as tmp:
                 specs = [sample_spec(np.random.default_rng([888, i]), seconds=args.seconds, fps=r.fps, width=r.size[1], height=r.size[0])
@@ -102,23 +122,29 @@ def main(argv=None) -> None:
                 ref_cfg = replace(cfg, semantic_from=str(paths[0]), semantic_run=None)
                 ref_pipe = Pipeline(ref_cfg, resolve(ref_cfg))
                 for spec, path in zip(specs, paths):
-                    plan = ref_pipe.plan_from_reference(str(path))[0]
-                    results["rendered"].setdefault(spec.motion, []).append(float(forward_steps(locate(plan), spec.motion, grid).mean()))
+                    pos = locate(ref_pipe.plan_from_reference(str(path))[0])
+                    results["rendered"].setdefault(spec.motion, []).append(float(forward_steps(pos, spec.motion, grid).mean()))
+                    ways["rendered"].setdefault(spec.motion, []).append(right_way(pos, spec.motion, grid))
 
-    table = {
-        kind: {**{m: round(float(np.mean(v)), 3) for m, v in sorted(per.items())},
-               "all": round(float(np.mean([x for v in per.values() for x in v])), 3) if per else None}
-        for kind, per in results.items()
-    }
+    def table(results):
+        return {
+            kind: {**{m: round(float(np.mean(v)), 3) for m, v in sorted(per.items())},
+                   "all": round(float(np.mean([x for v in per.values() for x in v])), 3) if per else None}
+            for kind, per in results.items()
+        }
+
     out = {"seconds": args.seconds, "semantic_run": str(r.semantic_run), "cfg": pipe.cfg.semantic_cfg, "seed": args.seed,
-           "prompts": len(prompts), "references": args.references, "forward_fraction": table}
+           "prompts": len(prompts), "references": args.references,
+           "forward_fraction": table(results), "right_way_fraction": table(ways)}
     if args.json:
         print(json.dumps(out, indent=2))
         return
     print(f"plan probe: {args.seconds:g} s, stage-2 run {r.semantic_run}, CFG {pipe.cfg.semantic_cfg:g}, seed {args.seed}")
-    print("fraction of plan steps that move the object as the caption says (per motion, then all):")
-    for kind, row in table.items():
-        print(f"  {kind:9s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items() if v is not None))
+    for key, what in (("forward_fraction", "plan steps that move the object as the caption says"),
+                      ("right_way_fraction", "plans whose mean step goes the caption's way")):
+        print(f"fraction of {what} (per motion, then all):")
+        for kind, row in out[key].items():
+            print(f"  {kind:9s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items() if v is not None))
 
 
 if __name__ == "__main__":
