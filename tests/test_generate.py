@@ -221,6 +221,11 @@ def test_same_seed_same_frames_other_seed_other_frames(runs, tmp_path):
     res = generate(cfg(runs, d, seconds=2, semantic_run=None, semantic_from=str(tmp_path / "a.semantic.safetensors")))
     assert res.semantic_run is None
     assert np.array_equal(frames_of(d), fa)
+    # per-prompt seeds (toy-eval): prompt i with seeds[i], the same frames as a run with --seed seeds[i]
+    e = tmp_path / "e.mp4"
+    res = generate(cfg(runs, e, prompts=[PROMPT, PROMPT], seconds=2), seeds=[7, 8])
+    assert [v.seed for v in res.videos] == [7, 8]
+    assert np.array_equal(frames_of(res.videos[0].path), fa) and np.array_equal(frames_of(res.videos[1].path), fc)
 
 
 @pytest.mark.slow
@@ -240,6 +245,8 @@ def test_semantic_from_reference_video(runs, tmp_path):
         generate(cfg(runs, out, prompts=[PROMPT, PROMPT], seconds=1, semantic_run=None, semantic_from=str(ref)), references=[str(ref)])
     with pytest.raises(ConfigError, match="one reference video per prompt"):
         generate(cfg(runs, out, seconds=1), references=[str(ref)])
+    with pytest.raises(ConfigError, match="one seed per prompt"):
+        generate(cfg(runs, out, seconds=1), seeds=[1, 2])
 
 
 @pytest.mark.slow

@@ -130,5 +130,6 @@ def test_toy_eval_rendered_plans_score_stage_1_alone(runs, tmp_path):
         sidecar = json.loads(Path(row["path"]).with_suffix(".json").read_text())
         assert sidecar["plan"].startswith("reference video") and f"reference-{i:03d}.mp4" in sidecar["plan"]
         assert sidecar["semantic_run"] is None and sidecar["prompt"] == row["prompt"]
+        assert sidecar["seed"] == i  # prompt i: seed + i, independent noise per prompt
     r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--count", "1", "--plans", "perfect")
     assert r.returncode == 2 and "--plans 'perfect'" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -16,7 +16,7 @@ points along the prompt's direction (for `still`: is under a quarter of a cell).
 steadily the wrong way score low on both; plans that jitter along the right path score low on
 forward steps only.
 
-Prompts: the 24 built-in ones of `semgen toy-eval`. Reference clips: `sample_spec(default_rng(
+Prompts: the 24 built-in ones of `semgen toy-eval`, prompt i with seed `--seed` + i as there. Reference clips: `sample_spec(default_rng(
 [888, i]))` rendered at 8 fps and read through the same path as `semgen generate --semantic-from`.
 """
 
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--cfg", type=float, default=None, help="stage-2 CFG scale (default: generate's)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: generate's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
     p.add_argument("--count", type=int, default=24, help="how many built-in prompts")
     p.add_argument("--references", type=int, default=8, help="rendered clips to check the probe on (0: none)")
     p.add_argument("--json", action="store_true", help="print the results as JSON only")
@@ -105,8 +105,8 @@ def main(argv=None) -> None:
     results: dict[str, dict[str, list[float]]] = {"sampled": {}, "rendered": {}}
     ways: dict[str, dict[str, list[float]]] = {"sampled": {}, "rendered": {}}
     with torch.inference_mode():
-        for prompt in prompts:  # the same draws as `semgen generate` makes before its plan
-            g = torch.Generator("cpu").manual_seed(int(args.seed))
+        for i, prompt in enumerate(prompts):  # the same seed (seed + i) and draws as `semgen toy-eval` makes before its plan
+            g = torch.Generator("cpu").manual_seed(int(args.seed) + i)
             torch.randn((1, *r.latent_shape), generator=g)
             torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)
             cond, uncond = pipe.text(prompt)

@@ -17,7 +17,7 @@ def command(
     latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (default: the bundled pipeline).")] = None,
     semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (default: the bundled pipeline).")] = None,
     count: Annotated[int, typer.Option(help="How many built-in prompts (held-out combinations first).")] = 24,
-    seed: Annotated[int, typer.Option(help="Seed of the generations.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt's generation; prompt i uses seed + i.")] = 0,
     steps: Annotated[Optional[int], typer.Option(help="Euler steps per stage (default: generate's).")] = None,
     semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (default: generate's).")] = None,
     latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (default: generate's).")] = None,

@@ -686,11 +686,13 @@ def decoded_frames(vae, latents, frames: int, chunk_latent_frames: int) -> Itera
 
 
 def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None,
-             references: list[str] | None = None) -> GenerateResult:
+             references: list[str] | None = None, seeds: list[int] | None = None) -> GenerateResult:
     """Write one mp4 (and its sidecar JSON) per prompt; see the module docstring.
 
     `references` (with a reference-video `cfg.semantic_from`): one reference video per prompt,
-    read instead of `cfg.semantic_from`, so that one loaded pipeline serves every prompt."""
+    read instead of `cfg.semantic_from`, so that one loaded pipeline serves every prompt.
+    `seeds`: one seed per prompt instead of `cfg.seed` for all (independent noise per prompt, as
+    an evaluation wants)."""
     import torch
 
     from semgen_cli import __version__
@@ -700,6 +702,8 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     r = resolved or resolve(cfg)
     if references is not None and (r.plan_source != "reference video" or len(references) != len(cfg.prompts)):
         raise ConfigError(f"references: one reference video per prompt ({len(cfg.prompts)}) and a reference-video semantic_from needed, got {len(references)}")
+    if seeds is not None and len(seeds) != len(cfg.prompts):
+        raise ConfigError(f"seeds: one seed per prompt ({len(cfg.prompts)}) needed, got {len(seeds)}")
     for w in r.warnings:
         reporter.warn(w)
     device, dtype = pick_device(cfg.device, cfg.dtype)
@@ -717,7 +721,8 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
         for i, (prompt, path) in enumerate(zip(cfg.prompts, paths)):
             tag = f"[{i + 1}/{len(paths)}] " if many else ""
             stages = _Stages(device)
-            g = torch.Generator("cpu").manual_seed(int(cfg.seed))
+            seed = int(seeds[i] if seeds is not None else cfg.seed)
+            g = torch.Generator("cpu").manual_seed(seed)
             noise = torch.randn((1, *r.latent_shape), generator=g)  # (1, C, T, h, w): drawn first, shared by every plan source
             plan_eps = torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)  # σ-noise of the plan
 
@@ -745,7 +750,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
             stages.end()
 
             meta = {
-                "prompt": prompt, "seed": cfg.seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
+                "prompt": prompt, "seed": seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
                 "size": list(r.size), "semgen": __version__, "settings": settings,
                 "sigma": r.sigma, "plan": r.plan_source + (f": {references[i] if references is not None else cfg.semantic_from}" if cfg.semantic_from else ""),
                 "latent_run": {"path": str(Path(r.latent_run).resolve()), "compressor_fingerprint": pipe.compressor_fingerprint},
@@ -777,7 +782,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                 "seconds_per_stage": stages.seconds, "load_seconds": load_seconds,
                 "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
             })
-            videos.append(VideoOut(path, sidecar, sem_path, prompt, r.seconds, r.frames, r.fps, cfg.seed, stages.seconds, stages.memory))
+            videos.append(VideoOut(path, sidecar, sem_path, prompt, r.seconds, r.frames, r.fps, seed, stages.seconds, stages.memory))
     return GenerateResult(
         videos=videos, load_seconds=load_seconds, load_memory=load_memory, memory_kind=stages.meter.kind,
         pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,

@@ -5,6 +5,8 @@ its quality is measured exactly: for each prompt, `semgen_cli.toy.judge` reads t
 frames and scores background colour, object colour, object shape and motion direction per
 frame; a video counts as right for an attribute when its majority per-frame verdict is right;
 drift is the first-15 % minus last-15 % accuracy of each attribute (positive: worse at the end).
+Prompt i is generated with seed `seed + i`, so the videos are independent samples (with one
+shared noise, the toy pipeline's motion directions are strongly correlated across prompts).
 
 With `plans="rendered"` stage 2 is skipped: each prompt's plan is read from a rendered clip of
 that caption (`generate --semantic-from`, paper Fig. 4), the plan a perfect stage 2 would make, so
@@ -94,11 +96,12 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
         kwargs.update({k: v for k, v in (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg)) if v is not None})
         gen_cfg = GenerateConfig(prompts=list(cfg.prompts), out=str(folder / "eval.mp4"), seconds=cfg.seconds,
                                  latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, **kwargs)
+        seeds = [cfg.seed + i for i in range(len(cfg.prompts))]
         if cfg.plans == "stage2":
-            result = generate(gen_cfg, reporter)
+            result = generate(gen_cfg, reporter, seeds=seeds)
             videos, pipeline = result.videos, result.pipeline
         else:
-            videos, pipeline = _from_rendered_plans(gen_cfg, folder, reporter)
+            videos, pipeline = _from_rendered_plans(gen_cfg, folder, reporter, seeds)
         reporter.start("judge", total=len(videos), unit="videos")
         rows = []
         for video in videos:
@@ -111,7 +114,7 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
     return ToyEvalResult(rows, {k: v for k, v in summary.items() if v}, pipeline, gen_time)
 
 
-def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter) -> tuple[list, str]:
+def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter, seeds: list[int]) -> tuple[list, str]:
     """One `generate` call for all prompts, each plan read from a rendered clip of its prompt (seed [999, i]),
     at the latent run's training fps and size -> (videos, pipeline label)."""
     import numpy as np
@@ -128,7 +131,7 @@ def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter) -> tuple[lis
     for i, prompt in enumerate(gen_cfg.prompts):
         spec = spec_for_caption(prompt, np.random.default_rng([999, i]), seconds=gen_cfg.seconds, fps=fps, width=w, height=h)
         refs.append(str(write_video(folder / f"reference-{i:03d}.mp4", render(spec), fps=fps, crf=0, pix_fmt="yuv444p")))
-    result = generate(replace(gen_cfg, semantic_from=refs[0], semantic_run=None), reporter, references=refs)
+    result = generate(replace(gen_cfg, semantic_from=refs[0], semantic_run=None), reporter, references=refs, seeds=seeds)
     pipeline = f"{result.pipeline} (stage 1 on rendered plans)"
     return result.videos, pipeline
 
