@@ -61,10 +61,19 @@ def test_right_way_tells_a_wrong_direction_from_jitter():
 
 @pytest.mark.slow
 def test_rendered_clips_score_forward_on_the_bundle():
-    r = subprocess.run([sys.executable, str(PROBE), "--seconds", "8", "--count", "2", "--references", "5", "--steps", "4", "--json"],
+    r = subprocess.run([sys.executable, str(PROBE), "--seconds", "8", "--count", "2", "--references", "5", "--steps", "4", "--text-band", "--json"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["forward_fraction"]["rendered"]["all"] >= 0.9
     assert out["right_way_fraction"]["rendered"]["all"] == 1.0
     assert 0.0 <= out["forward_fraction"]["sampled"]["all"] <= 1.0
+    band = out["text_band"]
+    assert list(band) == ["0.5", "0.7", "0.8", "0.9", "0.95"]
+    assert all(0.0 <= v <= 1.0 for row in band.values() for v in row.values())
+    assert band["0.5"]["true caption"] == 1.0  # at half noise the plan itself still shows the way
+
+
+def test_text_band_needs_references():
+    r = subprocess.run([sys.executable, str(PROBE), "--text-band", "--references", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--text-band needs --references" in r.stderr

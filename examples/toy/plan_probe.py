@@ -16,6 +16,12 @@ points along the prompt's direction (for `still`: is under a quarter of a cell).
 steadily the wrong way score low on both; plans that jitter along the right path score low on
 forward steps only.
 
+`--text-band` asks where along the noise scale the prompt decides the direction: each rendered
+clip's plan is noised to level t, and stage 2's one-step estimate of the clean plan (z_t - t·v)
+is scored with the clip's own caption and with the opposite direction's caption. Where the two
+agree the model follows its input; where the caption flips the estimate, the caption decides.
+Training steps at those t are what teach the direction (`train-semantic --shift`).
+
 Prompts: the 24 built-in ones of `semgen toy-eval`, prompt i with seed `--seed` + i as there. Reference clips: `sample_spec(default_rng(
 [888, i]))` rendered at 8 fps and read through the same path as `semgen generate --semantic-from`.
 """
@@ -31,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 QUARTER_CELL = 0.25  # of a grid cell: below this a still object counts as still
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+BAND = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def locate(plan):
@@ -86,8 +94,12 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
     p.add_argument("--count", type=int, default=24, help="how many built-in prompts")
     p.add_argument("--references", type=int, default=8, help="rendered clips to check the probe on (0: none)")
+    p.add_argument("--text-band", action="store_true", help="also score one-step clean-plan estimates of noised reference plans "
+                   "under the true and the opposite caption (needs --references; moving clips only)")
     p.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = p.parse_args(argv)
+    if args.text_band and args.references < 1:
+        p.error("--text-band needs --references N (N >= 1)")
 
     import torch
 
@@ -104,6 +116,7 @@ def main(argv=None) -> None:
     grid = tuple(r.semantic_grid)
     results: dict[str, dict[str, list[float]]] = {"sampled": {}, "rendered": {}}
     ways: dict[str, dict[str, list[float]]] = {"sampled": {}, "rendered": {}}
+    band: dict[float, dict[str, list[float]]] = {t: {"true caption": [], "opposite caption": []} for t in BAND}
     with torch.inference_mode():
         for i, prompt in enumerate(prompts):  # the same seed (seed + i) and draws as `semgen toy-eval` makes before its plan
             g = torch.Generator("cpu").manual_seed(int(args.seed) + i)
@@ -125,6 +138,15 @@ def main(argv=None) -> None:
                     pos = locate(ref_pipe.plan_from_reference(str(path))[0])
                     results["rendered"].setdefault(spec.motion, []).append(float(forward_steps(pos, spec.motion, grid).mean()))
                     ways["rendered"].setdefault(spec.motion, []).append(right_way(pos, spec.motion, grid))
+                    if args.text_band and spec.motion in OPPOSITE:
+                        z0 = ref_pipe.plan_from_reference(str(path)).permute(0, 4, 1, 2, 3)  # (1, c, Ts, hs, ws)
+                        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(len(band[BAND[0]]["true caption"])))
+                        for t in BAND:
+                            zt = (1 - t) * z0 + t * eps
+                            for key, text in (("true caption", spec.caption), ("opposite caption", spec.caption.replace(spec.motion, OPPOSITE[spec.motion]))):
+                                v = pipe.semantic_dit(zt, torch.tensor([t]), **pipe.text(text)[0])
+                                est = (zt - t * v).permute(0, 2, 3, 4, 1)[0]
+                                band[t][key].append(right_way(locate(est), spec.motion, grid))
 
     def table(results):
         return {
@@ -136,6 +158,8 @@ def main(argv=None) -> None:
     out = {"seconds": args.seconds, "semantic_run": str(r.semantic_run), "cfg": pipe.cfg.semantic_cfg, "seed": args.seed,
            "prompts": len(prompts), "references": args.references,
            "forward_fraction": table(results), "right_way_fraction": table(ways)}
+    if args.text_band:
+        out["text_band"] = {str(t): {k: round(float(np.mean(v)), 3) if v else None for k, v in row.items()} for t, row in band.items()}
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -145,6 +169,10 @@ def main(argv=None) -> None:
         print(f"fraction of {what} (per motion, then all):")
         for kind, row in out[key].items():
             print(f"  {kind:9s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items() if v is not None))
+    if args.text_band:
+        print("one-step clean-plan estimates of noised rendered plans that move the clip's way, by noise level t:")
+        for t, row in out["text_band"].items():
+            print(f"  t {t:5s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None))
 
 
 if __name__ == "__main__":
