@@ -72,8 +72,9 @@ until [[ -f "$W/latent/checkpoints/latest" ]]; do
   sleep 10
 done
 # stage 2 uses shift 4, not RAE's sqrt(elements/4096) rule (~0.4 for a space this small): the direction
-# the object moves in is settled only at t > 0.9, where logit-normal with shift 1 puts 1.4 % of the
-# training steps (shift 4: 21 %); with shift 1 the plans followed the noise, not the prompt's way.
+# the object moves in is settled at high noise (t ≈ 0.7–0.9, plan_probe.py --text-band), where
+# logit-normal with shift 1 puts 8 % of the training steps above t = 0.8 (shift 4: 50 %); with shift 1
+# the plans' direction followed the noise more than the prompt (examples/toy/README.md).
 OMP_NUM_THREADS=$STAGE_THREADS semgen train-semantic "$W/data" --latent-run "$W/latent" \
     --preset toy --shift 4 \
     --steps "$SEMANTIC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
