@@ -135,12 +135,14 @@ def main(argv=None) -> None:
                 ref_cfg = replace(cfg, semantic_from=str(paths[0]), semantic_run=None)
                 ref_pipe = Pipeline(ref_cfg, resolve(ref_cfg))
                 for spec, path in zip(specs, paths):
-                    pos = locate(ref_pipe.plan_from_reference(str(path))[0])
+                    plan = ref_pipe.plan_from_reference(str(path))  # (1, Ts, hs, ws, c)
+                    pos = locate(plan[0])
                     results["rendered"].setdefault(spec.motion, []).append(float(forward_steps(pos, spec.motion, grid).mean()))
                     ways["rendered"].setdefault(spec.motion, []).append(right_way(pos, spec.motion, grid))
                     if args.text_band and spec.motion in OPPOSITE:
-                        z0 = ref_pipe.plan_from_reference(str(path)).permute(0, 4, 1, 2, 3)  # (1, c, Ts, hs, ws)
-                        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(len(band[BAND[0]]["true caption"])))
+                        z0 = plan.permute(0, 4, 1, 2, 3)  # (1, c, Ts, hs, ws)
+                        k = len(band[BAND[0]]["true caption"])  # noise seed: this is the k-th moving reference
+                        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(k))
                         for t in BAND:
                             zt = (1 - t) * z0 + t * eps
                             for key, text in (("true caption", spec.caption), ("opposite caption", spec.caption.replace(spec.motion, OPPOSITE[spec.motion]))):
