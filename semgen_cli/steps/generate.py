@@ -722,6 +722,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
             tag = f"[{i + 1}/{len(paths)}] " if many else ""
             stages = _Stages(device)
             seed = int(seeds[i] if seeds is not None else cfg.seed)
+            source = references[i] if references is not None else cfg.semantic_from  # plan file or reference video
             g = torch.Generator("cpu").manual_seed(seed)
             noise = torch.randn((1, *r.latent_shape), generator=g)  # (1, C, T, h, w): drawn first, shared by every plan source
             plan_eps = torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)  # σ-noise of the plan
@@ -737,9 +738,9 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                 plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n: reporter.advance(name))
                 reporter.finish(name)
             elif r.plan_source == "reference video":
-                plan = pipe.plan_from_reference(references[i] if references is not None else cfg.semantic_from)
+                plan = pipe.plan_from_reference(source)
             else:
-                plan = pipe.plan_from_file(cfg.semantic_from)
+                plan = pipe.plan_from_file(source)
             stages.end()
 
             stages.begin("latent")
@@ -752,7 +753,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
             meta = {
                 "prompt": prompt, "seed": seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
                 "size": list(r.size), "semgen": __version__, "settings": settings,
-                "sigma": r.sigma, "plan": r.plan_source + (f": {references[i] if references is not None else cfg.semantic_from}" if cfg.semantic_from else ""),
+                "sigma": r.sigma, "plan": r.plan_source + (f": {source}" if source else ""),
                 "latent_run": {"path": str(Path(r.latent_run).resolve()), "compressor_fingerprint": pipe.compressor_fingerprint},
                 "semantic_run": str(Path(r.semantic_run).resolve()) if r.semantic_run and r.plan_source == "stage 2" else None,
                 "pipeline": r.pipeline,
