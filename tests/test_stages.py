@@ -259,3 +259,30 @@ def test_bad_config_file_is_one_line(data, tmp_path, content, message):
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("fit-compressor", str(data), "--config", str(tmp_path / "missing.json"))
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_train_semantic_windows_cut_longer_clips(data, latent, tmp_path):
+    """--windows adds fixed windows of each length shorter than a clip, at half-window strides,
+    the last flush with the clip's end; whole clips stay; bad values are one-line errors."""
+    from semgen_cli.io.shards import Dataset
+    from semgen_cli.steps.train_semantic import WholeClips
+
+    ds = Dataset(data)
+    n = int(ds.records[0]["semantic_tokens_t"])  # 4 s at 1.6 fps: 3 tokens
+    clips = WholeClips(ds, None, (2, n, 99))
+    per_clip = [it for it in clips.items if it[0] == 0]
+    want_starts = sorted(set(range(0, n - 2 + 1, 1)) | {n - 2})
+    assert per_clip == [(0, 0, n)] + [(0, s, 2) for s in want_starts]  # n and 99 are not shorter than the clip
+    assert len(clips.lengths) == len(clips)
+    whole = ds.load(0, ["semantic"])["semantic"].float()
+    k = clips.items.index((0, want_starts[-1], 2))
+    torch.testing.assert_close(clips[k]["semantic"], whole[want_starts[-1] : want_starts[-1] + 2])
+
+    common = ["train-semantic", str(data), "--latent-run", str(latent), "--preset", "tiny", "--batch-size", "2", "--steps", "2"]
+    r = run_cli(*common, "--windows", "2.5", "--out", str(tmp_path / "w"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["settings"]["windows"] == [2.5]
+    for bad in ("ten", "0"):
+        r = run_cli(*common, "--windows", bad, "--out", str(tmp_path / "bad"))
+        assert r.returncode == 2 and "--windows" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "bad").exists()

@@ -35,6 +35,18 @@ def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_dec
     )
 
 
+def parse_seconds_list(text: str | None, flag: str) -> tuple[float, ...]:
+    """``"10,20,40"`` → ``(10.0, 20.0, 40.0)``; None or empty → ``()``."""
+    from semgen_cli.errors import ConfigError
+
+    if not text:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes seconds separated by commas, e.g. 10,20,40; got {text!r}") from None
+
+
 def resume_hint(argv: list[str]) -> str:
     """The command that continues this run: the same arguments plus --resume."""
     import shlex

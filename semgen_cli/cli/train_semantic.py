@@ -19,6 +19,7 @@ def command(
     text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
     shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
     max_seconds: Annotated[Optional[float], typer.Option(help="Cut clips longer than this (default: whole clips).")] = None,
+    windows: Annotated[Optional[str], typer.Option(help="Also train on windows of these lengths in seconds, comma-separated (e.g. 10,20,40), cut from every longer clip at half-window strides, so durations between the data's clip lengths are trained too (default: whole clips only).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="train-semantic run to start from (its EMA weights; same --preset): a fine-tune with a fresh optimiser and schedule, e.g. on new data.")] = None,
     steps: T.Steps = 1000,
     batch_size: T.BatchSize = 8,
@@ -45,10 +46,10 @@ def command(
     from semgen_cli.cli._common import RichReporter, settings_table, summary
     from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
 
-    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, init=str(init) if init else None)
+    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=str(init) if init else None)
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
     settings_table("semgen train-semantic", {
-        "data": data, "latent run": latent_run, "out": out, "preset": preset, "attention": "full (whole clips)",
+        "data": data, "latent run": latent_run, "out": out, "preset": preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
         "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:

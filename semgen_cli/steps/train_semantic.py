@@ -41,6 +41,9 @@ class TrainSemanticConfig:
     """Timestep shift; None: RAE's sqrt(elements / 4096) of the mean training clip."""
     max_seconds: float | None = None
     """Cut clips longer than this (memory); None keeps every clip whole."""
+    windows: tuple[float, ...] = ()
+    """Also train on windows of these lengths (seconds) cut from every longer clip, at half-window
+    strides: a planner trained on 4 s and 60 s clips alone never sees a 20 s plan."""
     init: str | None = None
     """A train-semantic run whose weights (EMA if it has them) start this run: a fine-tune with a
     fresh optimiser and schedule, e.g. on new data. Same preset and compressor required; ignored
@@ -53,24 +56,41 @@ class TrainSemanticConfig:
             raise ConfigError(f"--max-seconds must be positive, got {self.max_seconds}")
         if self.shift is not None and self.shift <= 0:
             raise ConfigError(f"--shift must be positive, got {self.shift}")
+        self.windows = tuple(float(w) for w in self.windows)
+        if any(not w > 0 for w in self.windows):
+            raise ConfigError(f"--windows must be positive seconds, got {', '.join(f'{w:g}' for w in self.windows)}")
 
 
 class WholeClips(torch.utils.data.Dataset):
-    """Items: a sample's whole semantic tokens (Ts, hs, ws, d) and text, optionally cut to `max_tokens`."""
+    """Items: a sample's whole semantic tokens (Ts, hs, ws, d) and text, optionally cut to
+    `max_tokens`; plus, for each window length in `windows` (tokens) shorter than a clip, that
+    clip's windows of that length at half-window strides (the last one flush with the clip's end).
+    Window starts are fixed, so an epoch is the same items whatever the seed and resuming replays it."""
 
-    def __init__(self, data: Dataset, max_tokens: int | None) -> None:
-        self.data, self.max_tokens = data, max_tokens
-        self.lengths = [min(int(r["semantic_tokens_t"]), max_tokens or 1 << 30) for r in data.records]
-        """Time tokens per sample: the trainer batches clips of similar length together."""
+    def __init__(self, data: Dataset, max_tokens: int | None, windows: tuple[int, ...] = ()) -> None:
+        self.data = data
+        self.items: list[tuple[int, int, int]] = []
+        """(sample, first token, tokens) per item."""
+        for i, r in enumerate(data.records):
+            n = min(int(r["semantic_tokens_t"]), max_tokens or 1 << 30)
+            self.items.append((i, 0, n))
+            for w in sorted(set(windows)):
+                if w < n:
+                    stride = max(1, w // 2)
+                    starts = list(range(0, n - w + 1, stride))
+                    if starts[-1] != n - w:
+                        starts.append(n - w)
+                    self.items += [(i, s0, w) for s0 in starts]
+        self.lengths = [n for _, _, n in self.items]
+        """Time tokens per item: the trainer batches items of similar length together."""
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, k: int) -> dict:
+        i, start, n = self.items[k]
         x = self.data.load(i, ["semantic", "text"])
-        sem = x["semantic"].float()
-        if self.max_tokens is not None:
-            sem = sem[: self.max_tokens]
+        sem = x["semantic"].float()[start : start + n]
         return {"semantic": sem, "text": x["text"].float()}
 
 
@@ -173,18 +193,21 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
         if want != have:
             raise MismatchError(f"{cfg.data}: {role} encoder {have} differs from {want} of --latent-run {cfg.latent_run}; use data extracted with the same components")
     p = data.producer
+    from semgen_cli.steps.train_latent import semantic_tokens_for
+
     max_tokens = None
     if cfg.max_seconds is not None:
-        from semgen_cli.steps.train_latent import semantic_tokens_for
-
         max_tokens = semantic_tokens_for(cfg.max_seconds, float(p["semantic_fps"]))
-    dataset = WholeClips(data, max_tokens)
+    windows = tuple(semantic_tokens_for(w, float(p["semantic_fps"])) for w in cfg.windows)
+    dataset = WholeClips(data, max_tokens, windows)
+    if windows:
+        reporter.info(f"{len(dataset) - len(data)} windows of {', '.join(map(str, sorted(set(windows))))} tokens from longer clips, beside {len(data)} whole clips")
     first = dataset[0]
     _, hs, ws, _ = first["semantic"].shape
     text_dim = first["text"].shape[-1]
     c = compressor.config.out_dim
     records = data.records
-    mean_t = sum(min(r["semantic_tokens_t"], max_tokens or 1 << 30) for r in records) / len(records)
+    mean_t = sum(min(r["semantic_tokens_t"], max_tokens or 1 << 30) for r in records) / len(records)  # whole clips: windows leave the default shift as it was
     shift = cfg.shift or dimension_shift(int(c * mean_t * hs * ws))
     longest = max(r["duration"] for r in records)
     out = Path(cfg.out)
