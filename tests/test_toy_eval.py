@@ -109,7 +109,7 @@ def test_toy_eval_pipeline_errors(runs, tmp_path):
 
 
 def test_toy_eval_cfg_flags(runs, tmp_path):
-    """--semantic-cfg/--latent-cfg reach generate (shown in its settings) and are validated there."""
+    """--semantic-cfg/--latent-cfg/--semantic-noise reach generate (shown in its settings) and are validated there."""
     r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--semantic-run", runs / "sem", "--count", "1",
                    "--seconds", "1", "--steps", "1", "--latent-cfg", "-1")
     assert r.returncode == 2 and "--latent-cfg must be >= 0" in r.stderr
@@ -117,6 +117,14 @@ def test_toy_eval_cfg_flags(runs, tmp_path):
                    "--seconds", "1", "--steps", "1", "--semantic-cfg", "3", "--latent-cfg", "1.5", "--json")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["videos"]) == 1
+    r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--semantic-run", runs / "sem", "--count", "1",
+                   "--seconds", "1", "--steps", "1", "--semantic-noise", "-0.5")
+    assert r.returncode == 2 and "--semantic-noise must be >= 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_inproc("toy-eval", "--latent-run", runs / "lat", "--semantic-run", runs / "sem", "--count", "1",
+                   "--seconds", "1", "--steps", "1", "--semantic-noise", "0.125", "--json", "--keep", tmp_path / "kept")
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)["videos"][0]
+    assert json.loads(Path(row["path"]).with_suffix(".json").read_text())["sigma"] == 0.125
 
 
 def test_toy_eval_rendered_plans_score_stage_1_alone(runs, tmp_path):

@@ -38,6 +38,8 @@ class ToyEvalConfig:
     """CFG scale of stage 2 (None: generate's default)."""
     latent_cfg: float | None = None
     """CFG scale of stage 1 (None: generate's default)."""
+    semantic_noise: float | None = None
+    """σ of the noise on the plan given to stage 1 (None: generate's default)."""
     keep: str | None = None
     """Folder to keep the generated mp4s in (default: a temp folder, removed)."""
     plans: str = "stage2"
@@ -93,7 +95,8 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
         kwargs = {}
         if cfg.steps is not None:
             kwargs = {"semantic_steps": cfg.steps, "latent_steps": cfg.steps}
-        kwargs.update({k: v for k, v in (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg)) if v is not None})
+        kwargs.update({k: v for k, v in (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg),
+                                                   ("semantic_noise", cfg.semantic_noise)) if v is not None})
         gen_cfg = GenerateConfig(prompts=list(cfg.prompts), out=str(folder / "eval.mp4"), seconds=cfg.seconds,
                                  latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, **kwargs)
         seeds = [cfg.seed + i for i in range(len(cfg.prompts))]
