@@ -229,6 +229,30 @@ def test_same_seed_same_frames_other_seed_other_frames(runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_initial_noise_replays_generates_plan(runs, tmp_path):
+    """initial_noise(r, seed) then plan_from_stage2 on its generator gives the plan generate saved
+    for that seed (what examples/toy/plan_probe.py relies on to score toy-eval's plans)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from semgen_cli.steps.generate import Pipeline, initial_noise, resolve
+
+    c = cfg(runs, tmp_path / "p.mp4", seconds=2, save_semantics=True, seed=11)
+    generate(c)
+    saved = load_file(str(tmp_path / "p.semantic.safetensors"))["semantic"]
+    r = resolve(c)
+    pipe = Pipeline(c, r)
+    with torch.inference_mode():
+        g, noise, plan_eps = initial_noise(r, 11)
+        cond, uncond = pipe.text(PROMPT)
+        plan = pipe.plan_from_stage2(cond, uncond, g)[0]
+    assert noise.shape == (1, *r.latent_shape) and plan_eps.shape == (1, *plan.shape)
+    torch.testing.assert_close(plan.float(), saved, rtol=0, atol=0)
+    _, other, _ = initial_noise(r, 12)
+    assert not torch.equal(other, noise)
+
+
+@pytest.mark.slow
 def test_semantic_from_reference_video(runs, tmp_path):
     from semgen_cli.io.video import probe
 

@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     import torch
 
     from semgen_cli.io.video import write_video
-    from semgen_cli.steps.generate import GenerateConfig, Pipeline, resolve
+    from semgen_cli.steps.generate import GenerateConfig, Pipeline, initial_noise, resolve
     from semgen_cli.toy.prompts import default_prompts
     from semgen_cli.toy.world import parse_caption, render, sample_spec
 
@@ -118,10 +118,8 @@ def main(argv=None) -> None:
     ways: dict[str, dict[str, list[float]]] = {"sampled": {}, "rendered": {}}
     band: dict[float, dict[str, list[float]]] = {t: {"true caption": [], "opposite caption": []} for t in BAND}
     with torch.inference_mode():
-        for i, prompt in enumerate(prompts):  # the same seed (seed + i) and draws as `semgen toy-eval` makes before its plan
-            g = torch.Generator("cpu").manual_seed(int(args.seed) + i)
-            torch.randn((1, *r.latent_shape), generator=g)
-            torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)
+        for i, prompt in enumerate(prompts):  # the same seed (seed + i) and draws as `semgen toy-eval`
+            g, _, _ = initial_noise(r, int(args.seed) + i)
             cond, uncond = pipe.text(prompt)
             plan = pipe.plan_from_stage2(cond, uncond, g)[0]
             motion, pos = parse_caption(prompt)["motion"], locate(plan)

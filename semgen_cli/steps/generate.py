@@ -654,6 +654,19 @@ def pick_device(device: str, dtype: str):
     return dev, getattr(torch, dtype)
 
 
+def initial_noise(r: Resolved, seed: int):
+    """The draws a video starts from, in this order from one CPU generator seeded with `seed`:
+    stage 1's noise (1, C, T, h, w), then the σ-noise of the plan (1, Ts, hs, ws, c); stage 2 goes
+    on drawing from the returned generator. Returns (generator, noise, plan_eps). Shared by every
+    plan source, so a seed gives the same stage-1 noise whether the plan is sampled or read."""
+    import torch
+
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    noise = torch.randn((1, *r.latent_shape), generator=g)
+    plan_eps = torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)
+    return g, noise, plan_eps
+
+
 def _build(cls, config, state: dict, device, dtype, flag: str, run: Path):
     model = cls(config)
     try:
@@ -723,9 +736,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
             stages = _Stages(device)
             seed = int(seeds[i] if seeds is not None else cfg.seed)
             source = references[i] if references is not None else cfg.semantic_from  # plan file or reference video
-            g = torch.Generator("cpu").manual_seed(seed)
-            noise = torch.randn((1, *r.latent_shape), generator=g)  # (1, C, T, h, w): drawn first, shared by every plan source
-            plan_eps = torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)  # σ-noise of the plan
+            g, noise, plan_eps = initial_noise(r, seed)
 
             stages.begin("text")
             cond, uncond = pipe.text(prompt)
