@@ -95,8 +95,8 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
         kwargs = {}
         if cfg.steps is not None:
             kwargs = {"semantic_steps": cfg.steps, "latent_steps": cfg.steps}
-        kwargs.update({k: v for k, v in (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg),
-                                                   ("semantic_noise", cfg.semantic_noise)) if v is not None})
+        flags = (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg), ("semantic_noise", cfg.semantic_noise))
+        kwargs.update({k: v for k, v in flags if v is not None})
         gen_cfg = GenerateConfig(prompts=list(cfg.prompts), out=str(folder / "eval.mp4"), seconds=cfg.seconds,
                                  latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, **kwargs)
         seeds = [cfg.seed + i for i in range(len(cfg.prompts))]
