@@ -69,10 +69,11 @@ class WholeClips(torch.utils.data.Dataset):
 
     def __init__(self, data: Dataset, max_tokens: int | None, windows: tuple[int, ...] = ()) -> None:
         self.data = data
+        self.clip_lengths = [min(int(r["semantic_tokens_t"]), max_tokens or 1 << 30) for r in data.records]
+        """Time tokens per sample, as cut by `max_tokens` (windows not counted)."""
         self.items: list[tuple[int, int, int]] = []
         """(sample, first token, tokens) per item."""
-        for i, r in enumerate(data.records):
-            n = min(int(r["semantic_tokens_t"]), max_tokens or 1 << 30)
+        for i, n in enumerate(self.clip_lengths):
             self.items.append((i, 0, n))
             for w in sorted(set(windows)):
                 if w < n:
@@ -207,7 +208,7 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     text_dim = first["text"].shape[-1]
     c = compressor.config.out_dim
     records = data.records
-    mean_t = sum(min(r["semantic_tokens_t"], max_tokens or 1 << 30) for r in records) / len(records)  # whole clips: windows leave the default shift as it was
+    mean_t = sum(dataset.clip_lengths) / len(dataset.clip_lengths)  # whole clips: windows leave the default shift as it was
     shift = cfg.shift or dimension_shift(int(c * mean_t * hs * ws))
     longest = max(r["duration"] for r in records)
     out = Path(cfg.out)
