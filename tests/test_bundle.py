@@ -38,7 +38,9 @@ def test_bundle_component_fingerprints_match_what_loads():
     from semgen_cli.components import load_semantic_encoder, load_vae
 
     p = read_json(PIPELINE)
-    assert load_vae(p["components"]["vae"]["spec"]).fingerprint == p["components"]["vae"]["fingerprint"]
+    vae = load_vae(p["components"]["vae"]["spec"])
+    assert vae.fingerprint == p["components"]["vae"]["fingerprint"]
+    assert p["components"]["vae"].get("encoder_fingerprint", vae.encoder_fingerprint) == vae.encoder_fingerprint
     sem = load_semantic_encoder(p["components"]["semantic"]["spec"], fps=1.6)
     assert sem.fingerprint == p["components"]["semantic"]["fingerprint"]
 

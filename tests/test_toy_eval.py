@@ -73,6 +73,7 @@ def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
     bundle.main(str(work), str(assets))
     pipeline = json.loads((assets / "pipeline.json").read_text())
     assert pipeline["latent_run"] == "toy/runs/latent" and pipeline["held_out_combinations"]
+    assert pipeline["components"]["vae"]["encoder_fingerprint"].startswith("wan-encoder:")  # what a new decoder must match
     kept = sorted(p.name for p in (assets / "toy" / "runs" / "latent").rglob("*") if p.is_file())
     assert kept == ["config.json", "ema.safetensors", "latest", "state.json"]
     # the training machine's paths under WORKDIR are written relative to it, others stay

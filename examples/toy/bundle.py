@@ -61,7 +61,8 @@ def main(work: str, assets: str = "semgen_cli/assets") -> None:
         "description": "SemanticGen trained on semgen's toy world by examples/toy/train_default.sh",
         "latent_run": "toy/runs/latent",
         "semantic_run": "toy/runs/semantic",
-        "components": {role: {k: c.get(k) for k in ("spec", "class", "fingerprint")} for role, c in lat["data"]["components"].items()},
+        "components": {role: {k: c[k] for k in ("spec", "class", "fingerprint", "encoder_fingerprint") if k in c}
+                       for role, c in lat["data"]["components"].items()},
         "compressor_fingerprint": sem["latent_run"]["compressor_fingerprint"],
         "latent_dit": {"preset": lat["settings"]["preset"], "attention": lat["settings"]["attention"], "window": lat["settings"]["window"]},
         "semantic_dit": {"preset": sem["settings"]["preset"]},

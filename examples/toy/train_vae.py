@@ -82,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train only the decoder (with --init): the latents and their stored statistics stay exactly "
                         "the same, so data sets extracted with the VAE stay valid")
+    p.add_argument("--decoder-base-dim", type=int, default=None,
+                   help="with --init and --freeze-encoder: a new decoder of this width (trained from scratch) under "
+                        "the kept encoder; the latents stay exactly the same, as for sd-vae-ft-mse's new decoder")
     p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
     return p.parse_args(argv)
 
@@ -272,6 +275,18 @@ def zero_init_residual(model):
     return n
 
 
+def new_decoder(old, width: int):
+    """`old`'s config with `decoder_base_dim=width`, its encoder, quant_conv and post_quant_conv
+    copied, the decoder freshly initialised."""
+    import diffusers
+
+    config = {k: v for k, v in old.config.items() if not k.startswith("_")}
+    model = diffusers.AutoencoderKLWan(**{**config, "decoder_base_dim": width})
+    for name in ("encoder", "quant_conv", "post_quant_conv"):
+        getattr(model, name).load_state_dict(getattr(old, name).state_dict())
+    return model
+
+
 def save(model, out: Path, seed: int, keep_stats: bool = False) -> None:
     """Latent statistics on held-out 64x64 clips -> config latents_mean / latents_std (unless
     `keep_stats`: a frozen encoder keeps the ones it has), then save."""
@@ -305,7 +320,11 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng([args.seed, 1])
     z = CONFIG["z_dim"]
-    if args.init is not None:  # continue a saved VAE (optimizer state starts fresh)
+    if args.decoder_base_dim is not None:
+        if args.init is None or not args.freeze_encoder:
+            raise SystemExit("--decoder-base-dim needs --init and --freeze-encoder: it keeps that VAE's encoder")
+        model = new_decoder(diffusers.AutoencoderKLWan.from_pretrained(args.init), args.decoder_base_dim)
+    elif args.init is not None:  # continue a saved VAE (optimizer state starts fresh)
         model = diffusers.AutoencoderKLWan.from_pretrained(args.init)
     else:
         model = diffusers.AutoencoderKLWan(**CONFIG, is_residual=args.residual,
@@ -313,7 +332,8 @@ def main(argv=None) -> None:
     if args.zero_init and args.init is None:
         print(f"zero-initialised {zero_init_residual(model)} residual branch outputs", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"AutoencoderKLWan {n_params / 1e6:.2f} M params, config {CONFIG}", flush=True)
+    config = {k: v for k, v in model.config.items() if not k.startswith("_") and not k.startswith("latents_")}
+    print(f"AutoencoderKLWan {n_params / 1e6:.2f} M params, config {config}", flush=True)
     if args.freeze_encoder:
         if args.init is None:
             raise SystemExit("--freeze-encoder needs --init: a random encoder is not worth keeping")
@@ -384,7 +404,7 @@ def main(argv=None) -> None:
                   "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "freeze_encoder": args.freeze_encoder,
                   "warmup_latents": args.warmup_latents, "wall_s": round(train_s, 1),
                   "final_train_psnr_64": float(np.mean([h[1] for h in hist[-20:]]))},
-        "params": n_params, "config": CONFIG, "eval_s": round(time.perf_counter() - t0, 1),
+        "params": n_params, "config": config, "eval_s": round(time.perf_counter() - t0, 1),
     })
     (args.out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2), flush=True)

@@ -30,6 +30,7 @@ def command(
     save_semantics: Annotated[bool, typer.Option("--save-semantics", help="Also write the plan as OUT.semantic.safetensors.")] = False,
     semantic_from: Annotated[Optional[Path], typer.Option(help="Reference mp4 (or a saved .semantic.safetensors): skip stage 2 and use its semantic plan (paper Fig. 4).", dir_okay=False, show_default=False)] = None,
     attention: Annotated[Optional[str], typer.Option(help="Override stage 1's attention: full or swin (default: as trained).", show_default=False)] = None,
+    vae: Annotated[Optional[str], typer.Option(help="Decode with this VAE (wan:PATH, toy, …) instead of the runs' own: it must share their encoder (same latents), e.g. a retrained or wider decoder.", show_default=False)] = None,
     decode_chunk: Annotated[int, typer.Option(help="Latent frames per VAE decode call (memory stays flat in the length).")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="DiT dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16.")] = "auto",
@@ -72,6 +73,7 @@ def command(
         dtype=dtype,
         decode_chunk=decode_chunk,
         attention=attention,
+        vae=vae,
     )
     resolved = resolve(config)
 

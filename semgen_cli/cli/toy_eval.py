@@ -22,6 +22,7 @@ def command(
     semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (default: generate's).")] = None,
     latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (default: generate's).")] = None,
     semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: generate's).")] = None,
+    vae: Annotated[Optional[str], typer.Option(help="Decode with this VAE instead of the pipeline's own (it must share its encoder; see generate --vae).", show_default=False)] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep the mp4s in this folder.")] = None,
     plans: Annotated[str, typer.Option(help="stage2: the whole pipeline; rendered: skip stage 2 and give stage 1 the plan of a rendered clip of each prompt (stage 1 and the VAE alone: the pipeline's ceiling for a perfect stage 2).")] = "stage2",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON only.")] = False,
@@ -43,7 +44,7 @@ def command(
     prompt_list = read_prompt_file(str(prompts)) if prompts else default_prompts(count)
     cfg = ToyEvalConfig(prompts=prompt_list, seconds=seconds, latent_run=str(latent_run) if latent_run else None,
                         semantic_run=str(semantic_run) if semantic_run else None, seed=seed, steps=steps,
-                        semantic_cfg=semantic_cfg, latent_cfg=latent_cfg, semantic_noise=semantic_noise, keep=str(keep) if keep else None, plans=plans)
+                        semantic_cfg=semantic_cfg, latent_cfg=latent_cfg, semantic_noise=semantic_noise, keep=str(keep) if keep else None, plans=plans, vae=vae)
     if as_json:
         from semgen_cli.reporting import NULL
 

@@ -93,10 +93,14 @@ def fingerprint(prefix: str, module: nn.Module, config: Any) -> str:
     Weights are hashed as float32 (names, shapes, bytes in sorted order), so the same checkpoint
     loaded in bf16 or fp32 gets the same fingerprint when the stored weights are bf16 or fp32.
     """
+    return state_fingerprint(prefix, type(module).__name__, module.state_dict(), config)
+
+
+def state_fingerprint(prefix: str, class_name: str, state: dict[str, torch.Tensor], config: Any) -> str:
+    """`fingerprint` over a state dict (a module's, or part of one)."""
     h = hashlib.sha256()
-    h.update(type(module).__name__.encode())
+    h.update(class_name.encode())
     h.update(json.dumps(_jsonable(config), sort_keys=True, default=str).encode())
-    state = module.state_dict()
     for name in sorted(state):
         t = state[name]
         h.update(name.encode())

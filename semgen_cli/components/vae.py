@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from semgen_cli.components._common import (
-    TINY_SEED, fingerprint, freeze, load_error, place, quiet_loading, parse_spec, pick_subfolder, read_config,
+    TINY_SEED, fingerprint, freeze, state_fingerprint, load_error, place, quiet_loading, parse_spec, pick_subfolder, read_config,
     require_folder, seeded, toy_folder,
 )
 from semgen_cli.errors import ConfigError, InputError
@@ -34,12 +34,31 @@ TINY_WAN_CONFIG = dict(
 )
 
 
+DECODER_PARTS = ("decoder.", "post_quant_conv.")
+"""State-dict prefixes of the decoder side: the latents do not depend on them."""
+
+
+def encoder_fingerprint(kind: str, module: torch.nn.Module) -> str:
+    """Fingerprint of what the latents depend on: every weight outside the decoder side and the
+    config without decoder-only keys (`decoder_base_dim`, ...; the latent statistics stay in).
+
+    Two VAEs with the same encoder fingerprint give the same normalised latents, so runs trained
+    on one's latents stay valid with the other's decoder: a decoder can be retrained or widened on
+    a frozen encoder, as Stability did for Stable Diffusion's VAE (sd-vae-ft-mse).
+    """
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith(DECODER_PARTS)}
+    config = {k: v for k, v in dict(module.config).items() if "decoder" not in k}
+    return state_fingerprint(f"{kind}-encoder", type(module).__name__, state, config)
+
+
 class VAE:
-    """A frozen video VAE. `encode` uint8 frames (F, H, W, 3) -> normalised latents (C, T, h, w)."""
+    """A frozen video VAE. `encode` uint8 frames (F, H, W, 3) -> normalised latents (C, T, h, w).
+    `fingerprint` covers all of it; `encoder_fingerprint` only what the latents depend on."""
 
     def __init__(self, spec: str, kind: str, module: torch.nn.Module, fingerprint: str,
                  device: str | torch.device, dtype: torch.dtype):
         self.spec, self.kind, self.module, self.fingerprint = spec, kind, module, fingerprint
+        self.encoder_fingerprint = encoder_fingerprint(kind, module)
         self.device, self.dtype = torch.device(device), dtype
         cfg = module.config
         if kind == "wan":
@@ -85,6 +104,7 @@ class VAE:
     def describe(self) -> dict:
         return {
             "class": type(self.module).__name__, "spec": self.spec, "fingerprint": self.fingerprint,
+            "encoder_fingerprint": self.encoder_fingerprint,
             "latent_channels": self.latent_channels, "temporal_stride": self.temporal_stride,
             "spatial_stride": self.spatial_stride, "dtype": str(self.dtype).removeprefix("torch."),
             "scaling": self.scaling,

@@ -94,6 +94,9 @@ class GenerateConfig:
     """Latent frames the VAE decodes per call (causal cache carried between calls)."""
     attention: str | None = None
     """Override stage 1's attention (full or swin); None: as trained. For baselines and benchmarks."""
+    vae: str | None = None
+    """Decode with this VAE spec instead of the runs' own; its encoder must be theirs (same
+    `encoder_fingerprint`, so the same latents), e.g. a retrained or wider decoder."""
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -227,7 +230,7 @@ class Resolved:
             "semantic tokens": f"{self.channels}×{self.semantic_tokens}×{self.semantic_grid[0]}×{self.semantic_grid[1]} at {self.semantic_fps:g} fps",
             "stage 2": "skipped" if self.plan_source != "stage 2" else f"{cfg.semantic_steps} steps, cfg {cfg.semantic_cfg:g}, full attention",
             "stage 1": f"{cfg.latent_steps} steps, cfg {cfg.latent_cfg:g}, {attention} attention, σ {self.sigma:g} (trained ≤ {self.sigma_max:g})",
-            "decode": f"{cfg.decode_chunk} latent frames per chunk, causal cache kept",
+            "decode": f"{cfg.decode_chunk} latent frames per chunk, causal cache kept" + (f", VAE {cfg.vae} (not the runs' own)" if cfg.vae else ""),
             "seed": cfg.seed,
             "device": f"{cfg.device}, {cfg.dtype}",
             "components": ", ".join(f"{role} {c.get('fingerprint')}" for role, c in comps.items()),
@@ -556,7 +559,7 @@ class Pipeline:
 
         text = comps["text"]
         self.text_encoder = _checked(load_text_encoder(text["spec"], device=self.device, max_length=text.get("max_length")), text, "text")
-        self.vae = _checked(load_vae(comps["vae"]["spec"], device=self.device), comps["vae"], "vae")
+        self.vae = _checked(load_vae(cfg.vae or comps["vae"]["spec"], device=self.device), comps["vae"], "vae")
         self.semantic_encoder = None
         if r.plan_source == "reference video":
             s = comps["semantic"]
@@ -677,7 +680,16 @@ def _build(cls, config, state: dict, device, dtype, flag: str, run: Path):
 
 
 def _checked(component, recorded: dict, role: str):
-    if recorded.get("fingerprint") and component.fingerprint != recorded["fingerprint"]:
+    """`component` if it is the one the runs recorded; a VAE may also differ in its decoder alone
+    (same `encoder_fingerprint`), since the runs only ever saw its latents."""
+    enc = recorded.get("encoder_fingerprint")
+    same_latents = role == "vae" and enc is not None and enc == getattr(component, "encoder_fingerprint", None)
+    if recorded.get("fingerprint") and component.fingerprint != recorded["fingerprint"] and not same_latents:
+        if role == "vae" and component.spec != recorded.get("spec"):
+            raise MismatchError(
+                f"--vae {component.spec} has encoder {component.encoder_fingerprint}, the runs' latents came from "
+                f"{enc or recorded['fingerprint'] + ' (no encoder fingerprint recorded)'}: only a VAE with the runs' encoder can decode them"
+            )
         raise MismatchError(
             f"{role} encoder {recorded.get('spec')!r} now loads as {component.fingerprint}, "
             f"the runs were trained with {recorded['fingerprint']}; point the spec at the same weights"
@@ -768,7 +780,8 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                 "latent_run": {"path": str(Path(r.latent_run).resolve()), "compressor_fingerprint": pipe.compressor_fingerprint},
                 "semantic_run": str(Path(r.semantic_run).resolve()) if r.semantic_run and r.plan_source == "stage 2" else None,
                 "pipeline": r.pipeline,
-                "components": {role: c.get("fingerprint") for role, c in r.components.items()},
+                # the VAE that decoded (its decoder may differ from the runs' own; the encoder may not)
+                "components": {**{role: c.get("fingerprint") for role, c in r.components.items()}, "vae": pipe.vae.fingerprint},
             }
             sem_path = None
             if cfg.save_semantics:

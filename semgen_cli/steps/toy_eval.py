@@ -44,6 +44,8 @@ class ToyEvalConfig:
     """Folder to keep the generated mp4s in (default: a temp folder, removed)."""
     plans: str = "stage2"
     """Where plans come from: stage2 (the whole pipeline) or rendered (clips of each caption: stage 1 alone)."""
+    vae: str | None = None
+    """Decode with this VAE instead of the pipeline's own (same encoder; see GenerateConfig.vae)."""
 
     def __post_init__(self) -> None:
         from semgen_cli.toy.world import parse_caption
@@ -98,7 +100,7 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
         flags = (("semantic_cfg", cfg.semantic_cfg), ("latent_cfg", cfg.latent_cfg), ("semantic_noise", cfg.semantic_noise))
         kwargs.update({k: v for k, v in flags if v is not None})
         gen_cfg = GenerateConfig(prompts=list(cfg.prompts), out=str(folder / "eval.mp4"), seconds=cfg.seconds,
-                                 latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, **kwargs)
+                                 latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, vae=cfg.vae, **kwargs)
         seeds = [cfg.seed + i for i in range(len(cfg.prompts))]
         if cfg.plans == "stage2":
             result = generate(gen_cfg, reporter, seeds=seeds)

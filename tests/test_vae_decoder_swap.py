@@ -1,0 +1,188 @@
+"""A VAE whose decoder differs but whose encoder is the runs' own decodes their latents:
+`encoder_fingerprint` ignores the decoder, `generate --vae` / `toy-eval --vae` accept such a VAE
+and refuse any other with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semgen_cli.components import load_vae
+from semgen_cli.components.vae import TINY_WAN_CONFIG
+from semgen_cli.errors import MismatchError
+from semgen_cli.steps.generate import GenerateConfig, generate
+from tests.conftest import run_inproc
+
+PROMPT = "a red circle moving left on a black background"
+
+
+def _tiny_module(seed: int = 0, **overrides):
+    import diffusers
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return diffusers.AutoencoderKLWan(**{**TINY_WAN_CONFIG, **overrides})
+
+
+def _with_new_decoder(folder: Path, encoder_source, decoder_base_dim: int, seed: int = 5) -> Path:
+    """Save a VAE with `encoder_source`'s encoder (and quant convs) and a fresh decoder of another width."""
+    module = _tiny_module(seed, decoder_base_dim=decoder_base_dim)
+    for name in ("encoder", "quant_conv", "post_quant_conv"):
+        getattr(module, name).load_state_dict(getattr(encoder_source, name).state_dict())
+    module.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_encoder_fingerprint_ignores_the_decoder_only(tmp_path):
+    base = _tiny_module(0)
+    base.save_pretrained(tmp_path / "a", safe_serialization=True)
+    _with_new_decoder(tmp_path / "b", base, decoder_base_dim=12)
+    _tiny_module(1).save_pretrained(tmp_path / "c", safe_serialization=True)  # another encoder
+    a, b, c = (load_vae(f"wan:{tmp_path / n}") for n in "abc")
+    assert a.fingerprint != b.fingerprint
+    assert a.encoder_fingerprint == b.encoder_fingerprint != c.encoder_fingerprint
+    assert a.describe()["encoder_fingerprint"] == a.encoder_fingerprint
+    # the latents really are the same
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    assert np.array_equal(a.encode(frames).numpy(), b.encode(frames).numpy())
+
+
+def test_extract_records_the_encoder_fingerprint(runs):
+    recorded = json.loads((runs / "lat" / "config.json").read_text())["data"]["components"]["vae"]
+    assert recorded["encoder_fingerprint"] == load_vae("tiny").encoder_fingerprint
+
+
+def _cfg(runs: Path, out: Path, **kw) -> GenerateConfig:
+    return GenerateConfig(prompts=[PROMPT], out=str(out), latent_run=str(runs / "lat"), semantic_run=str(runs / "sem"),
+                          semantic_steps=2, latent_steps=2, seed=7, seconds=1.0, **kw)
+
+
+def test_generate_decodes_with_a_new_decoder_and_records_it(runs, tmp_path):
+    from semgen_cli.io.video import read_video
+
+    tiny = load_vae("tiny")
+    wide = _with_new_decoder(tmp_path / "wide", tiny.module, decoder_base_dim=12)
+    own = generate(_cfg(runs, tmp_path / "own.mp4")).videos[0]
+    new = generate(_cfg(runs, tmp_path / "new.mp4", vae=f"wan:{wide}")).videos[0]
+    assert read_video(own.path).shape == read_video(new.path).shape
+    assert not np.array_equal(read_video(own.path), read_video(new.path))  # another decoder drew it
+    meta = json.loads(new.sidecar.read_text())
+    assert meta["components"]["vae"] == load_vae(f"wan:{wide}").fingerprint != tiny.fingerprint
+    assert meta["settings"]["vae"] == f"wan:{wide}"
+
+
+def test_generate_refuses_a_vae_with_another_encoder(runs, tmp_path):
+    _tiny_module(1).save_pretrained(tmp_path / "other", safe_serialization=True)
+    with pytest.raises(MismatchError, match="only a VAE with the runs' encoder"):
+        generate(_cfg(runs, tmp_path / "o.mp4", vae=f"wan:{tmp_path / 'other'}"))
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_runs_without_a_recorded_encoder_fingerprint_accept_only_their_own_vae(runs, tmp_path):
+    """Data extracted before semgen recorded encoder fingerprints: a new decoder is refused, and says why."""
+    copied = tmp_path / "runs"
+    for name in ("lat", "sem"):
+        shutil.copytree(runs / name, copied / name)
+        path = copied / name / "config.json"
+        c = json.loads(path.read_text())
+        del c["data"]["components"]["vae"]["encoder_fingerprint"]
+        path.write_text(json.dumps(c))
+    wide = _with_new_decoder(tmp_path / "wide", load_vae("tiny").module, decoder_base_dim=12)
+    with pytest.raises(MismatchError, match="no encoder fingerprint recorded"):
+        generate(_cfg(copied, tmp_path / "o.mp4", vae=f"wan:{wide}"))
+    assert generate(_cfg(copied, tmp_path / "own.mp4")).videos[0].path.exists()
+
+
+def test_cli_vae_flag_error_is_one_line(runs, tmp_path):
+    _tiny_module(1).save_pretrained(tmp_path / "other", safe_serialization=True)
+    res = run_inproc("generate", PROMPT, "--seconds", "1", "--steps", "2", "--latent-run", str(runs / "lat"),
+              "--semantic-run", str(runs / "sem"), "--vae", f"wan:{tmp_path / 'other'}", "--out", str(tmp_path / "o.mp4"))
+    assert res.returncode != 0
+    assert "only a VAE with the runs' encoder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_toy_eval_passes_vae_through(runs, tmp_path):
+    from semgen_cli.steps.toy_eval import ToyEvalConfig, toy_eval
+
+    _tiny_module(1).save_pretrained(tmp_path / "other", safe_serialization=True)
+    cfg = ToyEvalConfig(prompts=[PROMPT], seconds=1.0, latent_run=str(runs / "lat"), semantic_run=str(runs / "sem"),
+                        steps=2, vae=f"wan:{tmp_path / 'other'}")
+    with pytest.raises(MismatchError, match="only a VAE with the runs' encoder"):
+        toy_eval(cfg)
+
+
+def _swap_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "toy" / "swap_decoder.py"
+    spec = importlib.util.spec_from_file_location("swap_decoder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bundle(runs: Path, root: Path) -> Path:
+    """A bundle-shaped folder: toy/vae, toy/runs/{latent,semantic} recording that VAE the old way
+    (no encoder fingerprint), pipeline.json."""
+    assets = root / "assets"
+    base = _tiny_module(0)
+    base.save_pretrained(assets / "toy" / "vae", safe_serialization=True)
+    fp = load_vae(f"wan:{assets / 'toy' / 'vae'}").fingerprint
+    for src, dst in (("lat", "latent"), ("sem", "semantic")):
+        shutil.copytree(runs / src, assets / "toy" / "runs" / dst)
+        path = assets / "toy" / "runs" / dst / "config.json"
+        c = json.loads(path.read_text())
+        c["data"]["components"]["vae"] = {"spec": "toy", "fingerprint": fp}
+        path.write_text(json.dumps(c))
+    (assets / "pipeline.json").write_text(json.dumps({"name": "toy", "components": {"vae": {"spec": "toy", "fingerprint": fp}}}))
+    return assets
+
+
+def test_swap_decoder_replaces_the_bundled_decoder_and_records_the_encoder(runs, tmp_path):
+    sd = _swap_module()
+    assets = _bundle(runs, tmp_path)
+    old = load_vae(f"wan:{assets / 'toy' / 'vae'}")
+    wide = _with_new_decoder(tmp_path / "wide", old.module, decoder_base_dim=12)
+    out = sd.swap(wide, assets)
+    now = load_vae(f"wan:{assets / 'toy' / 'vae'}")
+    assert out == {"old": old.fingerprint, "new": now.fingerprint, "encoder": old.encoder_fingerprint}
+    assert now.fingerprint == load_vae(f"wan:{wide}").fingerprint != old.fingerprint
+    for run in ("latent", "semantic"):
+        entry = json.loads((assets / "toy" / "runs" / run / "config.json").read_text())["data"]["components"]["vae"]
+        assert entry == {"spec": "toy", "fingerprint": old.fingerprint, "encoder_fingerprint": old.encoder_fingerprint}
+    pipeline = json.loads((assets / "pipeline.json").read_text())
+    assert pipeline["components"]["vae"]["fingerprint"] == now.fingerprint
+    assert not (assets / "toy" / "vae.new").exists() and not (assets / "toy" / "vae.old").exists()
+    before = {p: p.read_bytes() for p in assets.rglob("*.json")}
+    sd.swap(wide, assets)  # again: nothing changes
+    assert {p: p.read_bytes() for p in assets.rglob("*.json")} == before
+
+
+def test_swap_decoder_refuses_another_encoder_and_changes_nothing(runs, tmp_path):
+    sd = _swap_module()
+    assets = _bundle(runs, tmp_path)
+    before = {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()}
+    _tiny_module(1).save_pretrained(tmp_path / "other", safe_serialization=True)
+    with pytest.raises(SystemExit, match="is not the bundled VAE's"):
+        sd.swap(tmp_path / "other", assets)
+    assert {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()} == before
+
+
+def test_swap_decoder_refuses_runs_of_another_vae(runs, tmp_path):
+    sd = _swap_module()
+    assets = _bundle(runs, tmp_path)
+    path = assets / "toy" / "runs" / "semantic" / "config.json"
+    c = json.loads(path.read_text())
+    c["data"]["components"]["vae"]["fingerprint"] = "wan:000000000000"
+    path.write_text(json.dumps(c))
+    wide = _with_new_decoder(tmp_path / "wide", load_vae(f"wan:{assets / 'toy' / 'vae'}").module, decoder_base_dim=12)
+    with pytest.raises(SystemExit, match="re-bundle"):
+        sd.swap(wide, assets)
+    assert load_vae(f"wan:{assets / 'toy' / 'vae'}").fingerprint != load_vae(f"wan:{wide}").fingerprint  # not swapped
