@@ -60,3 +60,46 @@ def test_warmup_frames_carry_no_gradient():
     mu[:, :, 2:].sum().backward()
     g = x.grad.abs().sum(dim=(0, 1, 3, 4))  # per frame
     assert float(g[: T.tail_frames(2)].sum()) == 0.0 and float(g[T.tail_frames(2):].sum()) > 0
+
+
+def test_new_decoder_keeps_the_encoder_and_its_latents(tmp_path):
+    """--decoder-base-dim: a wider, fresh decoder under the same encoder gives the same latents
+    (and the same encoder fingerprint through the real loader)."""
+    import diffusers
+
+    from semgen_cli.components import load_vae
+
+    T = _train_vae()
+    torch.manual_seed(0)
+    old = diffusers.AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                                     temperal_downsample=[False, True, True], is_residual=True,
+                                     latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    new = T.new_decoder(old, 8).eval()
+    assert new.config.decoder_base_dim == 8 and new.decoder.conv_in.out_channels != old.decoder.conv_in.out_channels
+    old.save_pretrained(tmp_path / "old", safe_serialization=True)
+    new.save_pretrained(tmp_path / "new", safe_serialization=True)
+    a, b = load_vae(f"wan:{tmp_path / 'old'}"), load_vae(f"wan:{tmp_path / 'new'}")
+    assert a.encoder_fingerprint == b.encoder_fingerprint and a.fingerprint != b.fingerprint
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    assert torch.equal(a.encode(frames), b.encode(frames))
+
+
+def test_patch_discriminator_and_adaptive_weight():
+    T = _train_vae()
+    torch.manual_seed(0)
+    disc = T.PatchDiscriminator(width=8)
+    video = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    assert disc(video).shape == (10, 1, 4, 4)  # one 8x-downsampled logit grid per frame
+    last = torch.nn.Parameter(torch.randn(3, 3))
+    out = video.mean() + (last ** 2).sum()
+    w = T.adaptive_weight(out * 2, out, last)  # the reconstruction gradient is twice the adversarial one
+    assert abs(float(w) - 2.0) < 1e-3
+
+
+def test_decoder_base_dim_needs_a_frozen_encoder(tmp_path):
+    import pytest
+
+    T = _train_vae()
+    with pytest.raises(SystemExit, match="--decoder-base-dim needs --init and --freeze-encoder"):
+        T.main(["--out", str(tmp_path / "v"), "--decoder-base-dim", "24", "--steps", "1"])
+    assert not (tmp_path / "v").exists()

@@ -85,6 +85,12 @@ def parse_args(argv=None):
     p.add_argument("--decoder-base-dim", type=int, default=None,
                    help="with --init and --freeze-encoder: a new decoder of this width (trained from scratch) under "
                         "the kept encoder; the latents stay exactly the same, as for sd-vae-ft-mse's new decoder")
+    p.add_argument("--gan", type=float, default=0.0,
+                   help="weight of a hinge adversarial loss from a per-frame PatchGAN discriminator (0: none), scaled "
+                        "adaptively as in taming-transformers' VQGAN: an L1/L2 decoder draws the average of the shapes a "
+                        "latent could mean, a blob; the adversary makes it commit to one")
+    p.add_argument("--gan-start", type=int, default=200, help="step from which the adversarial loss reaches the decoder "
+                   "(the discriminator trains from step 0)")
     p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
     return p.parse_args(argv)
 
@@ -275,6 +281,37 @@ def zero_init_residual(model):
     return n
 
 
+class PatchDiscriminator(torch.nn.Module):
+    """Per-frame PatchGAN (pix2pix): 3 strided 4x4 convs with GroupNorm and LeakyReLU, then a 1-channel
+    3x3 conv; a 64x64 frame gives an 8x8 grid of real/fake logits, each seeing a ~30 px patch."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        nn = torch.nn
+        layers, c_in = [], 3
+        for i, c in enumerate((width, 2 * width, 4 * width)):
+            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1)]
+            if i:
+                layers += [nn.GroupNorm(8, c)]
+            layers += [nn.LeakyReLU(0.2)]
+            c_in = c
+        layers += [nn.Conv2d(c_in, 1, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """video (n, 3, F, h, w) in [-1, 1] -> logits (n*F, 1, h/8, w/8)."""
+        n, c, f, h, w = video.shape
+        return self.net(video.permute(0, 2, 1, 3, 4).reshape(n * f, c, h, w))
+
+
+def adaptive_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """||d rec / d last|| / ||d adv / d last||, clamped: the adversarial gradient at the decoder's last
+    layer is scaled to the reconstruction one (Esser et al. 2021, taming-transformers)."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
 def new_decoder(old, width: int):
     """`old`'s config with `decoder_base_dim=width`, its encoder, quant_conv and post_quant_conv
     copied, the decoder freshly initialised."""
@@ -342,6 +379,8 @@ def main(argv=None) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     print(f"training {sum(p.numel() for p in trainable) / 1e6:.2f} M parameters", flush=True)
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    disc = PatchDiscriminator() if args.gan > 0 else None
+    d_opt = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.5, 0.9), weight_decay=0.0) if disc else None
     warm = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
@@ -366,11 +405,26 @@ def main(argv=None) -> None:
         l2 = (w * diff.square()).mean()
         kl = 0.5 * mu.square().mean()  # the mean part of the KL: keeps the latent scale bounded
         loss = l1 + l2 + args.kl * kl
+        adv_w = 0.0
+        if disc is not None and step >= args.gan_start:
+            disc.requires_grad_(False)
+            adv = -disc(rec).mean()
+            adv_w = adaptive_weight(l1 + l2, adv, model.decoder.conv_out.weight) * args.gan
+            loss = loss + adv_w * adv
+            adv_w = float(adv_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
+        d_loss = 0.0
+        if disc is not None:  # hinge loss on clean targets vs reconstructions
+            disc.requires_grad_(True)
+            d = torch.relu(1 - disc(y)).mean() + torch.relu(1 + disc(rec.detach())).mean()
+            d_opt.zero_grad(set_to_none=True)
+            d.backward()
+            d_opt.step()
+            d_loss = float(d)
         with torch.no_grad():
             def db(sq_err):  # PSNR of [-1, 1] images (peak-to-peak 2) from squared errors
                 return float(10 * torch.log10(4.0 / sq_err.mean().clamp_min(1e-10)))
@@ -381,7 +435,7 @@ def main(argv=None) -> None:
             p_rest = db(sq[:, :, 1:]) if sq.shape[2] > 1 else p_first
             p_bg = db(sq[m == 0])
             p_obj = db(sq[m > 0]) if (m > 0).any() else p
-        hist.append((float(l1.detach()), p, float(kl.detach()), p_first, p_rest, p_bg, p_obj))
+        hist.append((float(l1.detach()), p, float(kl.detach()), p_first, p_rest, p_bg, p_obj, d_loss, adv_w))
         if args.save_every and step and step % args.save_every == 0:
             save(model, args.out, args.seed, keep_stats=args.freeze_encoder)
             model.train()
@@ -391,7 +445,8 @@ def main(argv=None) -> None:
             eta = el / (step + 1) * (args.steps - step - 1)
             print(f"step {step:5d}/{args.steps} {'64x64' if full else f'{crop}x{crop}'} l1 {recent[0]:.4f} "
                   f"psnr {recent[1]:5.2f} (first {recent[3]:5.2f} rest {recent[4]:5.2f} bg {recent[5]:5.2f} obj {recent[6]:5.2f}) kl {recent[2]:.2f} lr {sched.get_last_lr()[0]:.2e} "
-                  f"elapsed {el / 60:5.1f} min eta {eta / 60:5.1f} min", flush=True)
+                  + (f"d {recent[7]:.3f} adv-w {recent[8]:.3f} " if disc is not None else "")
+                  + f"elapsed {el / 60:5.1f} min eta {eta / 60:5.1f} min", flush=True)
     train_s = time.perf_counter() - t_start
 
     save(model, args.out, args.seed, keep_stats=args.freeze_encoder)
@@ -401,7 +456,7 @@ def main(argv=None) -> None:
     report.update({
         "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "frames": args.frames, "crop": args.crop, "full_frac": args.full_frac, "lr": args.lr,
-                  "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "freeze_encoder": args.freeze_encoder,
+                  "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "gan": args.gan, "gan_start": args.gan_start, "freeze_encoder": args.freeze_encoder,
                   "warmup_latents": args.warmup_latents, "wall_s": round(train_s, 1),
                   "final_train_psnr_64": float(np.mean([h[1] for h in hist[-20:]]))},
         "params": n_params, "config": config, "eval_s": round(time.perf_counter() - t0, 1),
