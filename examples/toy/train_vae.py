@@ -82,6 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train only the decoder (with --init): the latents and their stored statistics stay exactly "
                         "the same, so data sets extracted with the VAE stay valid")
+    p.add_argument("--base-dim", type=int, default=CONFIG["base_dim"], help="width of a new VAE (ignored with --init)")
     p.add_argument("--decoder-base-dim", type=int, default=None,
                    help="with --init and --freeze-encoder: a new decoder of this width (trained from scratch) under "
                         "the kept encoder; the latents stay exactly the same, as for sd-vae-ft-mse's new decoder")
@@ -364,7 +365,7 @@ def main(argv=None) -> None:
     elif args.init is not None:  # continue a saved VAE (optimizer state starts fresh)
         model = diffusers.AutoencoderKLWan.from_pretrained(args.init)
     else:
-        model = diffusers.AutoencoderKLWan(**CONFIG, is_residual=args.residual,
+        model = diffusers.AutoencoderKLWan(**{**CONFIG, "base_dim": args.base_dim}, is_residual=args.residual,
                                            latents_mean=[0.0] * z, latents_std=[1.0] * z)
     if args.zero_init and args.init is None:
         print(f"zero-initialised {zero_init_residual(model)} residual branch outputs", flush=True)
