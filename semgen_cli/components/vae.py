@@ -13,6 +13,7 @@ whole-video pass. LTX and CogVideoX are encoded/decoded in one call by their own
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -58,7 +59,6 @@ class VAE:
     def __init__(self, spec: str, kind: str, module: torch.nn.Module, fingerprint: str,
                  device: str | torch.device, dtype: torch.dtype):
         self.spec, self.kind, self.module, self.fingerprint = spec, kind, module, fingerprint
-        self.encoder_fingerprint = encoder_fingerprint(kind, module)
         self.device, self.dtype = torch.device(device), dtype
         cfg = module.config
         if kind == "wan":
@@ -87,6 +87,11 @@ class VAE:
         self._mean = mean.view(c, 1, 1, 1)
         self._std = std.view(c, 1, 1, 1)
         self._scale = scale
+
+    @functools.cached_property
+    def encoder_fingerprint(self) -> str:
+        """Hashed on first use (extract records it; generate needs it only when a decoder differs)."""
+        return encoder_fingerprint(self.kind, self.module)
 
     # -- shapes ---------------------------------------------------------------------------------
     def valid_frames(self, n: int) -> int:
