@@ -163,6 +163,61 @@ def test_train_semantic_resume_is_exact(data, latent, tmp_path):
     assert cfg["dit"]["patch"] == [1, 1, 1] and cfg["latent_run"]["compressor_fingerprint"].startswith("compressor:")
 
 
+def test_train_latent_init_from_run_fine_tunes_its_dit(data, compressor, latent, tmp_path):
+    """--init RUN loads a train-latent run's EMA DiT (fine-tuning, e.g. after a VAE change);
+    with --resume the checkpoint, not the init run, supplies the weights."""
+    import shutil
+
+    from semgen_cli.models.dit import DiT, DiTConfig
+    from semgen_cli.runs import split_state
+    from semgen_cli.steps.fit_compressor import load_compressor
+    from semgen_cli.steps.train_latent import init_from_run
+    from semgen_cli.training import load_checkpoint_weights, load_sampling_weights
+
+    comp, comp_cfg = load_compressor(compressor)
+    cfg = json.loads((latent / "config.json").read_text())
+    dit = DiT(DiTConfig.from_dict(cfg["dit"]))
+    init_from_run(dit, comp, latent, "semantic", comp_cfg["fingerprint"])
+    ema = load_checkpoint_weights(latent, "ema")
+    for module, prefix in ((dit, "dit"), (comp, "compressor")):  # the fixture trained its compressor too
+        want = split_state(ema, prefix)
+        for k, v in module.state_dict().items():
+            torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2"]
+    init = tmp_path / "init"
+    shutil.copytree(latent, init)
+    r = run_cli(*common, "--steps", "2", "--init", str(init), "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["settings"]["init"] == str(init)
+    fresh = run_cli(*common, "--steps", "2", "--out", str(tmp_path / "c"))
+    assert fresh.returncode == 0 and losses(tmp_path / "b")[1] != losses(tmp_path / "c")[1]
+    shutil.rmtree(init)  # resuming must not need the init run any more
+    before = load_sampling_weights(tmp_path / "b")
+    r = run_cli(*common, "--steps", "3", "--init", str(init), "--out", str(tmp_path / "b"), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert set(losses(tmp_path / "b")) == {1, 2, 3} and set(before) == set(load_sampling_weights(tmp_path / "b"))
+
+
+def test_train_latent_init_errors(data, compressor, latent, tmp_path):
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--batch-size", "2", "--steps", "1"]
+    r = run_cli(*common, "--preset", "toy", "--init", str(latent), "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "another DiT (preset tiny" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli(*common, "--preset", "tiny", "--attention", "full", "--init", str(latent), "--out", str(tmp_path / "a2"))
+    assert r.returncode == 2 and "swin attention" in r.stderr
+    r = run_cli(*common, "--preset", "tiny", "--init", str(compressor), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "--init" in r.stderr and "fit-compressor" in r.stderr
+    r = run_cli(*common, "--preset", "tiny", "--init", str(tmp_path / "nope"), "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "no such run folder" in r.stderr
+    other = tmp_path / "comp2"  # a different compressor: its tokens mean something else
+    assert run_cli("fit-compressor", str(data), "--out", str(other), "--steps", "3", "--batch-size", "4", "--seed", "9").returncode == 0
+    r = run_cli("train-latent", str(data), "--compressor", str(other), "--preset", "tiny", "--batch-size", "2", "--steps", "1",
+                "--init", str(latent), "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "started from compressor" in r.stderr
+    for name in ("a", "a2", "b", "c", "d"):
+        assert not (tmp_path / name / "checkpoints").exists()
+
+
 def test_train_semantic_init_starts_from_another_runs_weights(data, latent, tmp_path):
     """--init loads the other run's EMA DiT weights (a fine-tune with a fresh schedule)."""
     from semgen_cli.models.dit import DiT, DiTConfig

@@ -24,7 +24,7 @@ def command(
     semantic_noise: Annotated[float, typer.Option(help="Max σ of the noise added to semantic tokens in training (RAE).")] = 0.5,
     text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
     shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
-    init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = False,
     steps: T.Steps = 1000,
     batch_size: T.BatchSize = 8,

@@ -56,7 +56,8 @@ class TrainLatentConfig:
     shift: float | None = None
     """Timestep shift; None: RAE's sqrt(elements / 4096) of one training window."""
     init: str | None = None
-    """wan:PATH to start the DiT from Wan2.1 weights (diffusers WanTransformer3DModel folder)."""
+    """wan:PATH to start the DiT from Wan2.1 weights (diffusers WanTransformer3DModel folder), or a
+    train-latent run folder to fine-tune (its EMA DiT; e.g. on the latents of a new VAE)."""
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -74,8 +75,8 @@ class TrainLatentConfig:
             raise ConfigError(f"--text-dropout must be in [0, 1), got {self.text_dropout}")
         if self.semantic_noise < 0:
             raise ConfigError(f"--semantic-noise must be >= 0, got {self.semantic_noise}")
-        if self.init is not None and not self.init.startswith("wan:"):
-            raise ConfigError(f"--init {self.init!r}: expected wan:PATH (a diffusers WanTransformer3DModel folder)")
+        if self.init is not None and not self.init.strip():
+            raise ConfigError("--init: expected wan:PATH or a train-latent run folder, got an empty string")
 
 
 def latent_frames_for(seconds: float, fps: float, stride: int = 4) -> int:
@@ -210,11 +211,16 @@ class LatentStep(nn.Module):
         return loss, {"mse": float(mse.detach()), "kl": float(kl.detach())}
 
 
-def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int):
+def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int, compressor=None, compressor_fingerprint: str | None = None, load_init: bool = True):
     from semgen_cli.models.dit import DiT
     from semgen_cli.models.presets import preset
 
     dit_cfg = preset(cfg.preset, in_channels=in_channels, text_dim=text_dim, semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
+    if cfg.init and not cfg.init.startswith("wan:"):
+        dit = DiT(dit_cfg)
+        if load_init:  # not when resuming: the checkpoint holds the weights
+            init_from_run(dit, compressor, cfg.init, cfg.condition, compressor_fingerprint)
+        return dit
     if cfg.init:
         dit = DiT.from_wan(cfg.init[len("wan:"):], semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
         if dit.config.in_channels != in_channels or dit.config.text_dim != text_dim:
@@ -224,6 +230,33 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
             )
         return dit
     return DiT(dit_cfg)
+
+
+def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_fingerprint: str | None, flag: str = "--init") -> None:
+    """Load the DiT (and compressor) weights of train-latent `run` (EMA, else model) in place.
+
+    The run may have been trained on another VAE's latents (that is what a fine-tune is for), but
+    it must read the same conditions: the same DiT shape, and a compressor fitted by the same
+    fit-compressor run, since the in-context tokens mean what that compressor makes of the
+    semantic features. The compressor continues from the state the run ended with (the same
+    weights when that run kept it frozen)."""
+    from semgen_cli.runs import read_run, split_state
+    from semgen_cli.training import load_sampling_weights
+
+    before = read_run(run, "train-latent", flag)
+    if before.get("dit") != dit.config.to_dict():
+        s = before.get("settings", {})
+        theirs = f"preset {s.get('preset', '?')}, {s.get('attention', '?')} attention, window {s.get('window', '?')}, {before.get('dit', {}).get('in_channels', '?')} latent channels"
+        raise MismatchError(f"{flag} {run}: trained with another DiT ({theirs}); pass the same --preset/--attention/--window")
+    if before.get("settings", {}).get("condition") != condition:
+        raise MismatchError(f"{flag} {run}: conditioned on {before.get('settings', {}).get('condition')}, not {condition}")
+    source = (before.get("compressor_source") or {}).get("fingerprint")
+    if source != compressor_fingerprint:
+        raise MismatchError(f"{flag} {run}: started from compressor {source}, not the --compressor given ({compressor_fingerprint}); pass the same --compressor")
+    state = load_sampling_weights(run)
+    dit.load_state_dict(split_state(state, "dit"))
+    if compressor is not None:
+        compressor.load_state_dict(split_state(state, "compressor"))
 
 
 def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10):
@@ -270,10 +303,10 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
     sem_dim = compressor.config.out_dim if compressor is not None else 0
     shift = cfg.shift or _auto_shift(C * n_lat * h * w)
     out = Path(cfg.out)
-    check_run_dir(out, resume)
+    resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-    dit = build_dit(cfg, C, text_dim, sem_dim)
+    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run["fingerprint"] if comp_run else None, load_init=resume_from is None)
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     config = {
         "step": "train-latent",
