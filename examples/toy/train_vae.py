@@ -354,6 +354,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import diffusers
 
+    # the whole command line first: a run stopped early (and continued with --init) leaves no
+    # train_report.json, and its log is then the only record of how the VAE was made
+    print("train_vae.py " + " ".join(map(str, sys.argv[1:] if argv is None else argv)), flush=True)
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng([args.seed, 1])
@@ -455,7 +459,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     report = evaluate(args.out, args.seed, args.eval_clips, args.long_seconds)
     report.update({
-        "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
+        "train": {"init": str(args.init) if args.init else None, "steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "frames": args.frames, "crop": args.crop, "full_frac": args.full_frac, "lr": args.lr,
                   "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "gan": args.gan, "gan_start": args.gan_start, "freeze_encoder": args.freeze_encoder,
                   "warmup_latents": args.warmup_latents, "wall_s": round(train_s, 1),
