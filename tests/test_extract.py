@@ -195,6 +195,33 @@ def test_killed_extraction_resumes_to_the_same_result(tmp_path):
     assert a["shards"] == b["shards"] and a["total_samples"] == b["total_samples"] == 6
 
 
+def test_resume_refuses_shards_made_by_other_weights_behind_the_same_spec(tmp_path):
+    """`--vae wan:DIR` names whatever lies in DIR now: new weights there must not be mixed with
+    shards the old ones made (the toy VAE was retrained under the same spec)."""
+    import diffusers
+
+    from semgen_cli.components.vae import TINY_WAN_CONFIG
+
+    videos = make_videos(tmp_path / "videos", n=3)
+    vae_dir, data = tmp_path / "vae", tmp_path / "data"
+    torch.manual_seed(1)
+    diffusers.AutoencoderKLWan(**TINY_WAN_CONFIG).save_pretrained(vae_dir)
+    args = ["extract", str(videos), "--out", str(data), "--vae", f"wan:{vae_dir}", "--fps", "8", "--semantic-fps", "2",
+            "--shard-size", "2", "--num-workers", "0"]
+    assert run_cli(*args).returncode == 0
+    (data / "index.json").unlink()  # as if stopped before the last shard's index: a resume follows
+    (data / ".progress" / "shard-00001.json").unlink()
+    shard0 = (data / "shard-00000.safetensors").read_bytes()
+    torch.manual_seed(2)
+    diffusers.AutoencoderKLWan(**TINY_WAN_CONFIG).save_pretrained(vae_dir)
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(data) in r.stderr and "vae wan:" in r.stderr and "another --out" in r.stderr
+    assert (data / "shard-00000.safetensors").read_bytes() == shard0 and not (data / "index.json").exists()
+    r = run_cli(*args[:3], str(tmp_path / "fresh"), *args[4:])  # a new --out works
+    assert r.returncode == 0, r.stderr
+
+
 def test_cli_extract_inspect_verify_and_flipped_byte(tmp_path):
     videos = make_videos(tmp_path / "videos", n=2)
     (videos / "broken.mp4").write_bytes(b"\x00" * 100)

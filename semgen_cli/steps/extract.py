@@ -160,12 +160,15 @@ def extract(cfg: ExtractConfig, reporter: Reporter = NULL) -> ExtractResult:
         reporter.info(f"resuming: {kept} finished shard(s) kept, {len(todo)} to do")
 
     timings: dict[str, float] = {}
-    if todo:
+    if todo or kept:
         t0 = time.perf_counter()
         encoders = _load_components(cfg)
         timings["load components"] = time.perf_counter() - t0
         components = {role: enc.describe() for role, enc in encoders.items()}
+        if kept:
+            _check_same_components(out, components)
         S.write_json_atomic(progress / "components.json", components)
+    if todo:
         n_todo = sum(len(plan[k]) for k in todo)
         reporter.start("extract", total=n_todo, unit="videos")
         seconds = 0.0
@@ -224,6 +227,19 @@ def _check_resume(out: Path, producer: dict) -> None:
             )
     else:
         S.write_json_atomic(marker, producer)
+
+
+def _check_same_components(out: Path, components: dict) -> None:
+    """A spec such as `toy` names whatever weights lie behind it now; shards already in `out` must
+    have been made by the same weights, or a resumed extraction would mix two latent spaces."""
+    marker = out / ".progress" / "components.json"
+    if not marker.is_file():
+        return
+    before = S.read_json(marker)
+    changed = [role for role in sorted(components) if (before.get(role) or {}).get("fingerprint") != components[role].get("fingerprint")]
+    if changed:
+        what = ", ".join(f"{r} {(before.get(r) or {}).get('fingerprint')} → {components[r].get('fingerprint')}" for r in changed)
+        raise MismatchError(f"{out}: its shards were extracted with other weights ({what}); use another --out")
 
 
 def _shard_done(out: Path, k: int, sources: list[str]) -> bool:
