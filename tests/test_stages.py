@@ -218,6 +218,52 @@ def test_train_latent_init_errors(data, compressor, latent, tmp_path):
         assert not (tmp_path / name / "checkpoints").exists()
 
 
+def test_train_latent_init_run_without_compressor_reuses_the_runs_compressor(data, compressor, latent, tmp_path):
+    """A bundle keeps the runs, not the fit-compressor folder: --init RUN alone fine-tunes with the
+    compressor RUN ended with, recorded under the fit-compressor run it came from, so `--compressor`
+    of that fit-compressor run and stage 2 accept the new run as the same lineage; a resume needs
+    neither folder."""
+    import shutil
+
+    from semgen_cli.runs import split_state
+    from semgen_cli.training import load_checkpoint_weights
+
+    init = tmp_path / "init"
+    shutil.copytree(latent, init)
+    common = ["train-latent", str(data), "--preset", "tiny", "--batch-size", "2", "--freeze-compressor"]
+    r = run_cli(*common, "--steps", "2", "--init", str(init), "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    before, after = (json.loads((d / "config.json").read_text()) for d in (latent, tmp_path / "b"))
+    assert after["compressor_source"] == before["compressor_source"] and after["compressor"] == before["compressor"]
+    want = split_state(load_checkpoint_weights(latent, "ema"), "compressor")
+    got = split_state(load_checkpoint_weights(tmp_path / "b", "model"), "compressor")
+    for k, v in want.items():  # frozen: the fine-tune's compressor is exactly the one the init run ended with
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--steps", "1", "--batch-size", "2",
+                "--init", str(tmp_path / "b"), "--out", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train-semantic", str(data), "--latent-run", str(tmp_path / "b"), "--preset", "tiny", "--steps", "1",
+                "--batch-size", "2", "--out", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(init)
+    r = run_cli(*common, "--steps", "3", "--init", str(init), "--out", str(tmp_path / "b"), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert set(losses(tmp_path / "b")) == {1, 2, 3}
+
+
+def test_train_latent_init_run_without_compressor_errors(data, tmp_path):
+    base = ["--preset", "tiny", "--steps", "1", "--batch-size", "2"]
+    assert run_cli("train-latent", str(data), "--condition", "none", *base, "--out", str(tmp_path / "ct")).returncode == 0
+    r = run_cli("train-latent", str(data), *base, "--init", str(tmp_path / "ct"), "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "trained without a compressor" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("train-latent", str(data), *base, "--init", str(tmp_path / "nope"), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "no such run folder" in r.stderr
+    r = run_cli("train-latent", str(data), *base, "--init", "wan:" + str(tmp_path / "nope"), "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "--compressor is required" in r.stderr
+    for name in ("a", "b", "c"):
+        assert not (tmp_path / name / "checkpoints").exists()
+
+
 def test_train_semantic_init_starts_from_another_runs_weights(data, latent, tmp_path):
     """--init loads the other run's EMA DiT weights (a fine-tune with a fresh schedule)."""
     from semgen_cli.models.dit import DiT, DiTConfig

@@ -13,7 +13,7 @@ from semgen_cli.cli import _train as T
 
 def command(
     data: Annotated[Path, typer.Argument(help="Shard folder from `semgen extract`.")],
-    compressor: Annotated[Optional[Path], typer.Option(help="fit-compressor run folder (not needed with --condition none).")] = None,
+    compressor: Annotated[Optional[Path], typer.Option(help="fit-compressor run folder (not needed with --condition none, nor with --init RUN: then RUN's compressor).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/latent"),
     preset: Annotated[str, typer.Option(help="DiT size: tiny, toy, wan-1.3b, wan-14b.")] = "toy",
     attention: Annotated[str, typer.Option(help="full, or swin (shifted windows along time; linear in length).")] = "swin",
@@ -61,7 +61,7 @@ def command(
     )
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     settings_table("semgen train-latent", {
-        "data": data, "compressor": compressor or "—", "out": out, "preset": preset,
+        "data": data, "compressor": compressor or (f"that of {init}" if init and condition != "none" else "—"), "out": out, "preset": preset,
         "attention": f"{attention} (T_w={window})" if attention == "swin" else attention, "condition": condition,
         "compressor training": "frozen" if freeze_compressor else "joint (KL)", "steps": steps, "batch": batch_size,
         "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,

@@ -37,7 +37,8 @@ class TrainLatentConfig:
     """Shard folder from `semgen extract`."""
     out: str = "runs/latent"
     compressor: str | None = None
-    """fit-compressor run folder (required unless --condition none)."""
+    """fit-compressor run folder (required unless --condition none, or --init names a train-latent
+    run: then that run's compressor is used)."""
     preset: str = "toy"
     """DiT size preset: tiny, toy, wan-1.3b, wan-14b."""
     attention: str = "swin"
@@ -63,8 +64,9 @@ class TrainLatentConfig:
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
             raise ConfigError(f"--condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
-        if self.condition != "none" and not self.compressor:
-            raise ConfigError(f"--compressor is required with --condition {self.condition} (run `semgen fit-compressor` first)")
+        if self.condition != "none" and not self.compressor and not (self.init and not self.init.startswith("wan:")):
+            raise ConfigError(f"--compressor is required with --condition {self.condition} (run `semgen fit-compressor` first, "
+                              "or --init a train-latent run to reuse its compressor)")
         if self.attention not in ("full", "swin"):
             raise ConfigError(f"--attention must be full or swin, got {self.attention!r}")
         if self.window < 2:
@@ -259,6 +261,26 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
         compressor.load_state_dict(split_state(state, "compressor"))
 
 
+def compressor_of_run(run: str | Path, flag: str = "--init"):
+    """(compressor, a record like load_compressor's) of train-latent `run`: the compressor it ended
+    with, standing in for --compressor when fine-tuning a run whose fit-compressor folder is not at
+    hand (a bundle such as semgen_cli/assets/toy/runs/latent keeps only the runs). The record names
+    the fit-compressor run the compressor came from, so the new run has the same lineage."""
+    from semgen_cli.models.compressor import Compressor, CompressorConfig
+    from semgen_cli.runs import read_run, split_state
+    from semgen_cli.training import load_sampling_weights
+
+    before = read_run(run, "train-latent", flag)
+    source = before.get("compressor_source")
+    if before.get("compressor") is None or source is None:
+        raise MismatchError(f"{flag} {run}: trained without a compressor (--condition none); pass --compressor")
+    compressor = Compressor(CompressorConfig.from_dict(before["compressor"]))
+    compressor.load_state_dict(split_state(load_sampling_weights(run), "compressor"))
+    record = {"fingerprint": source["fingerprint"], "features": source["features"], "path": source["path"],
+              "data": {"components": before["data"]["components"]}}
+    return compressor.eval(), record
+
+
 def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10):
     from semgen_cli.models.dit import semantic_times_from_fps
     from semgen_cli.steps.fit_compressor import load_compressor
@@ -271,15 +293,20 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
     fps, sfps = float(p["fps"]), float(p["semantic_fps"])
     compressor, comp_run = None, None
     if cfg.condition != "none":
-        compressor, comp_run = load_compressor(cfg.compressor)
+        if cfg.compressor:
+            compressor, comp_run = load_compressor(cfg.compressor)
+        else:  # --init RUN without --compressor; a resumed run reads its own config (the init run may be gone)
+            own = resume and (Path(cfg.out) / "checkpoints" / "latest").is_file()
+            compressor, comp_run = compressor_of_run(Path(cfg.out) if own else cfg.init)
+        named = f"--compressor {cfg.compressor}" if cfg.compressor else f"the compressor of --init {cfg.init}"
         if comp_run["features"] != cfg.condition:
-            raise MismatchError(f"--compressor {cfg.compressor}: fitted on {comp_run['features']} features, but --condition is {cfg.condition}")
+            raise MismatchError(f"{named}: fitted on {comp_run['features']} features, but --condition is {cfg.condition}")
         role = "semantic" if cfg.condition == "semantic" else "vae"
         want = comp_run["data"]["components"].get(role, {}).get("fingerprint")
         have = data.components.get(role, {}).get("fingerprint")
         if want != have:
             raise MismatchError(
-                f"{cfg.data}: {role} encoder {have} differs from {want} that --compressor {cfg.compressor} was fitted on; "
+                f"{cfg.data}: {role} encoder {have} differs from {want} that {named} was fitted on; "
                 "fit the compressor on this data"
             )
         compressor.train(not cfg.freeze_compressor)
@@ -313,7 +340,7 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
         "settings": asdict(cfg),
         "dit": dit.config.to_dict(),
         "compressor": compressor.config.to_dict() if compressor is not None else None,
-        "compressor_source": {"path": str(Path(cfg.compressor).resolve()), "fingerprint": comp_run["fingerprint"], "features": comp_run["features"]} if comp_run else None,
+        "compressor_source": {"path": comp_run.get("path") or str(Path(cfg.compressor).resolve()), "fingerprint": comp_run["fingerprint"], "features": comp_run["features"]} if comp_run else None,
         "window": {"seconds": seconds, "latents": n_lat, "semantic_tokens": n_tok},
         "latent_shape": [C, h, w],
         "semantic_grid": list(sample["semantic"].shape[1:]) if "semantic" in sample else None,
