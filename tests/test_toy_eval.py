@@ -84,6 +84,9 @@ def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
     r = run_inproc("generate", "a red circle moving left on a black background", "--seconds", "1", "--steps", "1", "--out", tmp_path / "o.mp4")
     assert r.returncode == 0, r.stderr
     assert "bundled default" in r.stdout
+    (work / "latent2").symlink_to(runs / "lat")  # runs named otherwise inside the training folder
+    bundle.main(str(work), str(tmp_path / "assets2"), latent="latent2")
+    assert (tmp_path / "assets2" / "toy" / "runs" / "latent" / "checkpoints" / "latest").is_file()
 
 
 def test_toy_eval_pipeline_file(runs, tmp_path):

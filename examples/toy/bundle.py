@@ -1,6 +1,10 @@
 """Copy a trained toy pipeline into semgen_cli/assets/ as the embedded default.
 
-    python examples/toy/bundle.py runs/toy-default [semgen_cli/assets]
+    python examples/toy/bundle.py runs/toy-default [semgen_cli/assets] [--latent NAME] [--semantic NAME]
+
+`--latent`/`--semantic` name the run folders inside the training folder (default: `latent`,
+`semantic`, as train_default.sh writes them), e.g. a stage 1 fine-tuned into `latent2` from the
+`latent` that stage 2 was trained against: the paths of both keep their names under WORKDIR.
 
 From each run (latent, semantic) only what sampling needs is kept: config.json, the EMA weights
 of the final checkpoint, its state.json and the `latest` pointer (no optimizer state); paths in
@@ -13,9 +17,9 @@ held-out combinations and the sizes, so `semgen generate` with no runs finds the
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from semgen_cli.io.shards import read_json, write_json_atomic
@@ -48,11 +52,11 @@ def copy_run(src: Path, dst: Path, work_dir: Path) -> None:
     (dst / "checkpoints" / "latest").write_text(ckpt.name + "\n")
 
 
-def main(work: str, assets: str = "semgen_cli/assets") -> None:
+def main(work: str, assets: str = "semgen_cli/assets", latent: str = "latent", semantic: str = "semantic") -> None:
     work_dir, assets_dir = Path(work), Path(assets)
     runs = assets_dir / "toy" / "runs"
-    copy_run(work_dir / "latent", runs / "latent", work_dir)
-    copy_run(work_dir / "semantic", runs / "semantic", work_dir)
+    copy_run(work_dir / latent, runs / "latent", work_dir)
+    copy_run(work_dir / semantic, runs / "semantic", work_dir)
     lat = read_json(runs / "latent" / "config.json")
     sem = read_json(runs / "semantic" / "config.json")
     size = sum(p.stat().st_size for p in (assets_dir / "toy").rglob("*") if p.is_file())
@@ -80,4 +84,10 @@ def main(work: str, assets: str = "semgen_cli/assets") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    ap = argparse.ArgumentParser(description="Copy a trained toy pipeline into semgen_cli/assets/ as the embedded default.")
+    ap.add_argument("work", help="training folder (train_default.sh's WORKDIR)")
+    ap.add_argument("assets", nargs="?", default="semgen_cli/assets")
+    ap.add_argument("--latent", default="latent", help="train-latent run folder inside WORK")
+    ap.add_argument("--semantic", default="semantic", help="train-semantic run folder inside WORK")
+    a = ap.parse_args()
+    main(a.work, a.assets, a.latent, a.semantic)
