@@ -120,7 +120,8 @@ def test_aesthetic_matches_clipmodel_and_linear_head(folders, tmp_path):
     expected = float(feats.numpy()[0] @ head["weight"][0].astype(np.float64) + head["bias"][0]) / 10
     assert not r.errors
     assert m.first == pytest.approx(expected, rel=1e-5) and m.last == pytest.approx(expected, rel=1e-5)
-    assert m.delta == pytest.approx(0.0, abs=1e-9)
+    # the same frame in both segments: float32 CLIP features agree to float32 precision (2.4e-9 seen in CI), not bit for bit
+    assert m.delta == pytest.approx(0.0, abs=1e-6)
 
 
 def test_mlp_head_chains_linear_layers(folders):
