@@ -64,7 +64,7 @@ class TrainLatentConfig:
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
             raise ConfigError(f"--condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
-        if self.condition != "none" and not self.compressor and not (self.init and not self.init.startswith("wan:")):
+        if self.condition != "none" and not self.compressor and not self.init_run:
             raise ConfigError(f"--compressor is required with --condition {self.condition} (run `semgen fit-compressor` first, "
                               "or --init a train-latent run to reuse its compressor)")
         if self.attention not in ("full", "swin"):
@@ -79,6 +79,11 @@ class TrainLatentConfig:
             raise ConfigError(f"--semantic-noise must be >= 0, got {self.semantic_noise}")
         if self.init is not None and not self.init.strip():
             raise ConfigError("--init: expected wan:PATH or a train-latent run folder, got an empty string")
+
+    @property
+    def init_run(self) -> str | None:
+        """The train-latent run --init names (None for wan:PATH or no --init)."""
+        return self.init if self.init and not self.init.startswith("wan:") else None
 
 
 def latent_frames_for(seconds: float, fps: float, stride: int = 4) -> int:
@@ -218,10 +223,11 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
     from semgen_cli.models.presets import preset
 
     dit_cfg = preset(cfg.preset, in_channels=in_channels, text_dim=text_dim, semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
-    if cfg.init and not cfg.init.startswith("wan:"):
+    if cfg.init_run:
         dit = DiT(dit_cfg)
         if load_init:  # not when resuming: the checkpoint holds the weights
-            init_from_run(dit, compressor, cfg.init, cfg.condition, compressor_fingerprint)
+            # without --compressor the compressor already is the init run's (compressor_of_run)
+            init_from_run(dit, compressor if cfg.compressor else None, cfg.init, cfg.condition, compressor_fingerprint)
         return dit
     if cfg.init:
         dit = DiT.from_wan(cfg.init[len("wan:"):], semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
