@@ -120,6 +120,43 @@ def test_train_latent_errors(data, compressor, tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr
 
 
+def test_motion_weights_favour_what_moves():
+    from semgen_cli.steps.train_latent import motion_weights
+
+    z = torch.zeros(2, 4, 5, 6, 6)
+    z[:, :, :, 0, 0] = 3.0  # a fixed pattern (like a VAE's border) never moves
+    for t in range(5):  # sample 0: a blob moving right one position per frame
+        z[0, :, t, 3, t] = 1.0
+    w = motion_weights(z, alpha=2.0)
+    assert w.shape == (2, 1, 5, 6, 6)
+    assert torch.all(w[1] == 1) and torch.all(w[:, :, :, 0, 0] == 1)  # still sample, still pattern
+    assert torch.all(w[0, 0, 1:4, 3, 1:4].diagonal(dim1=0, dim2=1) > 1)  # the blob where it is
+    assert w[0, 0, 0, 3, 0] > 1 and w[0, 0, 1, 3, 0] > 1  # and where it left
+    assert w[0, 0, 2, 5, 5] == 1
+    assert torch.all(motion_weights(torch.zeros(1, 4, 3, 2, 2), 5.0) == 1)  # nothing moves: plain MSE
+    assert torch.all(motion_weights(z[:, :, :1], 2.0) == 1)  # one frame
+
+
+def test_train_latent_motion_weight(data, compressor, tmp_path):
+    from semgen_cli.steps.train_latent import TrainLatentConfig
+
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--seed", "3"]
+    assert run_cli(*common, "--out", str(tmp_path / "plain")).returncode == 0
+    r = run_cli(*common, "--motion-weight", "4", "--out", str(tmp_path / "w"))
+    assert r.returncode == 0, r.stderr
+    plain = [json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    weighted = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert "weighted_mse" not in plain[0] and plain[0]["mse"] == weighted[0]["mse"]  # same batch, same model at step 1
+    assert weighted[0]["weighted_mse"] != weighted[0]["mse"]
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["settings"]["motion_weight"] == 4.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="--motion-weight"):
+            TrainLatentConfig(data=str(data), compressor="c", motion_weight=bad)
+    r = run_cli(*common, "--motion-weight", "-1", "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "--motion-weight" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
 def test_shards_from_a_different_encoder_than_the_compressor(data, compressor, tmp_path):
     cfg = json.loads((compressor / "config.json").read_text())
     cfg["data"]["components"]["semantic"]["fingerprint"] = "qwen2.5-vl:000000000000"

@@ -24,6 +24,7 @@ def command(
     semantic_noise: Annotated[float, typer.Option(help="Max σ of the noise added to semantic tokens in training (RAE).")] = 0.5,
     text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
     shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
+    motion_weight: Annotated[float, typer.Option(help="Weight α of moving latent positions in the loss: 1 + α·(their change between frames / its batch mean); 0: plain MSE.")] = 0.0,
     init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = False,
     steps: T.Steps = 1000,
@@ -57,14 +58,14 @@ def command(
         data=str(data), out=str(out), compressor=str(compressor) if compressor else None, preset=preset,
         attention=attention, window=window, condition=condition, freeze_compressor=freeze_compressor,
         clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
-        init=init, gradient_checkpointing=gradient_checkpointing,
+        init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight,
     )
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     settings_table("semgen train-latent", {
         "data": data, "compressor": compressor or (f"that of {init}" if init and condition != "none" else "—"), "out": out, "preset": preset,
         "attention": f"{attention} (T_w={window})" if attention == "swin" else attention, "condition": condition,
         "compressor training": "frozen" if freeze_compressor else "joint (KL)", "steps": steps, "batch": batch_size,
-        "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:
         result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps)
