@@ -9,7 +9,8 @@
 #    leaves a usable folder that `train_vae.py --init` continues);
 # 2. toy data with long clips (up to 60 s), leaving the held-out colour × shape × background
 #    combinations of semgen_cli/toy/prompts.py out on purpose;
-# 3. semgen's own commands: extract → fit-compressor → train-latent → train-semantic;
+# 3. semgen's own commands: extract → fit-compressor → train-latent → train-semantic, then a
+#    fine-tune of each at a lower lr (stage 1 with --motion-weight);
 # 4. bundle.py copies the EMA weights into semgen_cli/assets/ and writes pipeline.json.
 #
 # Sizes and step counts are environment variables (defaults below), so a GPU run can raise them.
@@ -20,8 +21,13 @@ CLIPS=${CLIPS:-400}            # 4 s training clips
 LONG=${LONG:-0.04}             # fraction of them that last 60 s instead
 MORE=${MORE:-160}              # a second set (seed 1), half of it 60 s: the long trajectories stage 2 plans from
 COMP_STEPS=${COMP_STEPS:-1500}
-LATENT_STEPS=${LATENT_STEPS:-16000}   # the bundled stage 1 got 16000 (in pieces), then 3000 more
-SEMANTIC_STEPS=${SEMANTIC_STEPS:-4000}  # the bundled stage 2: 4000 from nothing at shift 4
+LATENT_STEPS=${LATENT_STEPS:-16000}   # the bundled stage 1 got 16000 (in pieces), then the fine-tune below
+SEMANTIC_STEPS=${SEMANTIC_STEPS:-4000}  # the bundled stage 2: 4000 from nothing at shift 4, then the fine-tune below
+# Fine-tunes at a lower lr (0 skips them). The bundled runs got them in pieces, each with its own
+# warm-up and cosine: stage 1 3000 steps plain at 5e-5, then 3000 at 5e-5 and 6000 at 1e-4 with
+# --motion-weight 2; stage 2 1500 + 3000 steps at 1e-4 (examples/toy/README.md).
+LATENT_FT_STEPS=${LATENT_FT_STEPS:-9000}
+SEMANTIC_FT_STEPS=${SEMANTIC_FT_STEPS:-4500}
 BATCH=${BATCH:-16}
 THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS
@@ -80,4 +86,19 @@ OMP_NUM_THREADS=$STAGE_THREADS semgen train-semantic "$W/data" --latent-run "$W/
     --steps "$SEMANTIC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
     --save-every 250 --out "$W/semantic" $(resume "$W/semantic") > "$W/semantic.log" 2>&1
 wait "$LATENT_PID" || { echo "train-latent failed: see $W/latent.log" >&2; exit 1; }
-python examples/toy/bundle.py "$W" "${ASSETS:-semgen_cli/assets}"
+LATENT_RUN=latent SEMANTIC_RUN=semantic
+if (( SEMANTIC_FT_STEPS > 0 )); then
+  semgen train-semantic "$W/data" --latent-run "$W/latent" --init "$W/semantic" --preset toy --shift 4 \
+      --steps "$SEMANTIC_FT_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup 50 --schedule cosine --ema-decay 0.995 \
+      --save-every 250 --out "$W/semantic-ft" $(resume "$W/semantic-ft") > "$W/semantic-ft.log" 2>&1
+  SEMANTIC_RUN=semantic-ft
+fi
+# --motion-weight 2: the loss weighted towards latent positions that change between frames; stage 1
+# otherwise spends it on the flat background and moves objects in one surge per latent frame
+if (( LATENT_FT_STEPS > 0 )); then
+  semgen train-latent "$W/data" --init "$W/latent" --freeze-compressor --preset toy --attention swin --window 4 \
+      --steps "$LATENT_FT_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup 100 --schedule cosine --ema-decay 0.995 \
+      --motion-weight 2 --save-every 250 --out "$W/latent-ft" $(resume "$W/latent-ft") > "$W/latent-ft.log" 2>&1
+  LATENT_RUN=latent-ft
+fi
+python examples/toy/bundle.py "$W" "${ASSETS:-semgen_cli/assets}" --latent "$LATENT_RUN" --semantic "$SEMANTIC_RUN"
