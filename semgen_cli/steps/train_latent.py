@@ -10,7 +10,9 @@ the paper trains them together, unless `--freeze-compressor`. Baselines by flag:
 
 Objective (DESIGN §2, `semgen_cli.flow`): rectified flow, `z_t = (1−t)·z0 + t·ε`, the DiT predicts
 `ε − z0`; logit-normal t shifted by RAE's dimension rule; text dropped (zeroed) with probability
-`text_dropout` for classifier-free guidance.
+`text_dropout` for classifier-free guidance. Not in the paper: `--motion-weight α` weights each
+latent position's squared error by how much it changes between frames (`motion_weights`), for
+small models that otherwise spend the loss on a still background (0, the default: plain MSE).
 """
 
 from __future__ import annotations
