@@ -93,8 +93,8 @@ if (( SEMANTIC_FT_STEPS > 0 )); then
       --save-every 250 --out "$W/semantic-ft" $(resume "$W/semantic-ft") > "$W/semantic-ft.log" 2>&1
   SEMANTIC_RUN=semantic-ft
 fi
-# --motion-weight 2: the loss weighted towards latent positions that change between frames; stage 1
-# otherwise spends it on the flat background and moves objects in one surge per latent frame
+# --motion-weight 2 (the loss weighted towards latent positions that change between frames) is how the
+# bundled stage 1 was fine-tuned; a control with the plain loss scored the same (examples/toy/README.md)
 if (( LATENT_FT_STEPS > 0 )); then
   semgen train-latent "$W/data" --init "$W/latent" --freeze-compressor --preset toy --attention swin --window 4 \
       --steps "$LATENT_FT_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup 100 --schedule cosine --ema-decay 0.995 \
