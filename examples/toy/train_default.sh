@@ -68,10 +68,12 @@ resume() { [[ -f "$1/checkpoints/latest" ]] && echo --resume || true; }
 # The compressor stays frozen in stage 1 (--freeze-compressor), so the stage-2 target space is fixed
 # from stage 1's first checkpoint on and the two stages train side by side, half the threads each.
 STAGE_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 ))
-OMP_NUM_THREADS=$STAGE_THREADS semgen train-latent "$W/data" --compressor "$W/compressor" \
-    --freeze-compressor --preset toy --attention swin --window 4 \
-    --steps "$LATENT_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
-    --save-every 250 --out "$W/latent" $(resume "$W/latent") > "$W/latent.log" 2>&1 &
+# flags every run of a stage shares (the first runs and the fine-tunes)
+COMMON=(--batch-size "$BATCH" --schedule cosine --ema-decay 0.995 --save-every 250)
+LATENT_FLAGS=(--freeze-compressor --preset toy --attention swin --window 4 "${COMMON[@]}")
+SEMANTIC_FLAGS=(--latent-run "$W/latent" --preset toy --shift 4 "${COMMON[@]}")
+OMP_NUM_THREADS=$STAGE_THREADS semgen train-latent "$W/data" --compressor "$W/compressor" "${LATENT_FLAGS[@]}" \
+    --steps "$LATENT_STEPS" --lr 3e-4 --warmup 200 --out "$W/latent" $(resume "$W/latent") > "$W/latent.log" 2>&1 &
 LATENT_PID=$!
 until [[ -f "$W/latent/checkpoints/latest" ]]; do
   kill -0 "$LATENT_PID" 2>/dev/null || { wait "$LATENT_PID"; echo "train-latent failed: see $W/latent.log" >&2; exit 1; }
@@ -81,24 +83,20 @@ done
 # the object moves in is settled at high noise (t ≈ 0.7–0.9, plan_probe.py --text-band), where
 # logit-normal with shift 1 puts 8 % of the training steps above t = 0.8 (shift 4: 50 %); with shift 1
 # the plans' direction followed the noise more than the prompt (examples/toy/README.md).
-OMP_NUM_THREADS=$STAGE_THREADS semgen train-semantic "$W/data" --latent-run "$W/latent" \
-    --preset toy --shift 4 \
-    --steps "$SEMANTIC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup 200 --schedule cosine --ema-decay 0.995 \
-    --save-every 250 --out "$W/semantic" $(resume "$W/semantic") > "$W/semantic.log" 2>&1
+OMP_NUM_THREADS=$STAGE_THREADS semgen train-semantic "$W/data" "${SEMANTIC_FLAGS[@]}" \
+    --steps "$SEMANTIC_STEPS" --lr 3e-4 --warmup 200 --out "$W/semantic" $(resume "$W/semantic") > "$W/semantic.log" 2>&1
 wait "$LATENT_PID" || { echo "train-latent failed: see $W/latent.log" >&2; exit 1; }
 LATENT_RUN=latent SEMANTIC_RUN=semantic
 if (( SEMANTIC_FT_STEPS > 0 )); then
-  semgen train-semantic "$W/data" --latent-run "$W/latent" --init "$W/semantic" --preset toy --shift 4 \
-      --steps "$SEMANTIC_FT_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup 50 --schedule cosine --ema-decay 0.995 \
-      --save-every 250 --out "$W/semantic-ft" $(resume "$W/semantic-ft") > "$W/semantic-ft.log" 2>&1
+  semgen train-semantic "$W/data" "${SEMANTIC_FLAGS[@]}" --init "$W/semantic" \
+      --steps "$SEMANTIC_FT_STEPS" --lr 1e-4 --warmup 50 --out "$W/semantic-ft" $(resume "$W/semantic-ft") > "$W/semantic-ft.log" 2>&1
   SEMANTIC_RUN=semantic-ft
 fi
 # --motion-weight 2 (the loss weighted towards latent positions that change between frames) is how the
 # bundled stage 1 was fine-tuned; a control with the plain loss scored the same (examples/toy/README.md)
 if (( LATENT_FT_STEPS > 0 )); then
-  semgen train-latent "$W/data" --init "$W/latent" --freeze-compressor --preset toy --attention swin --window 4 \
-      --steps "$LATENT_FT_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup 100 --schedule cosine --ema-decay 0.995 \
-      --motion-weight 2 --save-every 250 --out "$W/latent-ft" $(resume "$W/latent-ft") > "$W/latent-ft.log" 2>&1
+  semgen train-latent "$W/data" "${LATENT_FLAGS[@]}" --init "$W/latent" --motion-weight 2 \
+      --steps "$LATENT_FT_STEPS" --lr 1e-4 --warmup 100 --out "$W/latent-ft" $(resume "$W/latent-ft") > "$W/latent-ft.log" 2>&1
   LATENT_RUN=latent-ft
 fi
 python examples/toy/bundle.py "$W" "${ASSETS:-semgen_cli/assets}" --latent "$LATENT_RUN" --semantic "$SEMANTIC_RUN"
