@@ -103,3 +103,59 @@ def test_decoder_base_dim_needs_a_frozen_encoder(tmp_path):
     with pytest.raises(SystemExit, match="--decoder-base-dim needs --init and --freeze-encoder"):
         T.main(["--out", str(tmp_path / "v"), "--decoder-base-dim", "24", "--steps", "1"])
     assert not (tmp_path / "v").exists()
+
+
+def test_streamed_windows_match_whole_clip_encode_decode():
+    """--stream-seconds: a clip fed window by window through the carried (detached) caches gives
+    the latents and frames of diffusers' encode/decode of the whole clip."""
+    import diffusers
+
+    T = _train_vae()
+    torch.manual_seed(0)
+    model = diffusers.AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                                       temperal_downsample=[False, True, True], is_residual=True).eval()
+    streams = T.Streams(np.random.default_rng(2), chunks=1, max_seconds=17 / T.FPS)
+    windows = [streams.next_window(1, 16)[::3]]
+    clip = streams.clip[0]  # the first window drew the clip
+    while True:
+        x, y, m, first = streams.next_window(1, 16)
+        if first:  # the clip ended and a new one was drawn
+            break
+        windows.append((x, first))
+    assert [w.shape[2] for w, _ in windows] == [5] + [4] * ((clip.shape[2] - 5) // 4)
+    assert [f for _, f in windows] == [True] + [False] * (len(windows) - 1)
+    with torch.no_grad():
+        ref_mu = model.encode(clip).latent_dist.mean
+        ref = model.decode(ref_mu).sample
+        mus, recs = zip(*(T.stream_step(model, x, first, noise=0.0) for x, first in windows))
+        T.detach_caches(model)
+    # equal up to float rounding: the 1x1x1 quant convs see windows instead of the whole clip
+    torch.testing.assert_close(torch.cat(mus, 2), ref_mu, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.cat(recs, 2), torch.clamp(ref, -1, 1), rtol=0, atol=1e-5)
+
+
+def test_streamed_gradients_stop_at_the_window():
+    """After detach_caches the next window's loss reaches only its own frames, not the window before."""
+    import diffusers
+
+    T = _train_vae()
+    torch.manual_seed(0)
+    model = diffusers.AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                                       temperal_downsample=[False, True, True])
+    x, _, _ = T.batch(np.random.default_rng(1), 1, 9, 16)
+    a, b = x[:, :, :5].clone().requires_grad_(True), x[:, :, 5:].clone().requires_grad_(True)
+    T.stream_step(model, a, True, noise=0.0)
+    T.detach_caches(model)
+    _, rec = T.stream_step(model, b, False, noise=0.0)
+    rec.sum().backward()
+    assert a.grad is None and float(b.grad.abs().sum()) > 0
+
+
+def test_stream_seconds_rejects_warmup_and_bad_windows(tmp_path):
+    import pytest
+
+    T = _train_vae()
+    for extra in (["--warmup-latents", "4"], ["--frames", "1"], ["--frames", "6"]):
+        with pytest.raises(SystemExit, match="--stream-seconds needs --frames 4k\\+1"):
+            T.main(["--out", str(tmp_path / "v"), "--stream-seconds", "8", "--steps", "1", *extra])
+    assert not (tmp_path / "v").exists()

@@ -92,6 +92,12 @@ def parse_args(argv=None):
                         "latent could mean, a blob; the adversary makes it commit to one")
     p.add_argument("--gan-start", type=int, default=200, help="step from which the adversarial loss reaches the decoder "
                    "(the discriminator trains from step 0)")
+    p.add_argument("--stream-seconds", type=float, default=0.0,
+                   help="train on streams instead of independent windows (0: off): each batch row is a toy clip of "
+                        "a random length up to this many seconds, fed window by window through the causal caches, "
+                        "which carry over (detached) from one step to the next, as in truncated backpropagation "
+                        "through time. Every window after a clip's first sees the caches of a long clip without the "
+                        "warm-up passes of --warmup-latents (which it replaces)")
     p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
     return p.parse_args(argv)
 
@@ -253,6 +259,57 @@ def decode_tail(model, z: torch.Tensor, lead: int) -> torch.Tensor:
     return torch.clamp(torch.cat(outs, 2), -1.0, 1.0)
 
 
+class Streams:
+    """Batch rows streamed window by window through the VAE's causal caches (truncated backprop
+    through time): `next_window` gives the next `1 + 4k` (a clip's first window: the causal first
+    frame and k chunks) or `4k` frames of every row, with `first` telling whether the caches start
+    empty. All rows share one clip length, drawn again (and the caches cleared) when they end or
+    when the crop size changes."""
+
+    def __init__(self, rng: np.random.Generator, chunks: int, max_seconds: float):
+        self.rng, self.chunks, self.max_frames = rng, chunks, max(1 + 4 * chunks, int(max_seconds * FPS))
+        self.clip, self.pos, self.key = None, 0, None
+
+    def next_window(self, n: int, crop: int):
+        """(inputs, targets, object weights, first) of the next window for `n` rows at `crop`."""
+        if self.clip is None or self.key != (n, crop) or self.pos >= self.clip[0].shape[2]:
+            length = 1 + 4 * int(self.rng.integers(self.chunks, (self.max_frames - 1) // 4 + 1))
+            self.clip, self.pos, self.key = batch(self.rng, n, length, crop), 0, (n, crop)
+        a = self.pos
+        b = a + (1 + 4 * self.chunks if a == 0 else 4 * self.chunks)
+        self.pos = b
+        x, y, m = (t[:, :, a:b] for t in self.clip)
+        return x, y, m, a == 0
+
+
+def stream_step(model, x: torch.Tensor, first: bool, noise: float, encoder_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode and decode one window `x` (n, 3, F, h, w) of a stream through the caches left by the
+    windows before it (cleared when `first`). Returns (posterior mean, reconstruction in [-1, 1])."""
+    if first:
+        model.clear_cache()
+    chunks = ([x[:, :, :1]] if first else []) + [x[:, :, i:i + 4] for i in range(1 if first else 0, x.shape[2], 4)]
+    enc = []
+    with torch.set_grad_enabled(encoder_grad):
+        for chunk in chunks:
+            model._enc_conv_idx = [0]
+            enc.append(model.encoder(chunk, feat_cache=model._enc_feat_map, feat_idx=model._enc_conv_idx))
+        mu = model.quant_conv(torch.cat(enc, 2))[:, : model.config.z_dim]
+    z = mu + noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
+    h = model.post_quant_conv(z)
+    outs = []
+    for i in range(z.shape[2]):
+        model._conv_idx = [0]
+        outs.append(model.decoder(h[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx,
+                                  first_chunk=first and i == 0))
+    return mu, torch.clamp(torch.cat(outs, 2), -1.0, 1.0)
+
+
+def detach_caches(model) -> None:
+    """Cut the caches' history after a step: the next window reads their values, not their graph."""
+    model._enc_feat_map = [t.detach() if torch.is_tensor(t) else t for t in model._enc_feat_map]
+    model._feat_map = [t.detach() if torch.is_tensor(t) else t for t in model._feat_map]
+
+
 def tail_frames(lead: int) -> int:
     """Index of the first frame decoded from latent frame `lead` (the causal first frame is alone)."""
     return 0 if lead == 0 else 1 + 4 * (lead - 1)
@@ -390,20 +447,27 @@ def main(argv=None) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
     full_from = int(args.steps * (1 - args.full_frac))
+    if args.stream_seconds and ((args.frames - 1) % 4 or args.frames < 5 or args.warmup_latents):
+        raise SystemExit("--stream-seconds needs --frames 4k+1 with k >= 1 and no --warmup-latents")
+    streams = Streams(rng, (args.frames - 1) // 4, args.stream_seconds) if args.stream_seconds else None
     t_start = time.perf_counter()
     model.train()
     hist = []
     for step in range(args.steps):
         full = step >= full_from
         crop, n = (64, max(1, args.batch // 4)) if full else (args.crop, args.batch)
-        lead = int(rng.integers(0, args.warmup_latents + 1)) if args.warmup_latents else 0  # latent frames run without gradients
-        x, y, m = batch(rng, n, args.frames, crop, extra=4 * lead)
-        mu = encode_chunks(model, x, lead, encoder_grad=not args.freeze_encoder)
-        # Posterior mean plus a little noise (10 % of its RMS): the loader encodes with the mean,
-        # and sampling at the initial unit variance buries the signal for hundreds of steps.
-        z = mu + args.noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
-        rec = decode_tail(model, z, lead)
-        y, m = y[:, :, tail_frames(lead):], m[:, :, tail_frames(lead):]
+        if streams is not None:
+            x, y, m, first = streams.next_window(n, crop)
+            mu, rec = stream_step(model, x, first, args.noise, encoder_grad=not args.freeze_encoder)
+        else:
+            lead = int(rng.integers(0, args.warmup_latents + 1)) if args.warmup_latents else 0  # latent frames run without gradients
+            x, y, m = batch(rng, n, args.frames, crop, extra=4 * lead)
+            mu = encode_chunks(model, x, lead, encoder_grad=not args.freeze_encoder)
+            # Posterior mean plus a little noise (10 % of its RMS): the loader encodes with the mean,
+            # and sampling at the initial unit variance buries the signal for hundreds of steps.
+            z = mu + args.noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
+            rec = decode_tail(model, z, lead)
+            y, m = y[:, :, tail_frames(lead):], m[:, :, tail_frames(lead):]
         w = 1.0 + args.obj_weight * m
         diff = rec - y
         l1 = (w * diff.abs()).mean()
@@ -422,6 +486,8 @@ def main(argv=None) -> None:
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         sched.step()
+        if streams is not None:
+            detach_caches(model)
         d_loss = 0.0
         if disc is not None:  # hinge loss on clean targets vs reconstructions
             disc.requires_grad_(True)
@@ -462,7 +528,7 @@ def main(argv=None) -> None:
         "train": {"init": str(args.init) if args.init else None, "steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "frames": args.frames, "crop": args.crop, "full_frac": args.full_frac, "lr": args.lr,
                   "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "gan": args.gan, "gan_start": args.gan_start, "freeze_encoder": args.freeze_encoder,
-                  "warmup_latents": args.warmup_latents, "wall_s": round(train_s, 1),
+                  "warmup_latents": args.warmup_latents, "stream_seconds": args.stream_seconds, "wall_s": round(train_s, 1),
                   "final_train_psnr_64": float(np.mean([h[1] for h in hist[-20:]]))},
         "params": n_params, "config": config, "eval_s": round(time.perf_counter() - t0, 1),
     })
