@@ -159,3 +159,15 @@ def test_stream_seconds_rejects_warmup_and_bad_windows(tmp_path):
         with pytest.raises(SystemExit, match="--stream-seconds needs --frames 4k\\+1"):
             T.main(["--out", str(tmp_path / "v"), "--stream-seconds", "8", "--steps", "1", *extra])
     assert not (tmp_path / "v").exists()
+
+
+def test_stream_restarts_with_empty_caches_after_a_save():
+    """A save measures latent statistics with the model (clearing its caches), so the stream must
+    start new clips, with `first` set, at the next window."""
+    T = _train_vae()
+    streams = T.Streams(np.random.default_rng(3), chunks=2, max_seconds=40 / T.FPS)
+    assert streams.next_window(2, 16)[3] is True
+    assert streams.next_window(2, 16)[3] is False
+    streams.restart()
+    x, _, _, first = streams.next_window(2, 16)
+    assert first is True and x.shape[2] == 9

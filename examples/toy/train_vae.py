@@ -281,6 +281,10 @@ class Streams:
         x, y, m = (t[:, :, a:b] for t in self.clip)
         return x, y, m, a == 0
 
+    def restart(self) -> None:
+        """Draw new clips at the next window: something else (a save's statistics) used the caches."""
+        self.clip = None
+
 
 def stream_step(model, x: torch.Tensor, first: bool, noise: float, encoder_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode and decode one window `x` (n, 3, F, h, w) of a stream through the caches left by the
@@ -510,6 +514,8 @@ def main(argv=None) -> None:
         if args.save_every and step and step % args.save_every == 0:
             save(model, args.out, args.seed, keep_stats=args.freeze_encoder)
             model.train()
+            if streams is not None:
+                streams.restart()
         if step % 20 == 0 or step == args.steps - 1:
             el = time.perf_counter() - t_start
             recent = np.mean(hist[-20:], 0)
