@@ -119,11 +119,17 @@ def test_semantic_run_of_another_compressor_is_refused(runs, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
-@pytest.mark.parametrize("role", ["text", "vae"])
+@pytest.mark.parametrize("role", ["text", "semantic"])
 def test_semantic_run_of_other_components_is_refused(runs, tmp_path, role):
     sem = _edited_semantic_run(runs, tmp_path, lambda c: c["data"]["components"][role].update(fingerprint="other:123"))
     with pytest.raises(MismatchError, match=f"{role} encoder other:123"):
         resolve(cfg(runs, tmp_path / "o.mp4", semantic_run=str(sem)))
+
+
+def test_semantic_run_from_data_of_another_vae_is_accepted(runs, tmp_path):
+    """Stage 2 never sees VAE latents: a stage 1 retrained on a new VAE keeps its stage 2."""
+    sem = _edited_semantic_run(runs, tmp_path, lambda c: c["data"]["components"]["vae"].update(fingerprint="other:123"))
+    resolve(cfg(runs, tmp_path / "o.mp4", semantic_run=str(sem)))
 
 
 def test_size_must_divide_by_stride_times_patch(runs, tmp_path):

@@ -338,8 +338,13 @@ def resolve(cfg: GenerateConfig) -> Resolved:
 
 
 def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> None:
-    """Refuse a semantic run that was not trained on this latent run's space (cheap checks)."""
-    for role in ("text", "vae", "semantic"):
+    """Refuse a semantic run that was not trained on this latent run's space (cheap checks).
+
+    Stage 2 sees only text embeddings and semantic features (compressed by the latent run's
+    compressor, whose fingerprint is checked where it is loaded), so its data must share the text
+    and semantic encoders with stage 1's. The VAE may differ: a stage 1 fine-tuned on the latents
+    of a new VAE still takes the plans of the stage 2 it was paired with."""
+    for role in ("text", "semantic"):
         want = lat["data"]["components"].get(role, {}).get("fingerprint")
         have = sem["data"]["components"].get(role, {}).get("fingerprint")
         if want != have:
