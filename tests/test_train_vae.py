@@ -158,6 +158,8 @@ def test_stream_seconds_rejects_warmup_and_bad_windows(tmp_path):
     for extra in (["--warmup-latents", "4"], ["--frames", "1"], ["--frames", "6"]):
         with pytest.raises(SystemExit, match="--stream-seconds needs --frames 4k\\+1"):
             T.main(["--out", str(tmp_path / "v"), "--stream-seconds", "8", "--steps", "1", *extra])
+    with pytest.raises(SystemExit, match="--stream-groups must be at least 1, got 0"):
+        T.main(["--out", str(tmp_path / "v"), "--stream-seconds", "8", "--frames", "5", "--stream-groups", "0", "--steps", "1"])
     assert not (tmp_path / "v").exists()
 
 
@@ -171,3 +173,37 @@ def test_stream_restarts_with_empty_caches_after_a_save():
     streams.restart()
     x, _, _, first = streams.next_window(2, 16)
     assert first is True and x.shape[2] == 9
+
+
+def test_stream_groups_take_turns_with_their_own_caches():
+    """Two groups interleaved window by window: each still reproduces its own clip's whole-clip
+    encode/decode, so the caches travel with their group."""
+    import diffusers
+
+    T = _train_vae()
+    torch.manual_seed(0)
+    model = diffusers.AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                                       temperal_downsample=[False, True, True], is_residual=True).eval()
+    streams = T.Streams(np.random.default_rng(0), chunks=1, max_seconds=13 / T.FPS, groups=2)
+    clips, mus, recs = [None, None], [[], []], [[], []]
+    with torch.no_grad():
+        for step in range(6):  # both groups: windows of 5, 4, 4 frames at most (clips of 5 to 13 frames)
+            g = streams.turn
+            x, _, _, first = streams.next_window(1, 16)
+            if first and clips[g] is not None:
+                streams.leave(model)
+                continue
+            if first:
+                clips[g] = streams.clip[0]
+            streams.enter(model)
+            mu, rec = T.stream_step(model, x, first, noise=0.0)
+            mus[g].append(mu), recs[g].append(rec)
+            streams.leave(model)
+        for g in (0, 1):
+            ref_mu = model.encode(clips[g]).latent_dist.mean
+            ref = model.decode(ref_mu).sample
+            got = torch.cat(mus[g], 2)
+            torch.testing.assert_close(got, ref_mu[:, :, :got.shape[2]], rtol=0, atol=1e-6)
+            torch.testing.assert_close(torch.cat(recs[g], 2), torch.clamp(ref, -1, 1)[:, :, :sum(r.shape[2] for r in recs[g])], rtol=0, atol=1e-5)
+    assert not torch.equal(clips[0], clips[1])
+    assert [len(m) for m in mus] == [3, 3]  # this seed: both clips 13 frames, so both groups carry caches

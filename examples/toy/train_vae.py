@@ -98,6 +98,9 @@ def parse_args(argv=None):
                         "which carry over (detached) from one step to the next, as in truncated backpropagation "
                         "through time. Every window after a clip's first sees the caches of a long clip without the "
                         "warm-up passes of --warmup-latents (which it replaces)")
+    p.add_argument("--stream-groups", type=int, default=8,
+                   help="with --stream-seconds: this many streams (each with its own clips and caches) take turns, "
+                        "so consecutive steps see different clips")
     p.add_argument("--save-every", type=int, default=0, help="also save (with latent stats) every N steps")
     return p.parse_args(argv)
 
@@ -261,29 +264,51 @@ def decode_tail(model, z: torch.Tensor, lead: int) -> torch.Tensor:
 
 class Streams:
     """Batch rows streamed window by window through the VAE's causal caches (truncated backprop
-    through time): `next_window` gives the next `1 + 4k` (a clip's first window: the causal first
+    through time). `next_window` gives the next `1 + 4k` (a clip's first window: the causal first
     frame and k chunks) or `4k` frames of every row, with `first` telling whether the caches start
-    empty. All rows share one clip length, drawn again (and the caches cleared) when they end or
-    when the crop size changes."""
+    empty. The rows of a group share one clip length and are drawn again (caches cleared) when
+    they end or the crop size changes. `groups` streams take turns, each with its own caches
+    (`enter` puts them into the model, `leave` detaches and keeps them), so consecutive steps see
+    different clips: one group alone would train on the same few clips for dozens of steps."""
 
-    def __init__(self, rng: np.random.Generator, chunks: int, max_seconds: float):
+    def __init__(self, rng: np.random.Generator, chunks: int, max_seconds: float, groups: int = 1):
         self.rng, self.chunks, self.max_frames = rng, chunks, max(1 + 4 * chunks, int(max_seconds * FPS))
-        self.clip, self.pos, self.key = None, 0, None
+        self.groups = [{"clip": None, "pos": 0, "key": None, "caches": None} for _ in range(groups)]
+        self.turn = 0
+
+    @property
+    def clip(self):
+        """The current group's (inputs, targets, object weights) of its whole clips."""
+        return self.groups[self.turn]["clip"]
 
     def next_window(self, n: int, crop: int):
-        """(inputs, targets, object weights, first) of the next window for `n` rows at `crop`."""
-        if self.clip is None or self.key != (n, crop) or self.pos >= self.clip[0].shape[2]:
+        """(inputs, targets, object weights, first) of the current group's next window for `n` rows at `crop`."""
+        g = self.groups[self.turn]
+        if g["clip"] is None or g["key"] != (n, crop) or g["pos"] >= g["clip"][0].shape[2]:
             length = 1 + 4 * int(self.rng.integers(self.chunks, (self.max_frames - 1) // 4 + 1))
-            self.clip, self.pos, self.key = batch(self.rng, n, length, crop), 0, (n, crop)
-        a = self.pos
+            g.update(clip=batch(self.rng, n, length, crop), pos=0, key=(n, crop), caches=None)
+        a = g["pos"]
         b = a + (1 + 4 * self.chunks if a == 0 else 4 * self.chunks)
-        self.pos = b
-        x, y, m = (t[:, :, a:b] for t in self.clip)
+        g["pos"] = b
+        x, y, m = (t[:, :, a:b] for t in g["clip"])
         return x, y, m, a == 0
 
+    def enter(self, model) -> None:
+        """Put the current group's caches into `model` (a first window clears them anyway)."""
+        caches = self.groups[self.turn]["caches"]
+        if caches is not None:
+            model._enc_feat_map, model._feat_map = caches
+
+    def leave(self, model) -> None:
+        """After the step: detach the model's caches, keep them with the group, pass the turn."""
+        detach_caches(model)
+        self.groups[self.turn]["caches"] = (model._enc_feat_map, model._feat_map)
+        self.turn = (self.turn + 1) % len(self.groups)
+
     def restart(self) -> None:
-        """Draw new clips at the next window: something else (a save's statistics) used the caches."""
-        self.clip = None
+        """Draw new clips for every group: something else (a save's statistics) used the caches."""
+        for g in self.groups:
+            g.update(clip=None, caches=None)
 
 
 def stream_step(model, x: torch.Tensor, first: bool, noise: float, encoder_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,7 +478,9 @@ def main(argv=None) -> None:
     full_from = int(args.steps * (1 - args.full_frac))
     if args.stream_seconds and ((args.frames - 1) % 4 or args.frames < 5 or args.warmup_latents):
         raise SystemExit("--stream-seconds needs --frames 4k+1 with k >= 1 and no --warmup-latents")
-    streams = Streams(rng, (args.frames - 1) // 4, args.stream_seconds) if args.stream_seconds else None
+    if args.stream_groups < 1:
+        raise SystemExit(f"--stream-groups must be at least 1, got {args.stream_groups}")
+    streams = Streams(rng, (args.frames - 1) // 4, args.stream_seconds, args.stream_groups) if args.stream_seconds else None
     t_start = time.perf_counter()
     model.train()
     hist = []
@@ -462,6 +489,7 @@ def main(argv=None) -> None:
         crop, n = (64, max(1, args.batch // 4)) if full else (args.crop, args.batch)
         if streams is not None:
             x, y, m, first = streams.next_window(n, crop)
+            streams.enter(model)
             mu, rec = stream_step(model, x, first, args.noise, encoder_grad=not args.freeze_encoder)
         else:
             lead = int(rng.integers(0, args.warmup_latents + 1)) if args.warmup_latents else 0  # latent frames run without gradients
@@ -491,7 +519,7 @@ def main(argv=None) -> None:
         opt.step()
         sched.step()
         if streams is not None:
-            detach_caches(model)
+            streams.leave(model)
         d_loss = 0.0
         if disc is not None:  # hinge loss on clean targets vs reconstructions
             disc.requires_grad_(True)
@@ -534,7 +562,7 @@ def main(argv=None) -> None:
         "train": {"init": str(args.init) if args.init else None, "steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "frames": args.frames, "crop": args.crop, "full_frac": args.full_frac, "lr": args.lr,
                   "kl": args.kl, "noise": args.noise, "obj_weight": args.obj_weight, "gan": args.gan, "gan_start": args.gan_start, "freeze_encoder": args.freeze_encoder,
-                  "warmup_latents": args.warmup_latents, "stream_seconds": args.stream_seconds, "wall_s": round(train_s, 1),
+                  "warmup_latents": args.warmup_latents, "stream_seconds": args.stream_seconds, "stream_groups": args.stream_groups, "wall_s": round(train_s, 1),
                   "final_train_psnr_64": float(np.mean([h[1] for h in hist[-20:]]))},
         "params": n_params, "config": config, "eval_s": round(time.perf_counter() - t0, 1),
     })
