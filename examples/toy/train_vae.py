@@ -228,14 +228,18 @@ def evaluate(folder: Path, seed: int, n_clips: int, long_seconds: float) -> dict
 
 
 # -- training ------------------------------------------------------------------------------------
-def encode_chunks(model, x: torch.Tensor, lead: int, encoder_grad: bool = True) -> torch.Tensor:
+def encode_chunks(model, x: torch.Tensor, lead: int, encoder_grad: bool = True, carry: bool = False,
+                  first: bool = True) -> torch.Tensor:
     """Posterior mean of `x` (n, 3, 1 + 4m, h, w), chunk by chunk through the
     causal caches as diffusers' `_encode`/`_decode` do, with the first `lead` latent frames run
     without gradients: they only bring the caches into the state they have deep inside a long clip.
-    Returns the posterior mean of every latent frame (the warm-up ones carry no gradient)."""
-    m = (x.shape[2] - 1) // 4
-    chunks = [x[:, :, :1]] + [x[:, :, 1 + 4 * (i - 1):1 + 4 * i] for i in range(1, m + 1)]
-    model.clear_cache()
+    Returns the posterior mean of every latent frame (the warm-up ones carry no gradient).
+    `carry`: continue from the caches as they are (a stream's window; `x` is 4m frames unless
+    `first`, the clip's first window) instead of clearing them."""
+    if not carry:
+        model.clear_cache()
+    start = 1 if first else 0
+    chunks = ([x[:, :, :1]] if first else []) + [x[:, :, i:i + 4] for i in range(start, x.shape[2], 4)]
     enc = []
     for i, chunk in enumerate(chunks):
         model._enc_conv_idx = [0]
@@ -246,19 +250,24 @@ def encode_chunks(model, x: torch.Tensor, lead: int, encoder_grad: bool = True) 
     return mu
 
 
-def decode_tail(model, z: torch.Tensor, lead: int) -> torch.Tensor:
+def decode_tail(model, z: torch.Tensor, lead: int, carry: bool = False, first: bool = True) -> torch.Tensor:
     """Decode latents `z` (n, C, T, h, w) frame by frame through the decoder's caches; the first
-    `lead` latent frames without gradients. Returns the frames of latent frames lead.. in [-1, 1]."""
-    model.clear_cache()
+    `lead` latent frames without gradients. Returns the frames of latent frames lead.. in [-1, 1].
+    `carry`: continue from the caches as they are and leave them filled (a stream's window, the
+    clip's first one when `first`) instead of clearing them before and after."""
+    if not carry:
+        model.clear_cache()
     x = model.post_quant_conv(z)
     outs = []
     for i in range(z.shape[2]):
         model._conv_idx = [0]
         with torch.set_grad_enabled(i >= lead):
-            out = model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx, first_chunk=i == 0)
+            out = model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx,
+                                first_chunk=first and i == 0)
         if i >= lead:
             outs.append(out)
-    model.clear_cache()
+    if not carry:
+        model.clear_cache()
     return torch.clamp(torch.cat(outs, 2), -1.0, 1.0)
 
 
@@ -316,21 +325,9 @@ def stream_step(model, x: torch.Tensor, first: bool, noise: float, encoder_grad:
     windows before it (cleared when `first`). Returns (posterior mean, reconstruction in [-1, 1])."""
     if first:
         model.clear_cache()
-    chunks = ([x[:, :, :1]] if first else []) + [x[:, :, i:i + 4] for i in range(1 if first else 0, x.shape[2], 4)]
-    enc = []
-    with torch.set_grad_enabled(encoder_grad):
-        for chunk in chunks:
-            model._enc_conv_idx = [0]
-            enc.append(model.encoder(chunk, feat_cache=model._enc_feat_map, feat_idx=model._enc_conv_idx))
-        mu = model.quant_conv(torch.cat(enc, 2))[:, : model.config.z_dim]
+    mu = encode_chunks(model, x, 0, encoder_grad=encoder_grad, carry=True, first=first)
     z = mu + noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
-    h = model.post_quant_conv(z)
-    outs = []
-    for i in range(z.shape[2]):
-        model._conv_idx = [0]
-        outs.append(model.decoder(h[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx,
-                                  first_chunk=first and i == 0))
-    return mu, torch.clamp(torch.cat(outs, 2), -1.0, 1.0)
+    return mu, decode_tail(model, z, 0, carry=True, first=first)
 
 
 def detach_caches(model) -> None:
