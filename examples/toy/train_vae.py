@@ -16,7 +16,8 @@ What it does:
    window). `--stream-seconds` does better at no warm-up cost: each batch row streams a long clip
    window by window with the caches carried over from one step to the next (truncated backprop
    through time), several groups of streams taking turns. Half the inputs go through a simulated
-   H.264 yuv420p round trip (chroma averaged over 2x2 blocks) while the target stays the clean frame, since `semgen extract` reads mp4s;
+   H.264 yuv420p round trip (chroma averaged over 2x2 blocks) while the target stays the clean
+   frame, since `semgen extract` reads mp4s;
 2. measures the per-channel mean/std of the posterior mean over held-out clips and stores them as
    the config's `latents_mean` / `latents_std`, which `load_vae("wan:...")` uses to normalise
    latents to ~zero mean, unit variance;
