@@ -274,6 +274,12 @@ def decode_tail(model, z: torch.Tensor, lead: int, carry: bool = False, first: b
     return torch.clamp(torch.cat(outs, 2), -1.0, 1.0)
 
 
+def with_noise(mu: torch.Tensor, noise: float) -> torch.Tensor:
+    """Posterior mean plus a little noise (`noise` times its RMS, e.g. 10 %): the loader encodes
+    with the mean, and sampling at the initial unit variance buries the signal for hundreds of steps."""
+    return mu + noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
+
+
 class Streams:
     """Batch rows streamed window by window through the VAE's causal caches (truncated backprop
     through time). `next_window` gives the next `1 + 4k` (a clip's first window: the causal first
@@ -329,8 +335,7 @@ def stream_step(model, x: torch.Tensor, first: bool, noise: float, encoder_grad:
     if first:
         model.clear_cache()
     mu = encode_chunks(model, x, 0, encoder_grad=encoder_grad, carry=True, first=first)
-    z = mu + noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
-    return mu, decode_tail(model, z, 0, carry=True, first=first)
+    return mu, decode_tail(model, with_noise(mu, noise), 0, carry=True, first=first)
 
 
 def detach_caches(model) -> None:
@@ -495,10 +500,7 @@ def main(argv=None) -> None:
             lead = int(rng.integers(0, args.warmup_latents + 1)) if args.warmup_latents else 0  # latent frames run without gradients
             x, y, m = batch(rng, n, args.frames, crop, extra=4 * lead)
             mu = encode_chunks(model, x, lead, encoder_grad=not args.freeze_encoder)
-            # Posterior mean plus a little noise (10 % of its RMS): the loader encodes with the mean,
-            # and sampling at the initial unit variance buries the signal for hundreds of steps.
-            z = mu + args.noise * mu.detach().square().mean().sqrt() * torch.randn_like(mu)
-            rec = decode_tail(model, z, lead)
+            rec = decode_tail(model, with_noise(mu, args.noise), lead)
             y, m = y[:, :, tail_frames(lead):], m[:, :, tail_frames(lead):]
         w = 1.0 + args.obj_weight * m
         diff = rec - y
