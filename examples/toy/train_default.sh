@@ -5,7 +5,7 @@
 #
 # 1. the toy components: a small AutoencoderKLWan and a small Qwen2.5-VL vision tower, trained on
 #    toy clips rendered in memory (skipped when semgen_cli/assets/toy/{vae,semantic} exist; set
-#    RETRAIN_COMPONENTS=1 to redo them; each VAE phase saves every 100–250 steps, so a stopped run
+#    RETRAIN_COMPONENTS=1 to redo them; each VAE phase saves every 300–1000 steps, so a stopped run
 #    leaves a usable folder that `train_vae.py --init` continues);
 # 2. toy data with long clips (up to 60 s), leaving the held-out colour × shape × background
 #    combinations of semgen_cli/toy/prompts.py out on purpose;
@@ -33,19 +33,17 @@ THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS
 
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.json ]]; then
-  # three phases (examples/toy/README.md): 5-frame 32x32 crops to learn colours and shapes; 9-frame
-  # windows with half of the steps on whole 64x64 frames and object pixels weighted 16x (at 4x
-  # objects come out in the wrong hue); then the same windows after up to 16 latent frames run
-  # without gradients (--warmup-latents), so the causal caches are in the state they have deep
-  # inside a long clip: trained on clip starts only, the VAE fails a few latent frames past its
-  # window. lr 2e-4: at 5e-4 and above this VAE stalls near 18 dB.
-  python examples/toy/train_vae.py --out "$W/vae-phase1" --steps "${VAE_STEPS1:-1250}" --batch 4 --frames 5 \
-      --lr 2e-4 --noise 0 --full-frac 0 --threads "$THREADS" --save-every 250 --seed 0 --eval-clips 4 --long-seconds 8
-  python examples/toy/train_vae.py --init "$W/vae-phase1" --out "$W/vae-phase2" --steps "${VAE_STEPS2:-1800}" \
-      --batch 4 --frames 9 --lr 2e-4 --noise 0 --full-frac 0.5 --obj-weight 16 --threads "$THREADS" --save-every 200 --seed 0 --eval-clips 4 --long-seconds 8
-  python examples/toy/train_vae.py --init "$W/vae-phase2" --out semgen_cli/assets/toy/vae --steps "${VAE_STEPS3:-1100}" \
-      --batch 4 --frames 9 --warmup-latents 16 --lr 1.5e-4 --noise 0 --full-frac 0.6 --obj-weight 16 --threads "$THREADS" \
-      --save-every 100 --seed 3 --eval-clips 8
+  # two phases (examples/toy/README.md, "Streamed windows"): single 64x64 frames (half of the steps
+  # on 32x32 crops) with object pixels weighted 16x, long enough that the shapes come out (colour
+  # and place are learnt first, the triangle last); then the temporal path on 9-frame windows of
+  # streams up to 60 s long, the causal caches carried from one step to the next (truncated
+  # backprop through time) in 8 groups that take turns, so every window is trained in the state
+  # it has deep inside a long clip.
+  python examples/toy/train_vae.py --out "$W/vae-frames" --base-dim 16 --frames 1 --steps "${VAE_STEPS1:-8000}" \
+      --batch 8 --lr 3e-4 --full-frac 0.5 --obj-weight 16 --noise 0 --threads "$THREADS" --save-every 1000 --seed 21
+  python examples/toy/train_vae.py --init "$W/vae-frames" --out semgen_cli/assets/toy/vae --frames 9 \
+      --stream-seconds 60 --stream-groups 8 --steps "${VAE_STEPS2:-2400}" --batch 12 --lr 2e-4 --full-frac 0.6 \
+      --obj-weight 16 --noise 0.05 --threads "$THREADS" --save-every 300 --seed 17 --eval-clips 8
 fi
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/semantic/config.json ]]; then
   python examples/toy/train_semantic_encoder.py --out semgen_cli/assets/toy/semantic --steps 900 --seed 0
