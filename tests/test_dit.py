@@ -265,3 +265,30 @@ def test_forward_rejects_bad_shapes():
         model(torch.randn(1, 4, 2, 4, 4), torch.rand(1), torch.randn(1, 2, 16), semantic=torch.randn(1, 1, 1, 1, 8))
     with pytest.raises(ValueError, match="text_mask"):
         model(torch.randn(1, 4, 2, 4, 4), torch.rand(1), torch.randn(1, 2, 16), text_mask=torch.zeros(1, 2, dtype=torch.bool))
+
+
+def test_resize_patch_keeps_tokens_of_block_constant_input():
+    """resize_patch: on input constant over each old 2x2 patch, every new 1x1 token embeds as the
+    old token did, and each new head output is the mean of the old outputs over the patch."""
+    from semgen_cli.models.dit import resize_patch
+
+    torch.manual_seed(0)
+    old = DiT(preset("tiny", in_channels=4, text_dim=8, semantic_dim=0, patch=(1, 2, 2)))
+    for p in old.parameters():
+        torch.nn.init.normal_(p)
+    new = DiT(preset("tiny", in_channels=4, text_dim=8, semantic_dim=0, patch=(1, 1, 1)))
+    state = resize_patch(old.state_dict(), (1, 2, 2), (1, 1, 1))
+    new.load_state_dict(state)
+    blocks = torch.randn(1, 4, 2, 3, 3)
+    x = blocks.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)  # (1, 4, 2, 6, 6), constant per 2x2
+    e_old = old.patch_embed(x)  # (1, D, 2, 3, 3)
+    e_new = new.patch_embed(x)  # (1, D, 2, 6, 6)
+    torch.testing.assert_close(e_new, e_old.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4))
+    h = torch.randn(5, old.config.dim)
+    want = old.head(h).reshape(5, 2, 2, 4).mean(dim=(1, 2))  # rows in (pt, ph, pw, C) order
+    torch.testing.assert_close(new.head(h), want)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in new.state_dict().items()}
+    resized = {"patch_embed.weight", "head.weight", "head.bias"}
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in state.items() if k not in resized)  # blocks kept
+    with pytest.raises(ConfigError, match="cannot be resized"):
+        resize_patch(old.state_dict(), (1, 2, 2), (1, 3, 3))

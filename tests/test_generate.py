@@ -309,3 +309,16 @@ def test_prompts_file_through_the_cli(runs, tmp_path, cli):
     out = " ".join(res.stdout.split())
     assert f"semgen drift {tmp_path / 'batch-000.mp4'} {tmp_path / 'batch-001.mp4'}" in out
     assert "peak memory" in out and "warning:" in out and "extrapolates" in out  # 5 s > the 4 s clips it was trained on
+
+
+def test_stage1_with_a_finer_patch_generates(runs, tmp_path):
+    """A stage 1 fine-tuned with --patch 1,1,1 (the tiny run resized, compressor frozen) pairs with its stage 2
+    and generates the asked duration: generate builds the DiT from the run's own config."""
+    from semgen_cli.steps.train_latent import TrainLatentConfig, train_latent
+    from semgen_cli.training import TrainConfig
+
+    lat = tmp_path / "lat-p1"
+    train_latent(TrainLatentConfig(str(runs / "data"), out=str(lat), preset="tiny", init=str(runs / "lat"), patch=(1, 1, 1), freeze_compressor=True),
+                 TrainConfig(steps=1, batch_size=2))
+    res = generate(cfg(runs, tmp_path / "p1.mp4", latent_run=str(lat), seconds=2))
+    assert frames_of(res.videos[0].path).shape[0] == 2 * FPS

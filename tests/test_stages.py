@@ -424,3 +424,39 @@ def test_train_semantic_windows_cut_longer_clips(data, latent, tmp_path):
         r = run_cli(*common, "--windows", bad, "--out", str(tmp_path / "bad"))
         assert r.returncode == 2 and "--windows" in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
+
+
+def test_train_latent_patch_init_resizes_a_coarser_run(data, compressor, latent, tmp_path):
+    """--patch 1,1,1 --init RUN (patch 1,2,2): the blocks come from RUN, the patch embedding and
+    head are RUN's resized (resize_patch); the run records its patch, and --resume keeps it."""
+    from semgen_cli.models.dit import DiT, DiTConfig, resize_patch
+    from semgen_cli.runs import split_state
+    from semgen_cli.steps.fit_compressor import load_compressor
+    from semgen_cli.steps.train_latent import init_from_run
+    from semgen_cli.training import load_checkpoint_weights
+
+    comp, comp_cfg = load_compressor(compressor)
+    dit = DiT(DiTConfig.from_dict({**json.loads((latent / "config.json").read_text())["dit"], "patch": [1, 1, 1]}))
+    init_from_run(dit, comp, latent, "semantic", comp_cfg["fingerprint"])
+    want = resize_patch(split_state(load_checkpoint_weights(latent, "ema"), "dit"), (1, 2, 2), (1, 1, 1))
+    for k, v in dit.state_dict().items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2"]
+    r = run_cli(*common, "--steps", "1", "--init", str(latent), "--patch", "1,1,1", "--out", str(tmp_path / "p1"))
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "p1" / "config.json").read_text())
+    assert cfg["dit"]["patch"] == [1, 1, 1] and cfg["settings"]["patch"] == [1, 1, 1]
+    r = run_cli(*common, "--steps", "2", "--patch", "1,1,1", "--init", str(latent), "--out", str(tmp_path / "p1"), "--resume")
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*common, "--steps", "3", "--out", str(tmp_path / "p1"), "--resume")  # without --patch: another DiT
+    assert r.returncode == 2 and "different dit" in r.stderr
+
+
+@pytest.mark.parametrize("patch, message", [("1,2", "three positive integers"), ("a,b,c", "three positive integers"),
+                                            ("1,0,1", "three positive integers"), ("1,4,4", "does not divide")])
+def test_train_latent_patch_errors(data, compressor, latent, tmp_path, patch, message):
+    r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2",
+                "--steps", "1", "--init", str(latent), "--patch", patch, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "x" / "checkpoints").exists()

@@ -27,6 +27,7 @@ def command(
     motion_weight: Annotated[float, typer.Option(help="Weight α of moving latent positions in the loss: 1 + α·(their change between frames / its batch mean); 0: plain MSE.")] = 0.0,
     init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = False,
+    patch: Annotated[Optional[str], typer.Option(help="DiT patch T,H,W in latent cells (default: the preset's 1,2,2). 1,1,1 makes one token per latent cell (4× the tokens). With --init RUN of a coarser patch, RUN's patch embedding and head are resized to it.")] = None,
     steps: T.Steps = 1000,
     batch_size: T.BatchSize = 8,
     grad_accum: T.GradAccum = 1,
@@ -58,14 +59,14 @@ def command(
         data=str(data), out=str(out), compressor=str(compressor) if compressor else None, preset=preset,
         attention=attention, window=window, condition=condition, freeze_compressor=freeze_compressor,
         clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
-        init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight,
+        init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight, patch=_patch(patch),
     )
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     settings_table("semgen train-latent", {
         "data": data, "compressor": compressor or (f"that of {init}" if init and condition != "none" else "—"), "out": out, "preset": preset,
         "attention": f"{attention} (T_w={window})" if attention == "swin" else attention, "condition": condition,
         "compressor training": "frozen" if freeze_compressor else "joint (KL)", "steps": steps, "batch": batch_size,
-        "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:
         result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps)
@@ -73,3 +74,18 @@ def command(
     if result.interrupted:
         rows["stopped early"] = T.resume_hint(sys.argv[1:])
     summary("stage 1", rows, next_command=f"semgen train-semantic {data} --latent-run {out} --out {out.parent / 'semantic'}")
+
+
+def _patch(text: str | None) -> tuple[int, ...] | None:
+    """`--patch 1,1,1` → (1, 1, 1); anything else is a one-line error."""
+    from semgen_cli.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        patch = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--patch must be three positive integers T,H,W (e.g. 1,1,1), got {text!r}") from None
+    if len(patch) != 3 or min(patch) < 1:
+        raise ConfigError(f"--patch must be three positive integers T,H,W (e.g. 1,1,1), got {text!r}")
+    return patch

@@ -571,3 +571,32 @@ class DiT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def resize_patch(state: dict[str, torch.Tensor], old: tuple[int, int, int], new: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """A DiT state dict trained with patch `old`, rewritten for the finer patch `new`.
+
+    Each old patch splits into whole new patches (every `old[i]` a multiple of `new[i]`); only the
+    patch embedding and the output head change shape, the blocks are kept. The new embedding is
+    the old one's response to a patch that repeats the new patch's content in every slot (its
+    kernel summed over the slots), and each new output is the mean of the old outputs over the
+    slots of the same sub-position. So on input that is constant over the old patches a new token
+    starts as the old token, as FlexiViT resizes patch embeddings (Beyer et al. 2023); RoPE then
+    counts positions on the finer grid, which fine-tuning adapts to.
+    """
+    old, new = tuple(old), tuple(new)
+    if any(o % n for o, n in zip(old, new)):
+        raise ConfigError(f"patch {old} cannot be resized to {new}: each size must divide the old one")
+    groups = tuple(o // n for o, n in zip(old, new))
+    out = dict(state)
+    w = state["patch_embed.weight"]  # (D, C, *old)
+    D, C = w.shape[:2]
+    w = w.reshape(D, C, groups[0], new[0], groups[1], new[1], groups[2], new[2])
+    out["patch_embed.weight"] = w.sum(dim=(2, 4, 6)).contiguous()
+    hw, hb = state["head.weight"], state["head.bias"]  # rows in (pt, ph, pw, C_out) order
+    c_out = hw.shape[0] // math.prod(old)
+    hw = hw.reshape(groups[0], new[0], groups[1], new[1], groups[2], new[2], c_out, -1)
+    hb = hb.reshape(groups[0], new[0], groups[1], new[1], groups[2], new[2], c_out)
+    out["head.weight"] = hw.mean(dim=(0, 2, 4)).reshape(-1, hw.shape[-1]).contiguous()
+    out["head.bias"] = hb.mean(dim=(0, 2, 4)).reshape(-1).contiguous()
+    return out

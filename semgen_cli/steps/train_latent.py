@@ -66,6 +66,9 @@ class TrainLatentConfig:
     """wan:PATH to start the DiT from Wan2.1 weights (diffusers WanTransformer3DModel folder), or a
     train-latent run folder to fine-tune (its EMA DiT; e.g. on the latents of a new VAE)."""
     gradient_checkpointing: bool = False
+    patch: tuple[int, int, int] | None = None
+    """DiT patch (t, h, w); None: the preset's (1, 2, 2). With --init RUN of a coarser patch the
+    run's weights are resized to it (`semgen_cli.models.dit.resize_patch`)."""
 
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
@@ -85,6 +88,12 @@ class TrainLatentConfig:
             raise ConfigError(f"--motion-weight must be a finite number >= 0, got {self.motion_weight}")
         if self.semantic_noise < 0:
             raise ConfigError(f"--semantic-noise must be >= 0, got {self.semantic_noise}")
+        if self.patch is not None:
+            self.patch = tuple(int(x) for x in self.patch)
+            if len(self.patch) != 3 or min(self.patch) < 1:
+                raise ConfigError(f"--patch must be three positive integers T,H,W, got {','.join(map(str, self.patch))}")
+            if self.init and self.init.startswith("wan:"):
+                raise ConfigError("--patch cannot be combined with --init wan:PATH (Wan's patch is fixed)")
         if self.init is not None and not self.init.strip():
             raise ConfigError("--init: expected wan:PATH or a train-latent run folder, got an empty string")
 
@@ -255,7 +264,8 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
     from semgen_cli.models.dit import DiT
     from semgen_cli.models.presets import preset
 
-    dit_cfg = preset(cfg.preset, in_channels=in_channels, text_dim=text_dim, semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
+    extra = {"patch": cfg.patch} if cfg.patch else {}
+    dit_cfg = preset(cfg.preset, in_channels=in_channels, text_dim=text_dim, semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window, **extra)
     if cfg.init_run:
         dit = DiT(dit_cfg)
         if load_init:  # not when resuming: the checkpoint holds the weights
@@ -280,12 +290,19 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
     it must read the same conditions: the same DiT shape, and a compressor fitted by the same
     fit-compressor run, since the in-context tokens mean what that compressor makes of the
     semantic features. The compressor continues from the state the run ended with (the same
-    weights when that run kept it frozen)."""
+    weights when that run kept it frozen). A DiT whose patch is finer than the run's gets the
+    run's weights resized (`resize_patch`)."""
+    from semgen_cli.models.dit import resize_patch
     from semgen_cli.runs import read_run, split_state
     from semgen_cli.training import load_sampling_weights
 
     before = read_run(run, "train-latent", flag)
-    if before.get("dit") != dit.config.to_dict():
+    theirs_dit, ours = dict(before.get("dit") or {}), dit.config.to_dict()
+    old_patch = tuple(theirs_dit.pop("patch", ours["patch"]))
+    if old_patch != tuple(ours["patch"]) and any(o % n for o, n in zip(old_patch, ours["patch"])):
+        raise MismatchError(f"{flag} {run}: trained with patch {','.join(map(str, old_patch))}, which --patch "
+                            f"{','.join(map(str, ours['patch']))} does not divide; pass a patch whose sizes divide it")
+    if theirs_dit != {k: v for k, v in ours.items() if k != "patch"}:
         s = before.get("settings", {})
         theirs = f"preset {s.get('preset', '?')}, {s.get('attention', '?')} attention, window {s.get('window', '?')}, {before.get('dit', {}).get('in_channels', '?')} latent channels"
         raise MismatchError(f"{flag} {run}: trained with another DiT ({theirs}); pass the same --preset/--attention/--window")
@@ -295,7 +312,10 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
     if source != compressor_fingerprint:
         raise MismatchError(f"{flag} {run}: started from compressor {source}, not the --compressor given ({compressor_fingerprint}); pass the same --compressor")
     state = load_sampling_weights(run)
-    dit.load_state_dict(split_state(state, "dit"))
+    dit_state = split_state(state, "dit")
+    if old_patch != tuple(ours["patch"]):
+        dit_state = resize_patch(dit_state, old_patch, tuple(ours["patch"]))
+    dit.load_state_dict(dit_state)
     if compressor is not None:
         compressor.load_state_dict(split_state(state, "compressor"))
 
