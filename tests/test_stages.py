@@ -460,3 +460,24 @@ def test_train_latent_patch_errors(data, compressor, latent, tmp_path, patch, me
                 "--steps", "1", "--init", str(latent), "--patch", patch, "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_train_semantic_accepts_a_latent_run_on_another_vae(data, latent, tmp_path):
+    """Stage 2 reads text and semantic features only: a --latent-run whose data came from another
+    VAE (a stage 1 fine-tuned on a new VAE's latents) is accepted; another text encoder is not."""
+    import shutil
+
+    def latent_with(role: str, fingerprint: str) -> Path:
+        run = tmp_path / f"lat-{role}"
+        shutil.copytree(latent, run)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["data"]["components"][role]["fingerprint"] = fingerprint
+        (run / "config.json").write_text(json.dumps(cfg))
+        return run
+
+    common = ["train-semantic", str(data), "--preset", "tiny", "--batch-size", "2", "--steps", "1"]
+    r = run_cli(*common, "--latent-run", str(latent_with("vae", "wan:000000000000")), "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*common, "--latent-run", str(latent_with("text", "minilm:000000000000")), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "text encoder" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "b" / "checkpoints").exists()

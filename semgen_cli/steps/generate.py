@@ -344,7 +344,9 @@ def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> N
     compressor, whose fingerprint is checked where it is loaded), so its data must share the text
     and semantic encoders with stage 1's. The VAE may differ: a stage 1 fine-tuned on the latents
     of a new VAE still takes the plans of the stage 2 it was paired with."""
-    for role in ("text", "semantic"):
+    from semgen_cli.steps.train_semantic import STAGE2_ROLES
+
+    for role in STAGE2_ROLES:
         want = lat["data"]["components"].get(role, {}).get("fingerprint")
         have = sem["data"]["components"].get(role, {}).get("fingerprint")
         if want != have:

@@ -178,6 +178,12 @@ def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
     return compressor.eval(), tensors_fingerprint(comp_state, "compressor:"), cfg
 
 
+STAGE2_ROLES = ("semantic", "text")
+"""The components whose outputs stage 2 reads (text embeddings, semantic features compressed by
+stage 1's compressor): its data and its stage 1's must share them. The VAE may differ, since stage
+2 never sees latents: a stage 1 fine-tuned on a new VAE's latents keeps its stage 2."""
+
+
 def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False):
     from semgen_cli.flow import dimension_shift
     from semgen_cli.models.dit import DiT
@@ -188,7 +194,7 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     if not len(data):
         raise InputError(f"{cfg.data}: the data set has no samples")
     compressor, comp_fp, lat = load_latent_compressor(cfg.latent_run)
-    for role in ("semantic", "text", "vae"):
+    for role in STAGE2_ROLES:
         want = lat["data"]["components"].get(role, {}).get("fingerprint")
         have = data.components.get(role, {}).get("fingerprint")
         if want != have:
