@@ -77,15 +77,12 @@ def command(
 
 
 def _patch(text: str | None) -> tuple[int, ...] | None:
-    """`--patch 1,1,1` → (1, 1, 1); anything else is a one-line error."""
+    """`--patch 1,1,1` → (1, 1, 1); TrainLatentConfig checks that it is three positive sizes."""
     from semgen_cli.errors import ConfigError
 
     if text is None:
         return None
     try:
-        patch = tuple(int(x) for x in text.split(","))
+        return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise ConfigError(f"--patch must be three positive integers T,H,W (e.g. 1,1,1), got {text!r}") from None
-    if len(patch) != 3 or min(patch) < 1:
-        raise ConfigError(f"--patch must be three positive integers T,H,W (e.g. 1,1,1), got {text!r}")
-    return patch

@@ -298,10 +298,11 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
 
     before = read_run(run, "train-latent", flag)
     theirs_dit, ours = dict(before.get("dit") or {}), dit.config.to_dict()
-    old_patch = tuple(theirs_dit.pop("patch", ours["patch"]))
-    if old_patch != tuple(ours["patch"]) and any(o % n for o, n in zip(old_patch, ours["patch"])):
+    new_patch = tuple(ours["patch"])
+    old_patch = tuple(theirs_dit.pop("patch", new_patch))
+    if any(o % n for o, n in zip(old_patch, new_patch)):
         raise MismatchError(f"{flag} {run}: trained with patch {','.join(map(str, old_patch))}, which --patch "
-                            f"{','.join(map(str, ours['patch']))} does not divide; pass a patch whose sizes divide it")
+                            f"{','.join(map(str, new_patch))} does not divide; pass a patch whose sizes divide it")
     if theirs_dit != {k: v for k, v in ours.items() if k != "patch"}:
         s = before.get("settings", {})
         theirs = f"preset {s.get('preset', '?')}, {s.get('attention', '?')} attention, window {s.get('window', '?')}, {before.get('dit', {}).get('in_channels', '?')} latent channels"
@@ -313,8 +314,8 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
         raise MismatchError(f"{flag} {run}: started from compressor {source}, not the --compressor given ({compressor_fingerprint}); pass the same --compressor")
     state = load_sampling_weights(run)
     dit_state = split_state(state, "dit")
-    if old_patch != tuple(ours["patch"]):
-        dit_state = resize_patch(dit_state, old_patch, tuple(ours["patch"]))
+    if old_patch != new_patch:
+        dit_state = resize_patch(dit_state, old_patch, new_patch)
     dit.load_state_dict(dit_state)
     if compressor is not None:
         compressor.load_state_dict(split_state(state, "compressor"))
