@@ -1132,7 +1132,14 @@ def train(
             d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint, fsdp,
             fsdp_modules, device,
         )
-        return trainer.run(ckpt)
-    finally:
+        result = trainer.run(ckpt)
+    except BaseException:
         if d.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    if d.owns_group and dist.is_initialized():
+        # Every rank is done with its collectives before any rank tears its gloo/NCCL pairs down
+        # (a rank leaving early while a peer still talks on a pair can abort that peer at exit).
+        dist.barrier()
+        dist.destroy_process_group()
+    return result

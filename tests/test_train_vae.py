@@ -207,3 +207,30 @@ def test_stream_groups_take_turns_with_their_own_caches():
             torch.testing.assert_close(torch.cat(recs[g], 2), torch.clamp(ref, -1, 1)[:, :, :sum(r.shape[2] for r in recs[g])], rtol=0, atol=1e-5)
     assert not torch.equal(clips[0], clips[1])
     assert [len(m) for m in mus] == [3, 3]  # this seed: both clips 13 frames, so both groups carry caches
+
+
+def _script_calls(script: Path, name: str) -> list[list[str]]:
+    """Arguments of each `python examples/toy/NAME ...` call in a bash script: continuation lines
+    joined, `${VAR:-default}` replaced by its default, a `$VAR` by the default the script gives it
+    (`VAR=${VAR:-default}`) or else by the placeholder X."""
+    import re
+    import shlex
+
+    text = re.sub(r"\\\n\s*", " ", script.read_text())
+    defaults = dict(re.findall(r"^(\w+)=\$\{\w+:-([^}]*)\}", text, flags=re.M))
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+    text = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), "X"), text)
+    return [shlex.split(line)[2:] for line in text.splitlines()
+            if line.strip().startswith(f"python examples/toy/{name} ")]
+
+
+def test_train_default_script_calls_parse():
+    """Each train_vae.py call in train_default.sh is accepted by train_vae.py's own parser, so the
+    script that reproduces the bundle cannot drift from the flags the trainer has."""
+    T = _train_vae()
+    calls = _script_calls(TOY / "train_default.sh", "train_vae.py")
+    assert len(calls) == 3  # single frames, streamed windows, the decoder alone
+    parsed = [T.parse_args(argv) for argv in calls]
+    assert [a.freeze_encoder for a in parsed] == [False, False, True]
+    assert parsed[1].init == parsed[0].out and parsed[2].init == parsed[1].out  # each phase continues the last
+    assert parsed[2].out == Path("semgen_cli/assets/toy/vae")

@@ -33,17 +33,21 @@ THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS
 
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.json ]]; then
-  # two phases (examples/toy/README.md, "Streamed windows"): single 64x64 frames (half of the steps
+  # three phases (examples/toy/README.md, "Streamed windows"): single 64x64 frames (half of the steps
   # on 32x32 crops) with object pixels weighted 16x, long enough that the shapes come out (colour
   # and place are learnt first, the triangle last); then the temporal path on 9-frame windows of
   # streams up to 60 s long, the causal caches carried from one step to the next (truncated
   # backprop through time) in 8 groups that take turns, so every window is trained in the state
-  # it has deep inside a long clip.
+  # it has deep inside a long clip; then the decoder alone, longer, on whole 64x64 frames of the
+  # same streams (the encoder, so the latents, stay as phase 2 left them).
   python examples/toy/train_vae.py --out "$W/vae-frames" --base-dim 16 --frames 1 --steps "${VAE_STEPS1:-8000}" \
       --batch 8 --lr 3e-4 --full-frac 0.5 --obj-weight 16 --noise 0 --threads "$THREADS" --save-every 1000 --seed 21
-  python examples/toy/train_vae.py --init "$W/vae-frames" --out semgen_cli/assets/toy/vae --frames 9 \
+  python examples/toy/train_vae.py --init "$W/vae-frames" --out "$W/vae-stream" --frames 9 \
       --stream-seconds 60 --stream-groups 8 --steps "${VAE_STEPS2:-2400}" --batch 12 --lr 2e-4 --full-frac 0.6 \
       --obj-weight 16 --noise 0.05 --threads "$THREADS" --save-every 300 --seed 17 --eval-clips 8
+  python examples/toy/train_vae.py --init "$W/vae-stream" --freeze-encoder --out semgen_cli/assets/toy/vae --frames 9 \
+      --stream-seconds 60 --stream-groups 8 --steps "${VAE_STEPS3:-2400}" --batch 12 --lr 1.5e-4 --full-frac 1.0 \
+      --obj-weight 16 --noise 0.05 --threads "$THREADS" --save-every 300 --seed 23 --eval-clips 8
 fi
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/semantic/config.json ]]; then
   python examples/toy/train_semantic_encoder.py --out semgen_cli/assets/toy/semantic --steps 900 --seed 0
