@@ -49,6 +49,9 @@ def test_info_names_the_bundle():
     r = run_cli("info")
     assert r.returncode == 0, r.stderr
     assert "toy" in r.stdout and "pipeline.json" in r.stdout
+    p = read_json(PIPELINE)
+    for c in p["components"].values():  # the fingerprints of what loads, not of what the data came from
+        assert c["fingerprint"] in r.stdout
 
 
 @pytest.mark.slow

@@ -76,6 +76,21 @@ def test_generate_decodes_with_a_new_decoder_and_records_it(runs, tmp_path):
     assert meta["settings"]["vae"] == f"wan:{wide}"
 
 
+def test_cli_summary_names_the_vae_that_decoded(runs, tmp_path):
+    """The settings table names what the runs were trained on; the summary after loading names the
+    VAE that decoded, here a new decoder on the runs' encoder."""
+    tiny = load_vae("tiny")
+    wide = _with_new_decoder(tmp_path / "wide", tiny.module, decoder_base_dim=12)
+    res = run_inproc("generate", PROMPT, "--seconds", "1", "--steps", "2", "--latent-run", str(runs / "lat"),
+                     "--semantic-run", str(runs / "sem"), "--vae", f"wan:{wide}", "--out", str(tmp_path / "o.mp4"))
+    assert res.returncode == 0, res.stderr
+    at = res.stdout.rindex("  components ")  # the summary's row; the settings table's is "trained on"
+    settings, summary = ("".join(part.split()) for part in (res.stdout[:at], res.stdout[at:]))  # rich wraps long values
+    new_fp = load_vae(f"wan:{wide}").fingerprint
+    assert tiny.fingerprint in settings and new_fp not in settings
+    assert new_fp in summary
+
+
 def test_generate_refuses_a_vae_with_another_encoder(runs, tmp_path):
     _tiny_module(1).save_pretrained(tmp_path / "other", safe_serialization=True)
     with pytest.raises(MismatchError, match="only a VAE with the runs' encoder"):
@@ -141,7 +156,8 @@ def _bundle(runs: Path, root: Path) -> Path:
         c = json.loads(path.read_text())
         c["data"]["components"]["vae"] = {"spec": "toy", "fingerprint": fp}
         path.write_text(json.dumps(c))
-    (assets / "pipeline.json").write_text(json.dumps({"name": "toy", "components": {"vae": {"spec": "toy", "fingerprint": fp}}}))
+    (assets / "pipeline.json").write_text(json.dumps({"name": "toy", "latent_run": "toy/runs/latent", "semantic_run": "toy/runs/semantic",
+                                                      "components": {"vae": {"spec": "toy", "fingerprint": fp}}}))
     return assets
 
 
@@ -154,9 +170,10 @@ def test_swap_decoder_replaces_the_bundled_decoder_and_records_the_encoder(runs,
     now = load_vae(f"wan:{assets / 'toy' / 'vae'}")
     assert out == {"old": old.fingerprint, "new": now.fingerprint, "encoder": old.encoder_fingerprint}
     assert now.fingerprint == load_vae(f"wan:{wide}").fingerprint != old.fingerprint
-    for run in ("latent", "semantic"):
-        entry = json.loads((assets / "toy" / "runs" / run / "config.json").read_text())["data"]["components"]["vae"]
-        assert entry == {"spec": "toy", "fingerprint": old.fingerprint, "encoder_fingerprint": old.encoder_fingerprint}
+    entry = json.loads((assets / "toy" / "runs" / "latent" / "config.json").read_text())["data"]["components"]["vae"]
+    assert entry == {"spec": "toy", "fingerprint": old.fingerprint, "encoder_fingerprint": old.encoder_fingerprint}
+    entry = json.loads((assets / "toy" / "runs" / "semantic" / "config.json").read_text())["data"]["components"]["vae"]
+    assert entry == {"spec": "toy", "fingerprint": old.fingerprint}  # stage 2 never sees latents: left as it was
     pipeline = json.loads((assets / "pipeline.json").read_text())
     assert pipeline["components"]["vae"]["fingerprint"] == now.fingerprint
     assert not (assets / "toy" / "vae.new").exists() and not (assets / "toy" / "vae.old").exists()
@@ -175,14 +192,22 @@ def test_swap_decoder_refuses_another_encoder_and_changes_nothing(runs, tmp_path
     assert {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()} == before
 
 
-def test_swap_decoder_refuses_runs_of_another_vae(runs, tmp_path):
+@pytest.mark.parametrize("run", ["semantic", "latent"])
+def test_swap_decoder_checks_only_stage_1s_vae(runs, tmp_path, run):
+    """A stage 1 trained on another VAE's latents is refused (re-bundle first); a stage 2 is not
+    looked at: it never sees latents, as `semgen generate` allows."""
     sd = _swap_module()
     assets = _bundle(runs, tmp_path)
-    path = assets / "toy" / "runs" / "semantic" / "config.json"
+    path = assets / "toy" / "runs" / run / "config.json"
     c = json.loads(path.read_text())
     c["data"]["components"]["vae"]["fingerprint"] = "wan:000000000000"
     path.write_text(json.dumps(c))
+    before = path.read_bytes()
     wide = _with_new_decoder(tmp_path / "wide", load_vae(f"wan:{assets / 'toy' / 'vae'}").module, decoder_base_dim=12)
-    with pytest.raises(SystemExit, match="re-bundle"):
+    if run == "latent":
+        with pytest.raises(SystemExit, match="re-bundle"):
+            sd.swap(wide, assets)
+    else:
         sd.swap(wide, assets)
-    assert load_vae(f"wan:{assets / 'toy' / 'vae'}").fingerprint != load_vae(f"wan:{wide}").fingerprint  # not swapped
+    swapped = load_vae(f"wan:{assets / 'toy' / 'vae'}").fingerprint == load_vae(f"wan:{wide}").fingerprint
+    assert swapped == (run == "semantic") and path.read_bytes() == before

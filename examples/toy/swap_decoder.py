@@ -7,9 +7,11 @@ NEW_VAE_FOLDER comes from `train_vae.py --init semgen_cli/assets/toy/vae --freez
 Diffusion's sd-vae-ft-mse replaced its decoder the same way, without retraining the generator).
 
 1. Refuses unless NEW has the bundled VAE's encoder (`encoder_fingerprint`).
-2. Each bundled run's config.json must record the bundled VAE (by fingerprint); its VAE entry gains
-   `encoder_fingerprint`, which data extracted before semgen recorded it lacks and which is what
-   lets `semgen generate` accept a VAE with another decoder. Written atomically.
+2. The bundled stage 1 (pipeline.json's `latent_run`) must record the bundled VAE (by fingerprint);
+   its VAE entry gains `encoder_fingerprint`, which data extracted before semgen recorded it lacks
+   and which is what lets `semgen generate` accept a VAE with another decoder. Written atomically.
+   Stage 2 is not looked at: it never sees latents, so its data may come from any VAE (the rule
+   `semgen generate` applies to a pair of runs).
 3. NEW replaces ASSETS/toy/vae (copied beside it, then renamed into place), and pipeline.json is
    rewritten last with the new VAE's fingerprint.
 
@@ -39,11 +41,12 @@ def swap(new: Path, assets: Path) -> dict:
     if new_vae.encoder_fingerprint != enc:
         raise SystemExit(f"{new}: its encoder {new_vae.encoder_fingerprint} is not the bundled VAE's {enc}; "
                          "only a decoder trained on the frozen bundled encoder (train_vae.py --freeze-encoder) keeps the runs valid")
-    for cfg_path in sorted((assets / "toy" / "runs").glob("*/config.json")):
-        cfg = read_json(cfg_path)
-        entry = cfg["data"]["components"]["vae"]
-        if entry.get("encoder_fingerprint") == enc:
-            continue
+    pipeline_path = assets / "pipeline.json"
+    pipeline = read_json(pipeline_path)
+    cfg_path = assets / pipeline["latent_run"] / "config.json"
+    cfg = read_json(cfg_path)
+    entry = cfg["data"]["components"]["vae"]
+    if entry.get("encoder_fingerprint") != enc:
         if entry.get("fingerprint") != old_vae.fingerprint:
             raise SystemExit(f"{cfg_path}: trained on VAE {entry.get('fingerprint')}, not the bundled {old_vae.fingerprint}; "
                              "re-bundle the runs first (bundle.py)")
@@ -53,12 +56,10 @@ def swap(new: Path, assets: Path) -> dict:
         staged, retired = target.with_name("vae.new"), target.with_name("vae.old")
         for leftover in (staged, retired):
             shutil.rmtree(leftover, ignore_errors=True)
-        shutil.copytree(new, staged, ignore=shutil.ignore_patterns("train_report.json", "*.log"))
+        shutil.copytree(new, staged, ignore=shutil.ignore_patterns("*.log"))
         target.rename(retired)
         staged.rename(target)
         shutil.rmtree(retired)
-    pipeline_path = assets / "pipeline.json"
-    pipeline = read_json(pipeline_path)
     pipeline["components"]["vae"]["fingerprint"] = new_vae.fingerprint
     pipeline["components"]["vae"]["encoder_fingerprint"] = enc
     pipeline["bundle_bytes"] = sum(p.stat().st_size for p in (assets / "toy").rglob("*") if p.is_file())

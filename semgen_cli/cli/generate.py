@@ -100,6 +100,7 @@ def command(
         f"{k} +{m['above_start'] / mib:.0f} MiB" for k, m in last.memory_per_stage.items()
     )
     rows["pipeline"] = f"{result.pipeline}: latent {result.latent_run}" + (f", semantic {result.semantic_run}" if result.semantic_run else "")
+    rows["components"] = ", ".join(f"{role} {fp}" for role, fp in result.components.items())
     rows["device"] = f"{result.device}, {result.dtype}"
     summary("generated", rows, next_command=result.drift_command)
 

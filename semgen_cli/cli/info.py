@@ -25,8 +25,13 @@ def command() -> None:
         if bundle.get("held_out_combinations"):
             rows["  held out"] = ", ".join(" ".join(c) for c in bundle["held_out_combinations"])
         cfg = read_json(latent / "config.json")
-        for role, c in cfg["data"]["components"].items():
+        data = cfg["data"]["components"]  # what stage 1's data was extracted with
+        for role, c in (bundle.get("components") or data).items():  # what loads
             rows[f"  {role}"] = f"{c.get('spec')}  {c.get('fingerprint')}"
+            trained = data.get(role, {}).get("fingerprint")
+            if trained and trained != c.get("fingerprint"):
+                rows[f"  {role}"] += (f"  (another decoder on the encoder of {trained}, which made stage 1's latents)"
+                                      if role == "vae" else f"  (stage 1 was trained with {trained})")
         rows["  latent run"] = f"{latent.name}: {cfg['settings']['preset']} DiT, {cfg['settings']['attention']} attention"
         rows["  semantic run"] = semantic.name
     except SemgenError as err:

@@ -233,7 +233,8 @@ class Resolved:
             "decode": f"{cfg.decode_chunk} latent frames per chunk, causal cache kept" + (f", VAE {cfg.vae} (not the runs' own)" if cfg.vae else ""),
             "seed": cfg.seed,
             "device": f"{cfg.device}, {cfg.dtype}",
-            "components": ", ".join(f"{role} {c.get('fingerprint')}" for role, c in comps.items()),
+            # what the runs' data was extracted with; the summary after loading names what decoded
+            "trained on": ", ".join(f"{role} {c.get('fingerprint')}" for role, c in comps.items()),
         }
         return rows
 
@@ -504,6 +505,8 @@ class GenerateResult:
     device: str
     dtype: str
     warnings: list[str]
+    components: dict[str, str]
+    """role -> fingerprint of what was loaded (the VAE that decoded may have another decoder than the runs')."""
 
     @property
     def drift_command(self) -> str:
@@ -745,6 +748,8 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     pipe = Pipeline(cfg, r, reporter)
     stages.end()
     load_seconds, load_memory = stages.seconds.pop("load"), stages.memory.pop("load")
+    # the VAE that decodes may have another decoder than the runs' own (the encoder may not differ)
+    loaded = {**{role: c.get("fingerprint") for role, c in r.components.items()}, "vae": pipe.vae.fingerprint}
     paths = output_paths(cfg.out, len(cfg.prompts))
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("prompts", "out")}
     videos = []
@@ -787,8 +792,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                 "latent_run": {"path": str(Path(r.latent_run).resolve()), "compressor_fingerprint": pipe.compressor_fingerprint},
                 "semantic_run": str(Path(r.semantic_run).resolve()) if r.semantic_run and r.plan_source == "stage 2" else None,
                 "pipeline": r.pipeline,
-                # the VAE that decoded (its decoder may differ from the runs' own; the encoder may not)
-                "components": {**{role: c.get("fingerprint") for role, c in r.components.items()}, "vae": pipe.vae.fingerprint},
+                "components": loaded,
             }
             sem_path = None
             if cfg.save_semantics:
@@ -818,7 +822,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     return GenerateResult(
         videos=videos, load_seconds=load_seconds, load_memory=load_memory, memory_kind=stages.meter.kind,
         pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,
-        device=str(device), dtype=str(dtype).removeprefix("torch."), warnings=r.warnings,
+        device=str(device), dtype=str(dtype).removeprefix("torch."), warnings=r.warnings, components=loaded,
     )
 
 
