@@ -133,14 +133,19 @@ def test_toy_eval_passes_vae_through(runs, tmp_path):
         toy_eval(cfg)
 
 
-def _swap_module():
+def _example(name: str):
+    """examples/toy/NAME.py as a module."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "toy" / "swap_decoder.py"
-    spec = importlib.util.spec_from_file_location("swap_decoder", path)
+    path = Path(__file__).resolve().parents[1] / "examples" / "toy" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _swap_module():
+    return _example("swap_decoder")
 
 
 def _bundle(runs: Path, root: Path) -> Path:
@@ -211,3 +216,33 @@ def test_swap_decoder_checks_only_stage_1s_vae(runs, tmp_path, run):
         sd.swap(wide, assets)
     swapped = load_vae(f"wan:{assets / 'toy' / 'vae'}").fingerprint == load_vae(f"wan:{wide}").fingerprint
     assert swapped == (run == "semantic") and path.read_bytes() == before
+
+
+@pytest.mark.parametrize("encoder", ["same", "other"])
+def test_bundle_records_the_vae_that_loads(runs, tmp_path, encoder):
+    """Re-bundling after a decoder swap: pipeline.json names the swapped-in VAE (what `toy` loads),
+    not the one stage 1's data recorded; a VAE with another encoder is refused, pipeline.json unwritten."""
+    bundle = _example("bundle")
+    base = _tiny_module(0)
+    base.save_pretrained(tmp_path / "base", safe_serialization=True)
+    old = load_vae(f"wan:{tmp_path / 'base'}")
+    work = tmp_path / "work"
+    for src, dst in (("lat", "latent"), ("sem", "semantic")):
+        shutil.copytree(runs / src, work / dst)
+        path = work / dst / "config.json"
+        c = json.loads(path.read_text())
+        c["data"]["components"]["vae"] = {"spec": "toy", "fingerprint": old.fingerprint, "encoder_fingerprint": old.encoder_fingerprint}
+        path.write_text(json.dumps(c))
+    assets = tmp_path / "assets"
+    if encoder == "same":
+        _with_new_decoder(assets / "toy" / "vae", base, decoder_base_dim=12)
+        bundle.main(str(work), str(assets))
+        entry = json.loads((assets / "pipeline.json").read_text())["components"]["vae"]
+        now = load_vae(f"wan:{assets / 'toy' / 'vae'}")
+        assert entry["fingerprint"] == now.fingerprint != old.fingerprint
+        assert entry["encoder_fingerprint"] == old.encoder_fingerprint
+    else:
+        _tiny_module(1).save_pretrained(assets / "toy" / "vae", safe_serialization=True)
+        with pytest.raises(SystemExit, match="did not make stage 1's latents"):
+            bundle.main(str(work), str(assets))
+        assert not (assets / "pipeline.json").exists()

@@ -12,7 +12,8 @@ config.json under the training folder are written as `WORKDIR/...` (the training
 absolute paths mean nothing elsewhere, and nothing reads them to load the pipeline). Then
 `pipeline.json` is written last, naming the runs, every component with its fingerprint, the
 held-out combinations and the sizes, so `semgen generate` with no runs finds the bundle and
-`semgen info` can say what it is.
+`semgen info` can say what it is. Its VAE is the one ASSETS/toy/vae holds: after a decoder swap
+(swap_decoder.py) that is the new decoder, on the encoder stage 1's data came from.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def copy_run(src: Path, dst: Path, work_dir: Path) -> None:
     (dst / "checkpoints" / "latest").write_text(ckpt.name + "\n")
 
 
+def loaded_vae(assets_dir: Path, recorded: dict) -> dict:
+    """pipeline.json's VAE entry: the one stage 1's data recorded, unless ASSETS/toy/vae (what the
+    `toy` spec loads) is another decoder on the same encoder (swap_decoder.py), then its fingerprint."""
+    folder = assets_dir / "toy" / "vae"
+    if recorded.get("spec") != "toy" or not (folder / "config.json").is_file():
+        return recorded
+    from semgen_cli.components import load_vae
+
+    vae = load_vae(f"wan:{folder}")
+    if vae.fingerprint == recorded.get("fingerprint"):
+        return recorded
+    if vae.encoder_fingerprint != recorded.get("encoder_fingerprint"):
+        raise SystemExit(f"{folder}: its encoder {vae.encoder_fingerprint} did not make stage 1's latents "
+                         f"({recorded.get('encoder_fingerprint') or recorded.get('fingerprint')}); extract and train on this VAE first")
+    return {**recorded, "fingerprint": vae.fingerprint}
+
+
 def main(work: str, assets: str = "semgen_cli/assets", latent: str = "latent", semantic: str = "semantic") -> None:
     work_dir, assets_dir = Path(work), Path(assets)
     runs = assets_dir / "toy" / "runs"
@@ -66,7 +84,8 @@ def main(work: str, assets: str = "semgen_cli/assets", latent: str = "latent", s
         "latent_run": "toy/runs/latent",
         "semantic_run": "toy/runs/semantic",
         "components": {role: {k: c[k] for k in ("spec", "class", "fingerprint", "encoder_fingerprint") if k in c}
-                       for role, c in lat["data"]["components"].items()},
+                       for role, c in {**lat["data"]["components"],
+                                       "vae": loaded_vae(assets_dir, lat["data"]["components"]["vae"])}.items()},
         "compressor_fingerprint": sem["latent_run"]["compressor_fingerprint"],
         "latent_dit": {"preset": lat["settings"]["preset"], "attention": lat["settings"]["attention"], "window": lat["settings"]["window"]},
         "semantic_dit": {"preset": sem["settings"]["preset"]},
