@@ -144,10 +144,6 @@ def _example(name: str):
     return module
 
 
-def _swap_module():
-    return _example("swap_decoder")
-
-
 def _bundle(runs: Path, root: Path) -> Path:
     """A bundle-shaped folder: toy/vae, toy/runs/{latent,semantic} recording that VAE the old way
     (no encoder fingerprint), pipeline.json."""
@@ -167,7 +163,7 @@ def _bundle(runs: Path, root: Path) -> Path:
 
 
 def test_swap_decoder_replaces_the_bundled_decoder_and_records_the_encoder(runs, tmp_path):
-    sd = _swap_module()
+    sd = _example("swap_decoder")
     assets = _bundle(runs, tmp_path)
     old = load_vae(f"wan:{assets / 'toy' / 'vae'}")
     wide = _with_new_decoder(tmp_path / "wide", old.module, decoder_base_dim=12)
@@ -188,7 +184,7 @@ def test_swap_decoder_replaces_the_bundled_decoder_and_records_the_encoder(runs,
 
 
 def test_swap_decoder_refuses_another_encoder_and_changes_nothing(runs, tmp_path):
-    sd = _swap_module()
+    sd = _example("swap_decoder")
     assets = _bundle(runs, tmp_path)
     before = {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()}
     _tiny_module(1).save_pretrained(tmp_path / "other", safe_serialization=True)
@@ -201,7 +197,7 @@ def test_swap_decoder_refuses_another_encoder_and_changes_nothing(runs, tmp_path
 def test_swap_decoder_checks_only_stage_1s_vae(runs, tmp_path, run):
     """A stage 1 trained on another VAE's latents is refused (re-bundle first); a stage 2 is not
     looked at: it never sees latents, as `semgen generate` allows."""
-    sd = _swap_module()
+    sd = _example("swap_decoder")
     assets = _bundle(runs, tmp_path)
     path = assets / "toy" / "runs" / run / "config.json"
     c = json.loads(path.read_text())
@@ -245,4 +241,4 @@ def test_bundle_records_the_vae_that_loads(runs, tmp_path, encoder):
         _tiny_module(1).save_pretrained(assets / "toy" / "vae", safe_serialization=True)
         with pytest.raises(SystemExit, match="did not make stage 1's latents"):
             bundle.main(str(work), str(assets))
-        assert not (assets / "pipeline.json").exists()
+        assert not (assets / "pipeline.json").exists() and not (assets / "toy" / "runs").exists()  # nothing copied

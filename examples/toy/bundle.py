@@ -73,6 +73,8 @@ def loaded_vae(assets_dir: Path, recorded: dict) -> dict:
 def main(work: str, assets: str = "semgen_cli/assets", latent: str = "latent", semantic: str = "semantic") -> None:
     work_dir, assets_dir = Path(work), Path(assets)
     runs = assets_dir / "toy" / "runs"
+    # checked before anything is copied: a refused VAE leaves the bundle as it was
+    vae = loaded_vae(assets_dir, read_json(work_dir / latent / "config.json")["data"]["components"]["vae"])
     copy_run(work_dir / latent, runs / "latent", work_dir)
     copy_run(work_dir / semantic, runs / "semantic", work_dir)
     lat = read_json(runs / "latent" / "config.json")
@@ -84,8 +86,7 @@ def main(work: str, assets: str = "semgen_cli/assets", latent: str = "latent", s
         "latent_run": "toy/runs/latent",
         "semantic_run": "toy/runs/semantic",
         "components": {role: {k: c[k] for k in ("spec", "class", "fingerprint", "encoder_fingerprint") if k in c}
-                       for role, c in {**lat["data"]["components"],
-                                       "vae": loaded_vae(assets_dir, lat["data"]["components"]["vae"])}.items()},
+                       for role, c in {**lat["data"]["components"], "vae": vae}.items()},
         "compressor_fingerprint": sem["latent_run"]["compressor_fingerprint"],
         "latent_dit": {"preset": lat["settings"]["preset"], "attention": lat["settings"]["attention"], "window": lat["settings"]["window"]},
         "semantic_dit": {"preset": sem["settings"]["preset"]},
