@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from semgen_cli.io.shards import read_json
+from semgen_cli.steps.generate import GenerateConfig
 from tests.conftest import run_cli
 
 ASSETS = Path(__file__).resolve().parents[1] / "semgen_cli" / "assets"
@@ -66,3 +67,6 @@ def test_generate_on_the_bundle_is_judged_right(tmp_path):
     assert res.frames == 32
     assert res.accuracy["background"] >= MIN_BACKGROUND, json.dumps(res.accuracy)
     assert res.accuracy["colour"] >= MIN_COLOUR, json.dumps(res.accuracy)
+    settings = json.loads(out.with_suffix(".json").read_text())["settings"]  # the flags' defaults are GenerateConfig's
+    assert (settings["semantic_cfg"], settings["latent_cfg"]) == (GenerateConfig.semantic_cfg, GenerateConfig.latent_cfg)
+    assert (settings["semantic_steps"], settings["latent_steps"]) == (GenerateConfig.semantic_steps, GenerateConfig.latent_steps)

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from semgen_cli.steps.generate import GenerateConfig
+
 Run = Annotated[Optional[Path], typer.Option(file_okay=False, show_default=False)]
 
 
@@ -17,10 +19,10 @@ def command(
     latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (stage 1). Default: the bundled pipeline.", file_okay=False, show_default=False)] = None,
     semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (stage 2). Default: the bundled pipeline.", file_okay=False, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of all noise; the same seed gives the same frames.")] = 0,
-    steps: Annotated[Optional[int], typer.Option(help="Euler steps of both stages (default 30).", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option(help=f"Euler steps of both stages (default {GenerateConfig.latent_steps}).", show_default=False)] = None,
     semantic_steps: Annotated[Optional[int], typer.Option(help="Euler steps of stage 2 (overrides --steps).", show_default=False)] = None,
     latent_steps: Annotated[Optional[int], typer.Option(help="Euler steps of stage 1 (overrides --steps).", show_default=False)] = None,
-    cfg: Annotated[Optional[float], typer.Option("--cfg", help="CFG scale of both stages (default: 5 for stage 2, 2 for stage 1; 1 = off).", show_default=False)] = None,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help=f"CFG scale of both stages (default: {GenerateConfig.semantic_cfg:g} for stage 2, {GenerateConfig.latent_cfg:g} for stage 1; 1 = off).", show_default=False)] = None,
     semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (overrides --cfg).", show_default=False)] = None,
     latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (overrides --cfg).", show_default=False)] = None,
     semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: half the σ max the latent run was trained with).", show_default=False)] = None,
@@ -43,7 +45,7 @@ def command(
     """
     from semgen_cli.cli.options import parse_size
     from semgen_cli.errors import ConfigError
-    from semgen_cli.steps.generate import GenerateConfig, read_prompts, resolve
+    from semgen_cli.steps.generate import read_prompts, resolve
 
     # 1. flags -> config, refused before anything loads (one line, exit 2)
     if prompt is not None and prompts_file is not None:
@@ -60,10 +62,10 @@ def command(
         latent_run=str(latent_run) if latent_run else None,
         semantic_run=str(semantic_run) if semantic_run else None,
         seed=seed,
-        semantic_steps=_pick(semantic_steps, steps, 30),
-        latent_steps=_pick(latent_steps, steps, 30),
-        semantic_cfg=_pick(semantic_cfg, cfg, 5.0),
-        latent_cfg=_pick(latent_cfg, cfg, 2.0),
+        semantic_steps=_pick(semantic_steps, steps, GenerateConfig.semantic_steps),
+        latent_steps=_pick(latent_steps, steps, GenerateConfig.latent_steps),
+        semantic_cfg=_pick(semantic_cfg, cfg, GenerateConfig.semantic_cfg),
+        latent_cfg=_pick(latent_cfg, cfg, GenerateConfig.latent_cfg),
         semantic_noise=semantic_noise,
         fps=fps,
         size=parse_size(size),
