@@ -288,6 +288,33 @@ def test_train_latent_init_run_without_compressor_reuses_the_runs_compressor(dat
     assert set(losses(tmp_path / "b")) == {1, 2, 3}
 
 
+def test_train_latent_init_run_reads_its_weights_once(data, latent, tmp_path, monkeypatch):
+    """--init RUN without --compressor: the compressor and the DiT come from the same weights,
+    read from disk once (a Wan-sized run is gigabytes); the DiT still starts from RUN's EMA."""
+    import semgen_cli.training as training
+    from semgen_cli.runs import split_state
+    from semgen_cli.steps.train_latent import TrainLatentConfig, build_dit, train_latent
+
+    reads = []
+    real = training.load_sampling_weights
+    monkeypatch.setattr(training, "load_sampling_weights", lambda run: reads.append(str(run)) or real(run))
+    built = []  # the DiT's weights as build_dit returns them, before any step
+
+    def build(*args, **kwargs):
+        dit = build_dit(*args, **kwargs)
+        built.append({k: v.clone() for k, v in dit.state_dict().items()})
+        return dit
+
+    monkeypatch.setattr("semgen_cli.steps.train_latent.build_dit", build)
+    train_latent(TrainLatentConfig(str(data), out=str(tmp_path / "b"), preset="tiny", init=str(latent), freeze_compressor=True),
+                 training.TrainConfig(steps=1, batch_size=2))
+    assert reads == [str(latent)]
+    want = split_state(real(latent), "dit")
+    assert len(built) == 1 and set(built[0]) == set(want)
+    for k, v in built[0].items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+
 def test_train_latent_init_run_without_compressor_errors(data, tmp_path):
     base = ["--preset", "tiny", "--steps", "1", "--batch-size", "2"]
     assert run_cli("train-latent", str(data), "--condition", "none", *base, "--out", str(tmp_path / "ct")).returncode == 0

@@ -260,7 +260,7 @@ def motion_weights(z0: torch.Tensor, alpha: float, cap: float = 10.0) -> torch.T
     return 1 + alpha * m
 
 
-def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int, compressor=None, compressor_fingerprint: str | None = None, load_init: bool = True):
+def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int, compressor=None, compressor_fingerprint: str | None = None, load_init: bool = True, init_state=None):
     from semgen_cli.models.dit import DiT
     from semgen_cli.models.presets import preset
 
@@ -270,7 +270,7 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
         dit = DiT(dit_cfg)
         if load_init:  # not when resuming: the checkpoint holds the weights
             # without --compressor the compressor already is the init run's (compressor_of_run)
-            init_from_run(dit, compressor if cfg.compressor else None, cfg.init, cfg.condition, compressor_fingerprint)
+            init_from_run(dit, compressor if cfg.compressor else None, cfg.init, cfg.condition, compressor_fingerprint, state=init_state)
         return dit
     if cfg.init:
         dit = DiT.from_wan(cfg.init[len("wan:"):], semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
@@ -283,8 +283,9 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
     return DiT(dit_cfg)
 
 
-def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_fingerprint: str | None, flag: str = "--init") -> None:
-    """Load the DiT (and compressor) weights of train-latent `run` (EMA, else model) in place.
+def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_fingerprint: str | None, flag: str = "--init", state=None) -> None:
+    """Load the DiT (and compressor) weights of train-latent `run` (EMA, else model; `state`: those
+    weights already read, by `compressor_of_run`) in place.
 
     The run may have been trained on another VAE's latents (that is what a fine-tune is for), but
     it must read the same conditions: the same DiT shape, and a compressor fitted by the same
@@ -312,7 +313,7 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
     source = (before.get("compressor_source") or {}).get("fingerprint")
     if source != compressor_fingerprint:
         raise MismatchError(f"{flag} {run}: started from compressor {source}, not the --compressor given ({compressor_fingerprint}); pass the same --compressor")
-    state = load_sampling_weights(run)
+    state = load_sampling_weights(run) if state is None else state
     dit_state = split_state(state, "dit")
     if old_patch != new_patch:
         dit_state = resize_patch(dit_state, old_patch, new_patch)
@@ -322,7 +323,8 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
 
 
 def compressor_of_run(run: str | Path, flag: str = "--init"):
-    """(compressor, a record like load_compressor's) of train-latent `run`: the compressor it ended
+    """(compressor, a record like load_compressor's, the run's sampling weights) of train-latent
+    `run`: the compressor it ended
     with, standing in for --compressor when fine-tuning a run whose fit-compressor folder is not at
     hand (a bundle such as semgen_cli/assets/toy/runs/latent keeps only the runs). The record names
     the fit-compressor run the compressor came from, so the new run has the same lineage."""
@@ -335,10 +337,11 @@ def compressor_of_run(run: str | Path, flag: str = "--init"):
     if before.get("compressor") is None or source is None:
         raise MismatchError(f"{flag} {run}: trained without a compressor (--condition none); pass --compressor")
     compressor = Compressor(CompressorConfig.from_dict(before["compressor"]))
-    compressor.load_state_dict(split_state(load_sampling_weights(run), "compressor"))
+    state = load_sampling_weights(run)
+    compressor.load_state_dict(split_state(state, "compressor"))
     record = {"fingerprint": source["fingerprint"], "features": source["features"], "path": source["path"],
               "data": {"components": before["data"]["components"]}}
-    return compressor.eval(), record
+    return compressor.eval(), record, state
 
 
 def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10):
@@ -351,13 +354,15 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
         raise InputError(f"{cfg.data}: the data set has no samples")
     p = data.producer
     fps, sfps = float(p["fps"]), float(p["semantic_fps"])
-    compressor, comp_run = None, None
+    compressor, comp_run, init_state = None, None, None
     if cfg.condition != "none":
         if cfg.compressor:
             compressor, comp_run = load_compressor(cfg.compressor)
         else:  # --init RUN without --compressor; a resumed run reads its own config (the init run may be gone)
             own = resume and (Path(cfg.out) / "checkpoints" / "latest").is_file()
-            compressor, comp_run = compressor_of_run(Path(cfg.out) if own else cfg.init)
+            compressor, comp_run, init_state = compressor_of_run(Path(cfg.out) if own else cfg.init)
+            if own:  # resuming: the checkpoint holds the DiT's weights
+                init_state = None  # else the DiT starts from these same weights, read once (build_dit)
         named = f"--compressor {cfg.compressor}" if cfg.compressor else f"the compressor of --init {cfg.init}"
         if comp_run["features"] != cfg.condition:
             raise MismatchError(f"{named}: fitted on {comp_run['features']} features, but --condition is {cfg.condition}")
@@ -393,7 +398,8 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
     resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run["fingerprint"] if comp_run else None, load_init=resume_from is None)
+    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run["fingerprint"] if comp_run else None, load_init=resume_from is None, init_state=init_state)
+    del init_state
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     config = {
         "step": "train-latent",
