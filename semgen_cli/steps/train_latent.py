@@ -360,9 +360,10 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
             compressor, comp_run = load_compressor(cfg.compressor)
         else:  # --init RUN without --compressor; a resumed run reads its own config (the init run may be gone)
             own = resume and (Path(cfg.out) / "checkpoints" / "latest").is_file()
+            # the DiT starts from the same weights as the compressor: read once, kept for build_dit
             compressor, comp_run, init_state = compressor_of_run(Path(cfg.out) if own else cfg.init)
-            if own:  # resuming: the checkpoint holds the DiT's weights
-                init_state = None  # else the DiT starts from these same weights, read once (build_dit)
+            if own:
+                init_state = None  # resuming: the checkpoint holds the DiT's weights
         named = f"--compressor {cfg.compressor}" if cfg.compressor else f"the compressor of --init {cfg.init}"
         if comp_run["features"] != cfg.condition:
             raise MismatchError(f"{named}: fitted on {comp_run['features']} features, but --condition is {cfg.condition}")
