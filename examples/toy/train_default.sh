@@ -10,7 +10,7 @@
 # 2. toy data with long clips (up to 60 s), leaving the held-out colour × shape × background
 #    combinations of semgen_cli/toy/prompts.py out on purpose;
 # 3. semgen's own commands: extract → fit-compressor → train-latent → train-semantic, then a
-#    fine-tune of each at a lower lr (stage 1 with --motion-weight);
+#    fine-tune of each at a lower lr;
 # 4. bundle.py copies the EMA weights into semgen_cli/assets/ and writes pipeline.json.
 #
 # Sizes and step counts are environment variables (defaults below), so a GPU run can raise them.
@@ -24,9 +24,10 @@ COMP_STEPS=${COMP_STEPS:-1500}
 LATENT_STEPS=${LATENT_STEPS:-16000}   # the bundled stage 1 got 16000 (in pieces), then the fine-tune below
 SEMANTIC_STEPS=${SEMANTIC_STEPS:-4000}  # the bundled stage 2: 4000 from nothing at shift 4, then the fine-tune below
 # Fine-tunes at a lower lr (0 skips them). The bundled runs got them in pieces, each with its own
-# warm-up and cosine: stage 1 3000 steps plain at 5e-5, then 3000 at 5e-5 and 6000 at 1e-4 with
-# --motion-weight 2; stage 2 1500 + 3000 steps at 1e-4 (examples/toy/README.md).
-LATENT_FT_STEPS=${LATENT_FT_STEPS:-9000}
+# warm-up and cosine (examples/toy/README.md): stage 1, on this VAE's latents, 66000 steps with the
+# plain loss in pieces of 6000-9000 (the first at lr 2e-4, the rest at 1e-4; shape rose with every
+# piece); stage 2 1500 + 3000 steps at 1e-4. Here each is one run.
+LATENT_FT_STEPS=${LATENT_FT_STEPS:-66000}
 SEMANTIC_FT_STEPS=${SEMANTIC_FT_STEPS:-4500}
 BATCH=${BATCH:-16}
 THREADS=${THREADS:-2}
@@ -39,15 +40,22 @@ if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.jso
   # streams up to 60 s long, the causal caches carried from one step to the next (truncated
   # backprop through time) in 8 groups that take turns, so every window is trained in the state
   # it has deep inside a long clip; then the decoder alone, longer, on whole 64x64 frames of the
-  # same streams (the encoder, so the latents, stay as phase 2 left them).
+  # same streams (the encoder, so the latents, stay as phase 2 left them), in three runs: 2400 steps,
+  # then twice 1200 more at a lower lr (each lifted stage 1's generated shapes: examples/toy/README.md).
   python examples/toy/train_vae.py --out "$W/vae-frames" --base-dim 16 --frames 1 --steps "${VAE_STEPS1:-8000}" \
       --batch 8 --lr 3e-4 --full-frac 0.5 --obj-weight 16 --noise 0 --threads "$THREADS" --save-every 1000 --seed 21
   python examples/toy/train_vae.py --init "$W/vae-frames" --out "$W/vae-stream" --frames 9 \
       --stream-seconds 60 --stream-groups 8 --steps "${VAE_STEPS2:-2400}" --batch 12 --lr 2e-4 --full-frac 0.6 \
       --obj-weight 16 --noise 0.05 --threads "$THREADS" --save-every 300 --seed 17 --eval-clips 8
-  python examples/toy/train_vae.py --init "$W/vae-stream" --freeze-encoder --out semgen_cli/assets/toy/vae --frames 9 \
+  python examples/toy/train_vae.py --init "$W/vae-stream" --freeze-encoder --out "$W/vae-decoder" --frames 9 \
       --stream-seconds 60 --stream-groups 8 --steps "${VAE_STEPS3:-2400}" --batch 12 --lr 1.5e-4 --full-frac 1.0 \
       --obj-weight 16 --noise 0.05 --threads "$THREADS" --save-every 300 --seed 23 --eval-clips 8
+  python examples/toy/train_vae.py --init "$W/vae-decoder" --freeze-encoder --out "$W/vae-decoder2" --frames 9 \
+      --stream-seconds 60 --stream-groups 8 --steps "${VAE_STEPS4:-1200}" --batch 12 --lr 1e-4 --full-frac 1.0 \
+      --obj-weight 16 --noise 0.05 --threads "$THREADS" --save-every 300 --seed 31 --eval-clips 8
+  python examples/toy/train_vae.py --init "$W/vae-decoder2" --freeze-encoder --out semgen_cli/assets/toy/vae --frames 9 \
+      --stream-seconds 60 --stream-groups 8 --steps "${VAE_STEPS5:-1200}" --batch 12 --lr 1e-4 --full-frac 1.0 \
+      --obj-weight 16 --noise 0.05 --threads "$THREADS" --save-every 300 --seed 37 --eval-clips 8
 fi
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/semantic/config.json ]]; then
   python examples/toy/train_semantic_encoder.py --out semgen_cli/assets/toy/semantic --steps 900 --seed 0
@@ -94,10 +102,8 @@ if (( SEMANTIC_FT_STEPS > 0 )); then
       --steps "$SEMANTIC_FT_STEPS" --lr 1e-4 --warmup 50 --out "$W/semantic-ft" $(resume "$W/semantic-ft") > "$W/semantic-ft.log" 2>&1
   SEMANTIC_RUN=semantic-ft
 fi
-# --motion-weight 2 (the loss weighted towards latent positions that change between frames) is how the
-# bundled stage 1 was fine-tuned; a control with the plain loss scored the same (examples/toy/README.md)
 if (( LATENT_FT_STEPS > 0 )); then
-  semgen train-latent "$W/data" "${LATENT_FLAGS[@]}" --init "$W/latent" --motion-weight 2 \
+  semgen train-latent "$W/data" "${LATENT_FLAGS[@]}" --init "$W/latent" \
       --steps "$LATENT_FT_STEPS" --lr 1e-4 --warmup 100 --out "$W/latent-ft" $(resume "$W/latent-ft") > "$W/latent-ft.log" 2>&1
   LATENT_RUN=latent-ft
 fi
