@@ -66,18 +66,42 @@ def main() -> None:
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except (typer.Exit, SystemExit) as err:  # --help, --version, typer.Exit(code)
-        sys.exit(getattr(err, "exit_code", getattr(err, "code", 0)) or 0)
-    except Exception as err:  # click usage errors and the like
-        import click
-
-        if isinstance(err, click.exceptions.Abort):
-            _fail("aborted", 1)
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+    except SystemExit:
         raise
+    except Exception as err:  # click usage errors, from whichever click typer brings
+        kind = _click_kind(err)
+        if kind is None:
+            raise
+        if kind == "Abort":
+            _fail("aborted", 1)
+        if kind == "Exit":
+            sys.exit(getattr(err, "exit_code", 0) or 0)
+        _show_usage_error(err)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_kind(err: BaseException) -> str | None:
+    """'ClickException', 'Abort' or 'Exit' when `err` is one of click's, else None.
+
+    Typer 0.12–0.15 raise the exceptions of the `click` package; later typers vendor click as
+    `typer._click`, whose classes are not the standalone package's. Matching by class name within
+    a module whose name mentions click holds for both (and for whatever a new release brings).
+    """
+    for cls in type(err).__mro__:
+        if "click" in cls.__module__ and cls.__name__ in ("ClickException", "Abort", "Exit"):
+            return cls.__name__
+    return None
+
+
+def _show_usage_error(err: Exception) -> None:
+    """Print a click usage error the way click does (a usage line, a hint, one error line);
+    fall back to the bare message if the error cannot show itself."""
+    try:
+        err.show()  # type: ignore[attr-defined]
+    except Exception:
+        msg = getattr(err, "format_message", lambda: str(err))()
+        _fail(msg, 2)
 
 
 def _fail(message: str, code: int) -> None:
