@@ -14,9 +14,10 @@ when starting from Wan (`resolve_shift`); text dropped (zeroed) with probability
 classifier-free guidance. Text reaches cross-attention as its real tokens with a mask, or, when
 starting from Wan, the way Wan's pipeline feeds it: zero-padded to the text encoder's length
 (512 UMT5 tokens) with no mask (`resolve_text`), so that a Wan-initialised model starts from
-Wan's behaviour for a prompt; the run records which, and `generate` follows it. Not in the paper: `--motion-weight α` weights each
-latent position's squared error by how much it changes between frames (`motion_weights`), for
-small models that otherwise spend the loss on a still background (0, the default: plain MSE).
+Wan's behaviour for a prompt; the run records which, and `generate` follows it. Not in the
+paper: `--motion-weight α` weights each latent position's squared error by how much it changes
+between frames (`motion_weights`), for small models that otherwise spend the loss on a still
+background (0, the default: plain MSE). docs/method.md lists every such choice.
 """
 
 from __future__ import annotations
