@@ -44,8 +44,10 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def dimension_shift(num_elements: int, base: int = 4096) -> float:
-    """RAE's dimension-dependent shift ``sqrt(num_elements / base)`` (elements of one sample)."""
-    return math.sqrt(num_elements / base)
+    """RAE's dimension-dependent shift ``sqrt(num_elements / base)`` (elements of one sample), never
+    below 1: the rule is for spaces larger than RAE's base, and a shift below 1 would move the
+    training timesteps towards the data end for small spaces (a toy stage 2 gets about 0.2)."""
+    return max(1.0, math.sqrt(num_elements / base))
 
 
 def sample_timesteps(

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from semgen_cli.components import load_semantic_encoder, qwen_patchify, smart_resize
-from semgen_cli.components.semantic_encoder import CLIP_STD, TINY_QWEN_VISION
+from semgen_cli.components.semantic_encoder import (
+    QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, QWEN_VIDEO_MAX_PIXELS, QWEN_VIDEO_MIN_PIXELS, TINY_QWEN_VISION,
+    default_pixel_bounds,
+)
 from semgen_cli.errors import ConfigError, InputError
 
-# One uint8 level after CLIP normalisation: PIL's fixed-point bicubic may differ from ours by it.
-ONE_LEVEL = 1 / 255 / min(CLIP_STD) + 1e-5
+# Float32 rounding of the normalisation only: the resize itself is Pillow's, level for level.
+EXACT = dict(rtol=0, atol=1e-5)
 
 
 def _video(f, h, w, seed=0):
@@ -52,10 +55,54 @@ def test_patchify_equals_qwen_image_processor(hw):
     ref = _processor()(images=[img], return_tensors="pt")
     pixel_values, grid = qwen_patchify(img[None])
     assert grid.tolist() == ref["image_grid_thw"].tolist()
-    assert pixel_values.shape == ref["pixel_values"].shape
-    diff = (pixel_values - ref["pixel_values"].float()).abs()
-    assert diff.max() <= ONE_LEVEL
-    assert (diff > 1e-5).float().mean() < 2e-3  # off by one level on a handful of pixels at most
+    torch.testing.assert_close(pixel_values, ref["pixel_values"].float(), **EXACT)
+
+
+# Wan's 480p and 720p frames, under the image processor's bounds and under Qwen2.5-VL's video
+# bounds: 480x832 -> 476x840 shrinks the height and grows the width (Pillow resizes the rows
+# first), 720x1280 -> 560x1008 shrinks both (columns first), 720x1280 -> 728x1288 grows both.
+@pytest.mark.parametrize("hw", [(480, 832), (720, 1280)])
+@pytest.mark.parametrize("bounds", [(QWEN_MIN_PIXELS, QWEN_MAX_PIXELS), (QWEN_VIDEO_MIN_PIXELS, QWEN_VIDEO_MAX_PIXELS)],
+                         ids=["image-bounds", "video-bounds"])
+def test_patchify_equals_qwen_processor_at_wan_sizes(hw, bounds):
+    img = _video(1, *hw, seed=7)[0]
+    lo, hi = bounds
+    ref = _processor(min_pixels=lo, max_pixels=hi)(images=[img], return_tensors="pt")
+    pixel_values, grid = qwen_patchify(img[None], min_pixels=lo, max_pixels=hi)
+    assert grid.tolist() == ref["image_grid_thw"].tolist()
+    torch.testing.assert_close(pixel_values, ref["pixel_values"].float(), **EXACT)
+
+
+def test_pillow_pass_order_rule():
+    # Pillow itself, level for level, on sizes either side of the pass-order boundary (the other
+    # order puts about 30 % of values off there), growing, shrinking and mixed.
+    from PIL import Image
+
+    from semgen_cli.components.semantic_encoder import _vertical_first, resize_uint8
+
+    img = _video(1, 60, 60, seed=3)[0]
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    for h, w in [(30, 44), (30, 46), (42, 51), (42, 52), (54, 66), (66, 90), (30, 30), (7, 200)]:
+        ref = np.array(Image.fromarray(img).resize((w, h), Image.BICUBIC))
+        assert torch.equal(resize_uint8(x, (h, w)), torch.from_numpy(ref).permute(2, 0, 1)[None].float()), (h, w)
+    assert not _vertical_first(60, 60, 30, 44) and _vertical_first(60, 60, 30, 46)
+    assert _vertical_first(480, 832, 476, 840) and not _vertical_first(720, 1280, 560, 1008)
+
+
+def test_default_bounds_are_qwen_video_processor_defaults():
+    # transformers' Qwen2VLVideoProcessor (which Qwen2.5-VL uses for videos) needs torchvision to
+    # import, so its class attribute `size` is read from the installed source.
+    import ast
+    import importlib.util
+
+    src = importlib.util.find_spec("transformers.models.qwen2_vl.video_processing_qwen2_vl").origin
+    tree = ast.parse(open(src).read())
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Qwen2VLVideoProcessor")
+    size = next(n.value for n in cls.body if isinstance(n, ast.Assign) and n.targets[0].id == "size")
+    size = eval(compile(ast.Expression(size), src, "eval"))
+    assert (QWEN_VIDEO_MIN_PIXELS, QWEN_VIDEO_MAX_PIXELS) == (size["shortest_edge"], size["longest_edge"])
+    assert default_pixel_bounds("qwen2.5-vl:/any") == (QWEN_VIDEO_MIN_PIXELS, QWEN_VIDEO_MAX_PIXELS)
+    assert default_pixel_bounds("toy") == default_pixel_bounds("tiny") == (QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
 
 
 def test_patchify_exact_without_resize_and_with_pixel_limits():
@@ -65,7 +112,7 @@ def test_patchify_exact_without_resize_and_with_pixel_limits():
     small = _processor(min_pixels=28 * 28, max_pixels=56 * 56)(images=[img], return_tensors="pt")
     pv, grid = qwen_patchify(img[None], min_pixels=28 * 28, max_pixels=56 * 56)
     assert grid.tolist() == small["image_grid_thw"].tolist()
-    assert (pv - small["pixel_values"].float()).abs().max() <= ONE_LEVEL
+    torch.testing.assert_close(pv, small["pixel_values"].float(), **EXACT)
 
 
 def test_patchify_temporal_order():
@@ -166,7 +213,7 @@ def test_semantic_spec_errors(tmp_path, full_ckpt):
         load_semantic_encoder("clip:/x")
     with pytest.raises(InputError, match="does not exist"):
         load_semantic_encoder(f"qwen2.5-vl:{tmp_path / 'nope'}")
-    with pytest.raises(ConfigError, match="min_pixels"):
+    with pytest.raises(ConfigError, match="--min-pixels and --max-pixels need 0 < min <= max"):
         load_semantic_encoder("tiny", min_pixels=100, max_pixels=10)
     wrong = tmp_path / "wrong"
     wrong.mkdir()

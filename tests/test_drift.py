@@ -131,7 +131,8 @@ def test_brightness_ramp(tmp_path):
     assert m["brightness"].first == pytest.approx(8 / 255) and m["brightness"].last == pytest.approx(136 / 255)
     assert m["brightness"].delta == pytest.approx(128 / 255)
     assert m["brightness"].change == pytest.approx(128 / 255)
-    assert m["brightness"].delta_pct == pytest.approx(1600.0)
+    assert m["brightness"].relative_change_pct == pytest.approx(1600.0)
+    assert m["brightness"].delta_points == pytest.approx(100 * 128 / 255)  # the papers' 0–100 points
     # every consecutive pair differs by 4 levels → flicker (255 − 4)/255 in both segments
     assert m["temporal_flickering"].first == pytest.approx(251 / 255) and m["temporal_flickering"].delta == pytest.approx(0)
     # a linear ramp is exactly its own linear interpolation
@@ -269,12 +270,14 @@ def test_cli_json_documented_keys(tmp_path, capsys):
     assert set(doc) == {"definition", "settings", "metrics", "videos", "mean", "errors"}
     assert set(doc["settings"]) >= {"segment", "segment_rule", "fps", "pixels", "device"}
     for d in doc["metrics"].values():
-        assert set(d) == {"kind", "definition", "scale", "aggregation", "higher_is_better", "model", "fingerprint", "image_size"}
+        assert set(d) == {"kind", "definition", "scale", "unit_interval", "aggregation", "higher_is_better", "model", "fingerprint", "image_size"}
     v = doc["videos"][0]
     assert set(v) >= {"path", "frames_total", "native_fps", "width", "height", "frames_read", "read_fps", "segments", "model_input", "metrics"}
     assert v["segments"] == {"frames_each": 12, "first": {"start": 0, "stop": 12, "seconds": [0.0, 1.5]}, "last": {"start": 68, "stop": 80, "seconds": [8.5, 10.0]}}
-    assert set(v["metrics"]["brightness"]) == {"first", "last", "delta", "delta_pct", "change"}
+    assert set(v["metrics"]["brightness"]) == {"first", "last", "delta", "delta_points", "relative_change_pct", "change"}
     assert v["metrics"]["brightness"]["delta"] == pytest.approx(150 / 255)
+    assert v["metrics"]["brightness"]["delta_points"] == pytest.approx(100 * 150 / 255)
+    assert v["metrics"]["sharpness"]["delta_points"] is None  # levels², not a 0–1 scale
     assert doc["videos"][1]["metrics"]["brightness"]["delta"] == 0.0
     assert doc["mean"]["videos"] == 2 and doc["mean"]["metrics"]["brightness"]["delta"] == pytest.approx(75 / 255)
     assert doc["errors"] == [] and "curves" not in v
@@ -285,6 +288,7 @@ def test_cli_table_states_choices(tmp_path, capsys):
     code, out, err = run_main("drift", str(path), "-m", "brightness,temporal_flickering", capsys=capsys)
     assert code == 0, err
     assert "0.5882" in out and "80 of 80 frames read at 8 fps" in out
+    assert "Δ pts" in out and "(100·Δ)" in out and "58.82" in out and "rel. change" in out and "300.0" in out
     assert "first [0, 12), last [68, 80)" in out and "per consecutive pair" in out
 
 
@@ -329,3 +333,58 @@ def test_cli_help_lists_metrics_and_flags():
     assert res.exit_code == 0
     for word in ("--metrics", "--segment", "--json", "--plot", "--dino", "--clip-b32", "--clip-l14", "--aesthetic-head", "motion_smoothness_linear"):
         assert word in res.output
+
+
+# ----------------------------------------------------------------------------- --aggregate vde
+
+
+def test_vde_by_hand(tmp_path):
+    from semgen_cli.steps.drift import chunk_ranges, video_drift_error
+
+    assert chunk_ranges(33, 10)[:2] == [(0, 3), (3, 6)] and chunk_ranges(33, 10)[-1] == (29, 33)
+    with pytest.raises(ValueError):
+        chunk_ranges(29, 10)  # a chunk of 2 frames
+    # M_1 = 1; chunks 2..4 at 1.5, 1, 0.5 with weights 3, 2, 1: 3·0.5 + 2·0 + 1·0.5 = 2
+    assert video_drift_error([1.0, 1.5, 1.0, 0.5]) == pytest.approx(2.0)
+    with pytest.raises(ZeroDivisionError):
+        video_drift_error([0.0, 1.0])
+    # a 50 → 200 grey jump at half length: chunks 6..10 of 10 change by 3·M_1, weights 5+4+3+2+1
+    path = write_lossless(tmp_path / "jump.mp4", solid([(50,) * 3] * 40 + [(200,) * 3] * 40))
+    r = measure_drift([path], ["brightness", "colour_histogram_distance"], aggregate="vde").videos[0]
+    assert r.metrics["brightness"].chunks == pytest.approx([50 / 255] * 5 + [200 / 255] * 5)
+    assert r.metrics["brightness"].vde == pytest.approx(45.0)
+    assert r.metrics["colour_histogram_distance"].vde is None  # a distance has no per-chunk score
+    five = measure_drift([path], ["brightness"], aggregate="vde", chunks=4).videos[0].metrics["brightness"]
+    assert five.vde == pytest.approx(3 * 2 + 3 * 1)  # chunks 3, 4 of 4 changed, weights 2, 1
+
+
+def test_cli_vde_table_json_and_default_shape(tmp_path, capsys):
+    path = write_lossless(tmp_path / "jump.mp4", solid([(50,) * 3] * 40 + [(200,) * 3] * 40))
+    code, out, err = run_main("drift", str(path), "-m", "brightness", "--aggregate", "vde", "--chunks", "5", capsys=capsys)
+    assert code == 0, err
+    assert "VDE" in out and "over 5 equal chunks" in out
+    code, out, err = run_main("drift", str(path), "-m", "brightness", "--aggregate", "vde", "--json", capsys=capsys)
+    doc = json.loads(out)
+    assert doc["settings"]["aggregate"] == "vde" and doc["settings"]["chunks"] == 10
+    assert doc["videos"][0]["metrics"]["brightness"]["vde"] == pytest.approx(45.0)
+    assert doc["mean"]["metrics"]["brightness"]["vde"] == pytest.approx(45.0)
+    # `semgen drift VIDEO` as the README runs it: no VDE keys, the start-end table
+    code, out, err = run_main("drift", str(path), capsys=capsys)
+    assert code == 0, err
+    assert "VDE" not in out and "Δ pts" in out and "58.82" in out
+
+
+def test_cli_vde_errors_are_one_line_exit_2(tmp_path, capsys):
+    dark = write_lossless(tmp_path / "dark.mp4", solid([(0,) * 3] * 20 + [(90,) * 3] * 20))
+    code, out, err = run_main("drift", str(dark), "-m", "brightness", "--aggregate", "vde", "--json", capsys=capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1
+    assert "brightness is 0 on the first chunk (frames [0, 4))" in lines[0] and "inf" not in out
+    assert json.loads(out)["videos"] == []
+    short = write_lossless(tmp_path / "short.mp4", solid([(90,) * 3] * 20))
+    code, out, err = run_main("drift", str(short), "-m", "brightness", "--aggregate", "vde", capsys=capsys)
+    assert code == 2 and "too short for --aggregate vde with 10 chunks: 20 frames read, need at least 30" in err
+    for args, msg in ((["--aggregate", "mean"], "--aggregate mean: must be one of ends, vde"),
+                      (["--aggregate", "vde", "--chunks", "1"], "--chunks 1: the VDE needs at least 2 chunks")):
+        code, out, err = run_main("drift", str(short), *args, capsys=capsys)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err

@@ -18,7 +18,7 @@ from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io.shards import Dataset
 from semgen_cli.io.video import write_video
 from semgen_cli.steps.extract import ExtractConfig, extract
-from tests.conftest import make_frames, run_cli
+from tests.conftest import make_frames, run_cli, run_inproc
 
 
 def make_videos(folder: Path, n: int = 3, frames: int = 17, fps: float = 8, captions: bool = True) -> Path:
@@ -124,6 +124,32 @@ def test_rerun_keeps_finished_shards_and_refuses_other_settings(tmp_path):
     assert (again.shards_written, again.shards_kept, again.samples) == (0, 2, 3)
     with pytest.raises(MismatchError, match="fps"):
         extract(cfg(videos, tmp_path / "data", fps=4))
+
+
+def test_index_records_the_semantic_fps_and_pixel_bounds_used(tmp_path):
+    videos = make_videos(tmp_path / "videos", n=1)
+    extract(cfg(videos, tmp_path / "data", semantic_fps=3.2, min_pixels=28 * 28, max_pixels=28 * 28))
+    index = json.loads((tmp_path / "data" / "index.json").read_text())
+    sem = index["components"]["semantic"]
+    assert (sem["fps"], sem["min_pixels"], sem["max_pixels"]) == (3.2, 784, 784)
+    assert (index["producer"]["min_pixels"], index["producer"]["max_pixels"]) == (784, 784)
+    assert Dataset(tmp_path / "data").load(0)["semantic"].shape[1:3] == (1, 1)  # one 28x28 merge block
+    # Defaults: the tiny tower keeps the image bounds; a Qwen checkpoint would get the video ones.
+    extract(cfg(videos, tmp_path / "default"))
+    sem = json.loads((tmp_path / "default" / "index.json").read_text())["components"]["semantic"]
+    assert (sem["fps"], sem["min_pixels"], sem["max_pixels"]) == (2.0, 56 * 56, 28 * 28 * 1280)
+    # A resume with other bounds would mix two token grids in one dataset.
+    with pytest.raises(MismatchError, match="max_pixels"):
+        extract(cfg(videos, tmp_path / "data", semantic_fps=3.2, min_pixels=28 * 28, max_pixels=56 * 56))
+
+
+def test_cli_pixel_bounds_errors_are_one_line_and_write_nothing(tmp_path):
+    videos = make_videos(tmp_path / "videos", n=1)
+    for args, msg in ((["--min-pixels", "0"], "--min-pixels must be positive, got 0"),
+                      (["--min-pixels", "5000", "--max-pixels", "4000"], "--min-pixels 5000 is above --max-pixels 4000")):
+        r = run_inproc("extract", str(videos), "--out", str(tmp_path / "data"), *args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "data").exists()
 
 
 def test_ranks_write_distinct_shards_and_rank0_indexes_all(tmp_path, monkeypatch):

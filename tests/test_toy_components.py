@@ -71,7 +71,9 @@ def test_toy_semantic_encoder_separates_colours():
     _need(SEM_DIR)
     from semgen_cli.components import load_semantic_encoder
 
-    enc = load_semantic_encoder(f"qwen2.5-vl:{SEM_DIR}", fps=1.6)
+    # Through the Qwen spec, the toy tower needs the image bounds it was trained with (the default
+    # for qwen2.5-vl:PATH is Qwen's video bounds, which would blow 112x112 frames up to 308x308).
+    enc = load_semantic_encoder(f"qwen2.5-vl:{SEM_DIR}", fps=1.6, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
     assert enc.grid_for(SEMANTIC_SIZE, SEMANTIC_SIZE) == (4, 4)
     base = dataclasses.replace(SPEC, seconds=2.5)
     red_a = _pooled(enc, base)

@@ -248,10 +248,12 @@ def fit_probe(x_tr, t_tr, x_te, t_te, steps: int = 300) -> dict:
 
 def evaluate(folder: Path, heads: Heads, seed: int, n_clips: int) -> dict:
     from semgen_cli.components import load_semantic_encoder
+    from semgen_cli.components.semantic_encoder import default_pixel_bounds
     from semgen_cli.io.video import read_video
     from semgen_cli.toy.dataset import ToyDataConfig, write_toy_dataset
 
-    enc = load_semantic_encoder(f"qwen2.5-vl:{folder}", fps=SEM_FPS)
+    lo, hi = default_pixel_bounds("toy")  # the bounds `semgen extract --semantic toy` uses
+    enc = load_semantic_encoder(f"qwen2.5-vl:{folder}", fps=SEM_FPS, min_pixels=lo, max_pixels=hi)
     report = {"fingerprint": enc.fingerprint, "grid_for_64": list(enc.grid_for(64, 64)),
               "grid_for_112": list(enc.grid_for(SEM_SIZE, SEM_SIZE)), "heldout_clips": n_clips}
     specs = eval_specs(seed, n_clips)

@@ -41,9 +41,12 @@ def command(
     clip_l14: Annotated[Optional[Path], typer.Option("--clip-l14", help="Local folder of CLIP ViT-L/14 (e.g. openai/clip-vit-large-patch14) for aesthetic_quality.", show_default=False)] = None,
     aesthetic_head: Annotated[Optional[Path], typer.Option("--aesthetic-head", help="safetensors file of the LAION aesthetic head (linear 768→1 or the MLP).", dir_okay=False, show_default=False)] = None,
     device: Annotated[str, typer.Option(help="Device for model metrics: auto, cpu, cuda, cuda:N.")] = "auto",
+    aggregate: Annotated[str, typer.Option(help="ends: first vs last segment (FramePack's Δdrift, as the SemanticGen paper reports); vde: also LV-Bench's Video Drift Error over --chunks equal chunks.")] = "ends",
+    chunks: Annotated[int, typer.Option(help="N, the equal chunks of --aggregate vde.")] = 10,
 ) -> None:
     """Measure quality drift: each metric on the first and the last 15 % of the frames, Δ = |first − last|
-    (FramePack's Δdrift) and Δ % of the first. Several videos give one row each plus the mean. The
+    (FramePack's Δdrift), in points (100·Δ) for metrics on a 0–1 scale as papers report it, and the
+    change relative to the first. --aggregate vde adds LV-Bench's Video Drift Error. Several videos give one row each plus the mean. The
     choices (frames read and fps, segment frame ranges, aggregation, models and fingerprints, image
     sizes) are printed under the table and are part of --json. A video that cannot be measured gets a
     one-line error naming it; the others still get their rows; the exit code is then 2.
@@ -64,6 +67,8 @@ def command(
         aesthetic_head=_str(aesthetic_head),
         device=device,
         curves=plot is not None,
+        aggregate=aggregate,
+        chunks=chunks,
     )
     if as_json:
         result = measure_drift([str(v) for v in videos], config=config)
@@ -74,7 +79,10 @@ def command(
                 "videos": len(videos),
                 "segment": f"{segment:g} of the frames read, at least 3 frames, first and last",
                 "frames": f"every frame at {fps:g} fps (by timestamp)" if fps else "every frame at the native rate",
-                "Δ": "|M(first) − M(last)| (FramePack eq. 7); Δ % = 100·Δ/|M(first)|",
+                "Δ": "|M(first) − M(last)| (FramePack eq. 7); Δ points = 100·Δ for metrics on a 0–1 scale "
+                     "(the paper's Δ_drift); rel. change % = 100·Δ/|M(first)|",
+                **({"VDE": f"Σ_(i=2..{chunks}) ({chunks} − i + 1)·|M_i − M_1|/|M_1| over {chunks} equal chunks (LV-Bench)"}
+                   if aggregate == "vde" else {}),
                 "plot": plot or "no (--plot FILE.png)",
             },
         )
@@ -109,8 +117,11 @@ def _num(x: float | None) -> str:
 def _render(result, plot_path: Path | None) -> None:
     from rich.table import Table
 
+    vde = result.config.aggregate == "vde"
     table = Table(title="drift", title_justify="left", header_style="bold")
-    for col, justify in (("video", "left"), ("metric", "left"), ("first", "right"), ("last", "right"), ("Δ", "right"), ("Δ %", "right")):
+    columns = [("video", "left"), ("metric", "left"), ("first", "right"), ("last", "right"), ("Δ", "right"),
+               ("Δ pts (100·Δ)", "right"), ("rel. change %", "right")]
+    for col, justify in columns + ([("VDE", "right")] if vde else []):
         table.add_column(col, justify=justify)
     label = _labels([v.path for v in result.videos])
     rows = [(label[v.path], v.metrics) for v in result.videos]
@@ -119,8 +130,10 @@ def _render(result, plot_path: Path | None) -> None:
         rows.append((f"mean of {len(result.videos)}", {k: _Row(**m) for k, m in mean.items()}))
     for video_name, per_metric in rows:
         for i, (name, m) in enumerate(per_metric.items()):
-            pct = "—" if m.delta_pct is None else f"{m.delta_pct:.1f}"
-            table.add_row(_escape(video_name) if i == 0 else "", name, _num(m.first), _num(m.last), _num(m.delta), pct, end_section=i == len(per_metric) - 1)
+            pct = "—" if m.relative_change_pct is None else f"{m.relative_change_pct:.1f}"
+            points = "—" if m.delta_points is None else f"{m.delta_points:.2f}"
+            cells = [_num(m.first), _num(m.last), _num(m.delta), points, pct] + ([_num(m.vde)] if vde else [])
+            table.add_row(_escape(video_name) if i == 0 else "", name, *cells, end_section=i == len(per_metric) - 1)
     if result.videos:
         console.print(table)
 
@@ -132,11 +145,14 @@ def _render(result, plot_path: Path | None) -> None:
                 label[v.path],
                 f"{v.frames_read} of {v.frames_total} frames read at {v.read_fps:g} fps ({v.width}×{v.height}); "
                 f"segments of {v.segment_frames} frames: first [{a0}, {b0}), last [{a1}, {b1}) "
-                f"= {a0 / v.read_fps:.2f}–{b0 / v.read_fps:.2f} s and {a1 / v.read_fps:.2f}–{b1 / v.read_fps:.2f} s",
+                f"= {a0 / v.read_fps:.2f}–{b0 / v.read_fps:.2f} s and {a1 / v.read_fps:.2f}–{b1 / v.read_fps:.2f} s"
+                + (f"; VDE chunks of {v.frames_read // result.config.chunks}–{-(-v.frames_read // result.config.chunks)} frames" if vde else ""),
             )
         )
     for name, d in result.metrics.items():
         text = f"{d['aggregation']}; scale {d['scale']}"
+        if vde and d["kind"] == "distance":
+            text += "; no VDE (no per-chunk score)"
         if d["model"]:
             sizes = {tuple(v.model_input[name]) for v in result.videos if name in v.model_input}
             fed = ", ".join(f"{h}×{w}" for h, w in sorted(sizes)) or "—"
@@ -158,5 +174,5 @@ def _labels(paths: list[str]) -> dict[str, str]:
 
 
 class _Row:
-    def __init__(self, first, last, delta, delta_pct, change) -> None:
-        self.first, self.last, self.delta, self.delta_pct, self.change = first, last, delta, delta_pct, change
+    def __init__(self, **stats) -> None:
+        self.__dict__.update(stats)

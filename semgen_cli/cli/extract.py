@@ -19,6 +19,8 @@ def command(
     fps: Annotated[float, typer.Option(help="Frame rate the VAE sees.")] = 16.0,
     semantic_fps: Annotated[float, typer.Option(help="Frame rate the semantic encoder sees (paper: 1.6).")] = 1.6,
     semantic_size: Annotated[Optional[str], typer.Option(help="Frame size HxW given to the semantic encoder; default: --size.")] = None,
+    min_pixels: Annotated[Optional[int], typer.Option(help="Least pixels per frame the semantic encoder resizes to; default: Qwen2.5-VL's video bound 128·28² (the toy and tiny towers: 56²).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Most pixels per frame the semantic encoder resizes to; default: Qwen2.5-VL's video bound 768·28² (the toy and tiny towers: 1280·28²).")] = None,
     max_seconds: Annotated[Optional[float], typer.Option(help="Cut each video to its first N seconds (reported per sample).")] = None,
     shard_size: Annotated[int, typer.Option(help="Videos per shard.")] = 64,
     num_workers: Annotated[int, typer.Option(help="Decoding processes beside the encoders (0: decode inline).")] = 1,
@@ -34,19 +36,24 @@ def command(
     """
     from semgen_cli.cli._common import RichReporter, console, settings_table, summary
     from semgen_cli.cli.options import parse_size
+    from semgen_cli.components.semantic_encoder import default_pixel_bounds
     from semgen_cli.steps.extract import ExtractConfig, extract
 
     cfg = ExtractConfig(
         videos=str(videos), out=str(out), semantic=semantic, vae=vae, text=text,
         size=parse_size(size), fps=fps, semantic_fps=semantic_fps,
-        semantic_size=parse_size(semantic_size, "--semantic-size"), max_seconds=max_seconds,
+        semantic_size=parse_size(semantic_size, "--semantic-size"), min_pixels=min_pixels, max_pixels=max_pixels,
+        max_seconds=max_seconds,
         shard_size=shard_size, num_workers=num_workers, dtype=dtype,
         allow_uncaptioned=allow_uncaptioned, device=device,
     )
     settings_table("semgen extract", {
         "videos": videos, "out": out, "semantic": semantic, "vae": vae, "text": text,
         "size": "first video, ×16" if cfg.size is None else cfg.size, "fps (VAE)": fps,
-        "fps (semantic)": semantic_fps, "max seconds": max_seconds or "whole videos",
+        "fps (semantic)": semantic_fps,
+        "pixels per frame (semantic)": "{} .. {}".format(*(given or default for given, default in
+                                                          zip((min_pixels, max_pixels), default_pixel_bounds(semantic)))),
+        "max seconds": max_seconds or "whole videos",
         "shard size": shard_size, "workers": num_workers, "dtype": dtype,
     })
     with RichReporter() as reporter:

@@ -23,7 +23,8 @@ def command(
     clip_seconds: Annotated[Optional[float], typer.Option(help="Training window in seconds (default: the shortest sample).")] = None,
     semantic_noise: Annotated[float, typer.Option(help="Max σ of the noise added to semantic tokens in training (RAE).")] = 0.5,
     text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
-    shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
+    shift: Annotated[Optional[float], typer.Option(help="Timestep shift of training and sampling (default: Wan's 3.0 for 480p / 5.0 for 720p with --init wan:PATH, the init run's with --init RUN, else RAE's sqrt(elements/4096), at least 1).")] = None,
+    text_padding: Annotated[Optional[str], typer.Option(help="mask: captions' real tokens and a mask; wan: zero-padded to the text encoder's length with no mask, as Wan's pipeline feeds UMT5 (default: wan with --init wan:PATH, the init run's with --init RUN, else mask).")] = None,
     motion_weight: Annotated[float, typer.Option(help="Weight α of moving latent positions in the loss: 1 + α·(their change between frames / its batch mean); 0: plain MSE.")] = 0.0,
     init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = False,
@@ -53,19 +54,25 @@ def command(
     The compressor is fine-tuned jointly with its KL term unless --freeze-compressor. Writes OUT/config.json, OUT/metrics.jsonl and OUT/checkpoints/step-*/; --resume continues exactly. Runs under `torchrun --nproc_per_node=K` for DDP.
     """
     from semgen_cli.cli._common import RichReporter, settings_table, summary
-    from semgen_cli.steps.train_latent import TrainLatentConfig, train_latent
+    from semgen_cli.steps.train_latent import TrainLatentConfig, resolve_shift, resolve_text, train_latent
 
     cfg = TrainLatentConfig(
         data=str(data), out=str(out), compressor=str(compressor) if compressor else None, preset=preset,
         attention=attention, window=window, condition=condition, freeze_compressor=freeze_compressor,
         clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
         init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight, patch=_patch(patch),
+        text_padding=text_padding,
     )
+    shift_used, shift_rule = resolve_shift(cfg, resume=resume)
+    text_used = resolve_text(cfg, resume=resume)
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     settings_table("semgen train-latent", {
         "data": data, "compressor": compressor or (f"that of {init}" if init and condition != "none" else "—"), "out": out, "preset": preset,
         "attention": f"{attention} (T_w={window})" if attention == "swin" else attention, "condition": condition,
-        "compressor training": "frozen" if freeze_compressor else "joint (KL)", "steps": steps, "batch": batch_size,
+        "compressor training": "frozen" if freeze_compressor else "joint (KL)",
+        "timestep shift": f"{shift_used:.3g} ({shift_rule})",
+        "text": f"Wan's: zero-padded to {text_used['length']} tokens, no mask" if text_used["padding"] == "wan" else "real tokens + mask",
+        "steps": steps, "batch": batch_size,
         "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:

@@ -4,8 +4,12 @@ SemanticGen (paper §3.2) takes semantic features from the Qwen2.5-VL vision tow
 1.6 fps, 14x14 patches, temporal patch 2, 2x2 merge, giving `d x F/2 x H/28 x W/28` tokens.
 Only the vision tower is built and only its weights are read, also from a full Qwen2.5-VL
 checkpoint. transformers' video processors need torchvision, which semgen does not install, so
-Qwen's patchify is written here in plain torch (`qwen_patchify`) and tested equal to
-`Qwen2VLImageProcessorPil`.
+Qwen's patchify is written here in plain torch (`qwen_patchify`: smart_resize, Pillow's bicubic
+in Pillow's pass order, CLIP normalisation, patch order) and tested equal to
+`Qwen2VLImageProcessorPil`. Frames are bounded by the pixel limits of Qwen2.5-VL's *video*
+processor (`Qwen2VLVideoProcessor`: 128·28² to 768·28² pixels per frame), not of its image
+processor (56² to 1280·28²), since the paper feeds the tower videos; semgen's own `toy` and
+`tiny` towers keep the image bounds they were built with.
 
 The Qwen tower attends within each temporal patch only (2-D rotary positions, per-frame
 `cu_seqlens`), so long videos are encoded a few temporal patches at a time with exactly the
@@ -34,8 +38,10 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-QWEN_MIN_PIXELS = 56 * 56
+QWEN_MIN_PIXELS = 56 * 56  # Qwen2-VL image processor's bounds (Qwen2VLImageProcessor.size)
 QWEN_MAX_PIXELS = 28 * 28 * 1280
+QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28  # Qwen2-VL video processor's bounds (Qwen2VLVideoProcessor.size)
+QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28
 
 TINY_QWEN_VISION = dict(
     depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
@@ -64,18 +70,74 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = QW
 
 
 def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of (N, 3, H, W) values in [0, 255] the way PIL does it: antialiased when
-    shrinking, width pass then height pass, each rounded to uint8 levels. Matches PIL to within
-    one level on a few pixels in 10^4 (PIL uses fixed-point weights)."""
-    x = x.float()
+    """Bicubic resize of (N, 3, H, W) values in [0, 255] exactly as Pillow's `Image.resize` does
+    it: Pillow's antialiased bicubic taps (a = -0.5, support widened by the reduction), its 22-bit
+    fixed-point weights and rounding, two one-axis passes each clipped to uint8 levels, in
+    Pillow's pass order (`_vertical_first`). Returns float32 levels in [0, 255]."""
     h, w = size
-    if x.shape[-1] != w:
-        x = Fn.interpolate(x, size=(x.shape[-2], w), mode="bicubic", align_corners=False, antialias=True)
-        x = x.round().clamp(0, 255)
-    if x.shape[-2] != h:
-        x = Fn.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
-        x = x.round().clamp(0, 255)
-    return x
+    vertical_first = _vertical_first(x.shape[-2], x.shape[-1], h, w)
+    out = []
+    for frame in x.to(torch.int32).split(1):  # a frame at a time keeps the int32 buffers in cache
+        if vertical_first:
+            out.append(_pillow_pass(_pillow_pass(frame, -2, h), -1, w))
+        else:
+            out.append(_pillow_pass(_pillow_pass(frame, -1, w), -2, h))
+    return torch.cat(out).float()
+
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point weights for 8-bit images
+
+
+def _vertical_first(height: int, width: int, h: int, w: int) -> bool:
+    """Pillow's pass order for a (height, width) -> (h, w) resize: the vertical pass first when
+    the height shrinks by more than twice the columns the width loses, else the horizontal one.
+    The rule was read off Pillow's output over a grid of sizes (both orders tried, only one
+    matches), and `test_pillow_pass_order_rule` checks it against the installed Pillow."""
+    return h < height and 2 * (width - w) < height - h
+
+
+def _bicubic(t: np.ndarray) -> np.ndarray:
+    """Pillow's bicubic kernel (a = -0.5), evaluated in its order of operations."""
+    t = np.abs(t)
+    near = ((-0.5 + 2.0) * t - (-0.5 + 3.0)) * t * t + 1
+    far = (((t - 5) * t + 8) * t - 4) * -0.5
+    return np.where(t < 1.0, near, np.where(t < 2.0, far, 0.0))
+
+
+def _pillow_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for one axis:
+    source indices (n_out, K) and int32 weights (n_out, K), zero beyond each output's window."""
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    k = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(n_out) + 0.5) * scale
+    lo = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int) cast truncates
+    n = np.minimum((center + support + 0.5).astype(np.int64), n_in) - lo
+    pos = lo[:, None] + np.arange(k)[None, :]  # (n_out, K)
+    wts = np.where(np.arange(k)[None, :] < n[:, None], _bicubic((pos - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
+    total = np.zeros(n_out)
+    for j in range(k):  # summed left to right, as Pillow does
+        total += wts[:, j]
+    wts = np.where(total[:, None] != 0, wts / np.where(total == 0, 1.0, total)[:, None], wts)
+    fixed = np.trunc(np.where(wts < 0, -0.5 + wts * (1 << _PRECISION_BITS), 0.5 + wts * (1 << _PRECISION_BITS)))
+    return torch.from_numpy(np.minimum(pos, n_in - 1)), torch.from_numpy(fixed.astype(np.int32))
+
+
+def _pillow_pass(x: torch.Tensor, axis: int, n_out: int) -> torch.Tensor:
+    """One of Pillow's passes along `axis` (-1: horizontal, -2: vertical) of int32 levels."""
+    if x.shape[axis] == n_out:
+        return x
+    idx, wts = _pillow_taps(x.shape[axis], n_out)
+    idx, wts = idx.to(x.device), wts.to(x.device)
+    rows = x.movedim(axis, 0)  # the resized axis first, so each tap gathers whole rows
+    rest = rows.shape[1:]
+    rows = rows.reshape(rows.shape[0], -1).contiguous()  # (n_in, R)
+    acc = torch.full((n_out, rows.shape[1]), 1 << (_PRECISION_BITS - 1), dtype=torch.int32, device=x.device)
+    for j in range(idx.shape[1]):
+        acc += rows[idx[:, j]] * wts[:, j, None]
+    out = (acc >> _PRECISION_BITS).clamp_(0, 255)  # Pillow's clip8
+    return out.reshape(n_out, *rest).movedim(0, axis)
 
 
 def qwen_patchify(frames, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS,
@@ -211,24 +273,37 @@ class SemanticEncoder:
 
 # -- loading ---------------------------------------------------------------------------------------
 def load_semantic_encoder(spec: str, device="cpu", dtype: torch.dtype = torch.float32, *,
-                          fps: float = 1.6, min_pixels: int = QWEN_MIN_PIXELS,
-                          max_pixels: int = QWEN_MAX_PIXELS,
+                          fps: float = 1.6, min_pixels: int | None = None,
+                          max_pixels: int | None = None,
                           chunk_temporal_patches: int = 8) -> SemanticEncoder:
     """Resolve `qwen2.5-vl:PATH`, `vjepa2:PATH`, `videomae:PATH`, `tiny` or `toy` to a frozen encoder.
 
     `fps` is the rate frames are sampled at before `encode` (recorded, not applied here);
-    `min_pixels`/`max_pixels` bound Qwen's smart_resize; `chunk_temporal_patches` is how many
-    temporal patches the Qwen tower sees per call (exact, since it attends within a patch)."""
+    `min_pixels`/`max_pixels` bound Qwen's smart_resize (None: `default_pixel_bounds(spec)`);
+    `chunk_temporal_patches` is how many temporal patches the Qwen tower sees per call (exact,
+    since it attends within a patch)."""
     with quiet_loading():
         return _load_semantic_encoder(spec, device, dtype, fps, min_pixels, max_pixels, chunk_temporal_patches)
 
 
+def default_pixel_bounds(spec: str) -> tuple[int, int]:
+    """(min_pixels, max_pixels) per frame when none are given: Qwen2.5-VL's video bounds for a
+    Qwen checkpoint; the image bounds for semgen's own `toy` tower (trained on 112x112 frames,
+    which the video bounds would blow up to 308x308) and the `tiny` test tower."""
+    if spec in ("toy", "tiny"):
+        return QWEN_MIN_PIXELS, QWEN_MAX_PIXELS
+    return QWEN_VIDEO_MIN_PIXELS, QWEN_VIDEO_MAX_PIXELS
+
+
 def _load_semantic_encoder(spec, device, dtype, fps, min_pixels, max_pixels,
                            chunk_temporal_patches) -> SemanticEncoder:
+    lo, hi = default_pixel_bounds(spec)
+    min_pixels = lo if min_pixels is None else int(min_pixels)
+    max_pixels = hi if max_pixels is None else int(max_pixels)
     if fps <= 0:
         raise ConfigError(f"semantic fps must be > 0, got {fps}")
     if not 0 < min_pixels <= max_pixels:
-        raise ConfigError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
+        raise ConfigError(f"--min-pixels and --max-pixels need 0 < min <= max, got {min_pixels} and {max_pixels}")
     if chunk_temporal_patches < 1:
         raise ConfigError(f"chunk_temporal_patches must be >= 1, got {chunk_temporal_patches}")
     extra = dict(fps=fps, min_pixels=min_pixels, max_pixels=max_pixels,

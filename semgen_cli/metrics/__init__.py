@@ -27,6 +27,7 @@ class Metric:
     kind: str = "score"  # "score": M(first), M(last), Δ | "distance": d(first, last)
     definition: str = ""
     scale: str = ""
+    unit_interval: bool = False  # scored on 0–1, so Δ in points (0–100, as papers report) is 100·Δ
     aggregation: str = ""
     higher_is_better: bool | None = None
     min_frames: int = 1  # fewest frames a segment needs for a defined score
@@ -54,6 +55,7 @@ class Metric:
             "kind": self.kind,
             "definition": self.definition,
             "scale": self.scale,
+            "unit_interval": self.unit_interval,
             "aggregation": self.aggregation,
             "higher_is_better": self.higher_is_better,
             "model": None,

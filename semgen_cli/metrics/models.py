@@ -309,6 +309,7 @@ class Consistency(_Encoded):
 
     kind = "score"
     scale = "0–1 (1 = every frame's feature equals the first's and the previous one's)"
+    unit_interval = True
     aggregation = (
         "per frame after the segment's first: (max(0, cos(F_prev, F_i)) + max(0, cos(F_first, F_i)))/2, "
         "mean over the segment's n − 1 frames (F_first = the segment's first frame)"
@@ -340,6 +341,7 @@ class Aesthetic(_Encoded):
     kind = "score"
     definition = "VBench aesthetic_quality: LAION head on the L2-normalised CLIP ViT-L/14 image embedding, / 10"
     scale = "≈0–1 (raw LAION score 1–10 divided by 10)"
+    unit_interval = True
     aggregation = "per frame, mean over the segment's frames"
     higher_is_better = True
 

@@ -98,6 +98,7 @@ class Brightness(_PerFrame):
     name = "brightness"
     definition = "mean Rec.601 luma (0.299 R + 0.587 G + 0.114 B) over all pixels / 255"
     scale = "0–1 (0 black, 1 white); multiply by 255 for 8-bit levels"
+    unit_interval = True
     aggregation = "per frame, mean over the segment's frames"
 
     def frame_value(self, frame: np.ndarray) -> float:
@@ -154,6 +155,7 @@ class TemporalFlickering(_Sequential):
     name = "temporal_flickering"
     definition = "VBench temporal_flickering: (255 − mean over consecutive pairs of mean|f_i − f_{i+1}|) / 255"
     scale = "0–1 (1 = consecutive frames identical)"
+    unit_interval = True
     aggregation = "per consecutive pair inside the segment (n − 1 pairs), mean MAE, then (255 − MAE)/255"
     higher_is_better = True
     min_frames = 2
@@ -174,6 +176,7 @@ class MotionSmoothnessLinear(_Sequential):
         "predict each odd frame as floor((f_{k-1} + f_{k+1})/2); (255 − mean|pred − f_k|)/255. Not VBench's AMT score."
     )
     scale = "0–1 (1 = every odd frame is exactly the mean of its neighbours)"
+    unit_interval = True
     aggregation = "per triplet (a+2j, a+2j+1, a+2j+2) inside the segment, ceil(n/2) − 1 of them, mean error"
     higher_is_better = True
     min_frames = 3
@@ -197,6 +200,7 @@ class ColourHistogramDistance(Metric):
         "each frame's histogram normalised, then averaged over the segment's frames)"
     )
     scale = "0–1 (0 = same colour distribution, 1 = no colour in common)"
+    unit_interval = True
     aggregation = "one histogram per segment (mean of per-frame histograms); one distance, no per-segment score"
     higher_is_better = False
 

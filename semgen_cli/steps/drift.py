@@ -10,7 +10,12 @@ the definition leaves open, fixed here and reported with every result (docs/drif
   in frames read. A video with 2n > N is too short (the segments would overlap).
 - M on a segment: the metric computed on that segment as if it were the whole clip (pairwise
   metrics use only pairs inside it; consistency's "first frame" is the segment's first frame).
-- Δ % = 100 · Δ / |M(first)|; the mean row is the mean of the per-video numbers.
+- Δ points = 100 · Δ for metrics on a 0–1 scale (the 0–100 points papers report, e.g. the
+  SemanticGen paper's Δ_drift); relative change % = 100 · Δ / |M(first)|; the mean row is the
+  mean of the per-video numbers.
+- `aggregate="vde"` adds LV-Bench's Video Drift Error (BlockVid, arXiv 2511.22973): the frames
+  cut into N equal chunks, VDE = Σ_{i=2..N} w_i · |M_i − M_1| / |M_1| with w_i = N − i + 1; a
+  first chunk with M_1 = 0 makes it undefined, and that is an error for the video, not inf.
 
 Frames are streamed in chunks (`iter_video`); model metrics only encode the segments' frames
 unless sliding-window curves are asked for (`curves=True`, used by `--plot`).
@@ -35,7 +40,10 @@ from semgen_cli.reporting import NULL, Reporter
 
 MIN_SEGMENT_FRAMES = 3  # motion_smoothness_linear needs a triplet; the same floor for every metric
 CURVE_POINTS = 100  # at most this many sliding windows per video for the plot
-DEFINITION = "delta = |M(first segment) - M(last segment)| (FramePack eq. 7); delta_pct = 100 * delta / |M(first)|"
+DEFINITION = ("delta = |M(first segment) - M(last segment)| (FramePack eq. 7); delta_points = 100 * delta for metrics on "
+              "a 0-1 scale; relative_change_pct = 100 * delta / |M(first)|")
+VDE_DEFINITION = "vde = sum over chunks i = 2..N of (N - i + 1) * |M_i - M_1| / |M_1|, N equal chunks (LV-Bench)"
+AGGREGATES = ("ends", "vde")
 
 
 @dataclass
@@ -62,6 +70,10 @@ class DriftConfig:
     """Also compute sliding-window curves (model metrics then encode every frame)."""
     chunk: int = 32
     """Frames decoded and held at once."""
+    aggregate: str = "ends"
+    """ends: first vs last segment (FramePack's Δdrift); vde: also LV-Bench's Video Drift Error."""
+    chunks: int = 10
+    """N, the equal chunks of the VDE."""
 
     def __post_init__(self) -> None:
         if not (0.0 < self.segment <= 0.5):
@@ -70,6 +82,10 @@ class DriftConfig:
             raise ConfigError(f"--fps {self.fps}: must be positive (leave it out to read every frame)")
         if self.chunk < 1:
             raise ConfigError(f"chunk {self.chunk}: must be at least 1")
+        if self.aggregate not in AGGREGATES:
+            raise ConfigError(f"--aggregate {self.aggregate}: must be one of {', '.join(AGGREGATES)}")
+        if self.chunks < 2:
+            raise ConfigError(f"--chunks {self.chunks}: the VDE needs at least 2 chunks (default 10)")
 
 
 @dataclass
@@ -77,8 +93,13 @@ class MetricResult:
     first: float | None
     last: float | None
     delta: float
-    delta_pct: float | None
+    delta_points: float | None  # 100 · delta on a 0–1 metric (the papers' points); None otherwise
+    relative_change_pct: float | None  # 100 · delta / |first|
     change: float | None  # last − first, signed (direction of the drift)
+    chunks: list[float] | None = None  # M of each VDE chunk (aggregate "vde")
+    vde: float | None = None  # LV-Bench's Video Drift Error (aggregate "vde")
+
+    STATS = ("first", "last", "delta", "delta_points", "relative_change_pct", "change", "vde")
 
 
 @dataclass
@@ -113,11 +134,11 @@ class DriftResult:
     errors: list[VideoError]
 
     def mean(self) -> dict[str, dict[str, float | None]]:
-        """Per metric, the mean over videos of first, last, delta, delta_pct, change."""
+        """Per metric, the mean over videos of each of `MetricResult.STATS`."""
         out: dict[str, dict[str, float | None]] = {}
         for name in self.metrics:
             rows = [v.metrics[name] for v in self.videos]
-            out[name] = {k: _mean([getattr(r, k) for r in rows]) for k in ("first", "last", "delta", "delta_pct", "change")}
+            out[name] = {k: _mean([getattr(r, k) for r in rows]) for k in MetricResult.STATS}
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,14 +161,17 @@ class DriftResult:
                 },
                 "model_input": {k: list(hw) for k, hw in v.model_input.items()},
                 "seconds": round(v.seconds, 3),
-                "metrics": {k: asdict(m) for k, m in v.metrics.items()},
+                "metrics": {k: _metric_dict(m, cfg) for k, m in v.metrics.items()},
             }
             if v.curves is not None:
                 d["curves"] = v.curves
             videos.append(d)
         return {
-            "definition": DEFINITION,
+            "definition": DEFINITION + ("; " + VDE_DEFINITION if cfg.aggregate == "vde" else ""),
             "settings": {
+                "aggregate": cfg.aggregate,
+                **({"chunks": cfg.chunks, "chunk_rule": "chunk i = frames [floor((i-1) N_f / N), floor(i N_f / N)), N_f = frames read"}
+                   if cfg.aggregate == "vde" else {}),
                 "segment": cfg.segment,
                 "segment_rule": f"n = max({MIN_SEGMENT_FRAMES}, floor(segment * N)); first = [0, n), last = [N - n, N), N = frames read",
                 "fps": cfg.fps if cfg.fps is not None else "native (every frame)",
@@ -156,9 +180,18 @@ class DriftResult:
             },
             "metrics": self.metrics,
             "videos": videos,
-            "mean": {"videos": len(self.videos), "metrics": self.mean()},
+            "mean": {"videos": len(self.videos), "metrics": {k: _trim(m, cfg) for k, m in self.mean().items()}},
             "errors": [asdict(e) for e in self.errors],
         }
+
+
+def _metric_dict(m: MetricResult, cfg: DriftConfig) -> dict[str, Any]:
+    return _trim(asdict(m), cfg)
+
+
+def _trim(d: dict[str, Any], cfg: DriftConfig) -> dict[str, Any]:
+    """The VDE keys only when asked for, so the default document keeps its shape."""
+    return d if cfg.aggregate == "vde" else {k: v for k, v in d.items() if k not in ("chunks", "vde")}
 
 
 def _range(r: tuple[int, int], fps: float) -> dict[str, Any]:
@@ -181,6 +214,24 @@ def segment_ranges(num_frames: int, segment: float) -> tuple[tuple[int, int], tu
     if 2 * n > num_frames:
         raise ValueError(f"{num_frames} frames cannot hold two segments of {n} frames")
     return (0, n), (num_frames - n, num_frames)
+
+
+def chunk_ranges(num_frames: int, chunks: int) -> list[tuple[int, int]]:
+    """The VDE's N equal chunks as half-open frame ranges (lengths differ by at most one);
+    ValueError when a chunk would hold fewer than MIN_SEGMENT_FRAMES frames."""
+    bounds = [num_frames * i // chunks for i in range(chunks + 1)]
+    if num_frames // chunks < MIN_SEGMENT_FRAMES:
+        raise ValueError(f"{num_frames} frames cannot make {chunks} chunks of {MIN_SEGMENT_FRAMES} frames")
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def video_drift_error(scores: Sequence[float]) -> float:
+    """LV-Bench's VDE of per-chunk scores M_1..M_N: Σ_{i≥2} (N − i + 1)·|M_i − M_1| / |M_1|.
+    ZeroDivisionError when M_1 = 0 (the relative change is undefined)."""
+    n, m1 = len(scores), scores[0]
+    if m1 == 0:
+        raise ZeroDivisionError("the first chunk scores 0")
+    return float(sum((n - i + 1) * abs(scores[i - 1] - m1) / abs(m1) for i in range(2, n + 1)))
 
 
 def resolve_metrics(config: DriftConfig) -> list[str]:
@@ -275,8 +326,17 @@ def measure_video(path: str, metrics: dict[str, Metric], config: DriftConfig, re
             f"{path}: too short for drift: {n_read} frames read, two segments need at least {need} "
             f"(and {config.segment:g} of the length each)"
         ) from None
+    vde_chunks = None
+    if config.aggregate == "vde":
+        try:
+            vde_chunks = chunk_ranges(n_read, config.chunks)
+        except ValueError:
+            raise InputError(
+                f"{path}: too short for --aggregate vde with {config.chunks} chunks: {n_read} frames read, "
+                f"need at least {MIN_SEGMENT_FRAMES * config.chunks} ({MIN_SEGMENT_FRAMES} per chunk); pass fewer --chunks"
+            ) from None
     wanted = None
-    if not config.curves:
+    if not config.curves and vde_chunks is None:
         wanted = np.zeros(n_read, bool)
         wanted[first[0] : first[1]] = wanted[last[0] : last[1]] = True
     for m in metrics.values():
@@ -300,6 +360,20 @@ def measure_video(path: str, metrics: dict[str, Metric], config: DriftConfig, re
         raise InputError(f"{path}: decoded {start} frames but the container promised {n_read}")
 
     results = {name: _segment_result(m, first, last) for name, m in metrics.items()}
+    if vde_chunks is not None:
+        for name, m in metrics.items():
+            if m.kind == "distance":  # no per-chunk score to compare with the first chunk's
+                continue
+            scores = [m.score(a, b) for a, b in vde_chunks]
+            try:
+                vde = video_drift_error(scores)
+            except ZeroDivisionError:
+                a, b = vde_chunks[0]
+                raise InputError(
+                    f"{path}: {name} is 0 on the first chunk (frames [{a}, {b})), so its VDE (change relative to the "
+                    f"first chunk) is undefined; leave {name} out with --metrics or use --aggregate ends"
+                ) from None
+            results[name].chunks, results[name].vde = scores, vde
     model_input = {name: m.input_hw for name, m in metrics.items() if getattr(m, "input_hw", None) is not None}
     curves = _curves(metrics, n_read, first, read_fps) if config.curves else None
     return VideoResult(
@@ -345,10 +419,13 @@ def quiet_native_stderr() -> Iterator[None]:
 
 def _segment_result(m: Metric, first: tuple[int, int], last: tuple[int, int]) -> MetricResult:
     if m.kind == "distance":
-        return MetricResult(first=None, last=None, delta=m.distance(first, last), delta_pct=None, change=None)
+        d = m.distance(first, last)
+        return MetricResult(first=None, last=None, delta=d, delta_points=100.0 * d if m.unit_interval else None,
+                            relative_change_pct=None, change=None)
     a, b = m.score(*first), m.score(*last)
     pct = 100.0 * abs(a - b) / abs(a) if a != 0 else None
-    return MetricResult(first=a, last=b, delta=abs(a - b), delta_pct=pct, change=b - a)
+    points = 100.0 * abs(a - b) if m.unit_interval else None
+    return MetricResult(first=a, last=b, delta=abs(a - b), delta_points=points, relative_change_pct=pct, change=b - a)
 
 
 def _curves(metrics: dict[str, Metric], num_frames: int, first: tuple[int, int], fps: float) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Follows MAR/RCG's `main_cache.py` idea (compute features once, train many times), with shards
 instead of one file per sample, as DESIGN §4 specifies. Frame rates follow the paper (§3.1 and
 the implementation details): the VAE sees frames at `--fps`, the semantic encoder (Qwen2.5-VL
-vision tower) at `--semantic-fps` = 1.6 by default.
+vision tower) at `--semantic-fps` = 1.6 by default, each frame bounded to `--min-pixels` ..
+`--max-pixels` before Qwen's patchify (default: Qwen2.5-VL's video bounds, 128·28² to 768·28²).
+The encoder's fps and pixel bounds are recorded in index.json (`components.semantic`).
 
 Work is planned up front: videos are sorted and cut into shards of `shard_size` videos, so shard k
 always holds the same inputs. A shard is finished when its commit marker `.progress/shard-k.json`
@@ -54,6 +56,11 @@ class ExtractConfig:
     """Frame rate the semantic encoder sees (paper: 1.6)."""
     semantic_size: tuple[int, int] | None = None
     """(H, W) of frames given to the semantic encoder before its own smart_resize; None: same as size."""
+    min_pixels: int | None = None
+    """Least pixels per frame after the semantic encoder's smart_resize; None: the encoder's default
+    (Qwen2.5-VL's video processor: 128·28²; the toy and tiny towers: 56²)."""
+    max_pixels: int | None = None
+    """Most pixels per frame after smart_resize; None: the encoder's default (Qwen video: 768·28²)."""
     max_seconds: float | None = None
     """Cut each video to its first max_seconds (reported per sample); None keeps videos whole."""
     shard_size: int = 64
@@ -78,6 +85,12 @@ class ExtractConfig:
             raise ConfigError(f"--shard-size must be at least 1, got {self.shard_size}")
         if self.num_workers < 0:
             raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ConfigError(f"--min-pixels {self.min_pixels} is above --max-pixels {self.max_pixels}: swap them")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("size", "semantic_size"):
@@ -91,7 +104,8 @@ class ExtractConfig:
 
     def producer(self) -> dict:
         """The settings that decide the bytes of the shards (resume refuses to mix them)."""
-        keys = ("semantic", "vae", "text", "size", "fps", "semantic_fps", "semantic_size", "max_seconds", "shard_size", "dtype", "allow_uncaptioned")
+        keys = ("semantic", "vae", "text", "size", "fps", "semantic_fps", "semantic_size", "min_pixels", "max_pixels",
+                "max_seconds", "shard_size", "dtype", "allow_uncaptioned")
         d = asdict(self)
         return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keys}
 
@@ -231,7 +245,8 @@ def _check_resume(out: Path, producer: dict) -> None:
 
 def _check_same_components(out: Path, components: dict) -> None:
     """A spec such as `toy` names whatever weights lie behind it now; shards already in `out` must
-    have been made by the same weights, or a resumed extraction would mix two latent spaces."""
+    have been made by the same weights, or a resumed extraction would mix two latent spaces. The
+    semantic encoder's pixel bounds count too (their default follows the spec)."""
     marker = out / ".progress" / "components.json"
     if not marker.is_file():
         return
@@ -240,6 +255,12 @@ def _check_same_components(out: Path, components: dict) -> None:
     if changed:
         what = ", ".join(f"{r} {(before.get(r) or {}).get('fingerprint')} → {components[r].get('fingerprint')}" for r in changed)
         raise MismatchError(f"{out}: its shards were extracted with other weights ({what}); use another --out")
+    was, now = before.get("semantic") or {}, components.get("semantic") or {}
+    bounds = [k for k in ("min_pixels", "max_pixels") if k in was and was[k] != now.get(k)]
+    if bounds:
+        what = ", ".join(f"{k} {was[k]} → {now.get(k)}" for k in bounds)
+        raise MismatchError(f"{out}: its shards were extracted with other semantic pixel bounds ({what}); "
+                            f"pass the same --min-pixels/--max-pixels or use another --out")
 
 
 def _shard_done(out: Path, k: int, sources: list[str]) -> bool:
@@ -268,7 +289,8 @@ def _load_components(cfg: ExtractConfig) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "vae": load_vae(cfg.vae, device=device),
-        "semantic": load_semantic_encoder(cfg.semantic, device=device),
+        "semantic": load_semantic_encoder(cfg.semantic, device=device, fps=cfg.semantic_fps,
+                                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels),
         "text": load_text_encoder(cfg.text, device=device),
     }
 

@@ -4,7 +4,10 @@ The two trained stages are chained as in the paper's Fig. 3c:
 
 1. the text is encoded once with the text encoder both runs were trained with, trimmed to its
    real tokens (the way extract stores captions), with an all-True mask; the unconditional
-   branch of CFG is zeros of the same length with an all-True mask (the trainers' text dropout);
+   branch of CFG is zeros of the same length with an all-True mask (the trainers' text dropout).
+   A run that records Wan's text padding (``"text": {"padding": "wan"}``, the default of
+   ``--init wan:PATH``) gets the same tokens zero-padded to its length with no mask, and zeros of
+   that length unconditionally (`run_text`);
 2. stage 2 (the semantic run) plans the *whole* duration at once with full attention: Euler
    from noise to normalised compressed semantic tokens ``(1, c, Ts, hs, ws)``, with CFG;
    ``--semantic-from ref.mp4`` replaces this stage by the reference's own plan (paper Fig. 4:
@@ -598,6 +601,7 @@ class Pipeline:
 
         r = self.r
         noise = torch.randn((1, r.channels, r.semantic_tokens, *r.semantic_grid), generator=generator)  # (1, c, Ts, hs, ws)
+        cond, uncond = run_text(cond, uncond, r.sem)
         z = euler_sample(self.semantic_dit, noise.to(self.device), self.cfg.semantic_steps, shift=float(r.sem["shift"]),
                          cfg_scale=self.cfg.semantic_cfg, cond=cond, uncond=uncond, progress=progress)
         return z.float().permute(0, 2, 3, 4, 1).contiguous()  # (1, Ts, hs, ws, c)
@@ -646,9 +650,25 @@ class Pipeline:
             "semantic_t": torch.full((1,), r.sigma, device=self.device),
             "semantic_times": times.to(self.device),
         }
+        cond, uncond = run_text(cond, uncond, r.lat)
         z = euler_sample(self.latent_dit, noise.to(self.device), self.cfg.latent_steps, shift=float(r.lat["shift"]),
                          cfg_scale=self.cfg.latent_cfg, cond={**cond, **sem_cond}, uncond=uncond, progress=progress)
         return z[0].float()  # (C, T, h, w)
+
+
+def run_text(cond: dict, uncond: dict, run_config: dict) -> tuple[dict, dict]:
+    """The text conditions the way the run in `run_config` was trained on them: as they are (real
+    tokens, all-True mask), or for Wan's padding the real tokens zero-padded to the run's length
+    (1, L, D) with no mask, and zeros of that shape unconditionally (diffusers' WanPipeline feeds
+    UMT5 embeddings so)."""
+    text = run_config.get("text") or {}
+    if text.get("padding") != "wan":
+        return cond, uncond
+    emb = cond["text"]  # (1, n, D), the caption's real tokens
+    padded = emb.new_zeros(emb.shape[0], int(text["length"]), emb.shape[2])  # (1, L, D)
+    padded[:, : emb.shape[1]] = emb[:, : padded.shape[1]]
+    rest = {k: v for k, v in cond.items() if k not in ("text", "text_mask")}
+    return {**rest, "text": padded}, {"text": padded.new_zeros(padded.shape)}
 
 
 def pick_device(device: str, dtype: str):

@@ -9,14 +9,20 @@ the paper trains them together, unless `--freeze-compressor`. Baselines by flag:
 `--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9).
 
 Objective (DESIGN §2, `semgen_cli.flow`): rectified flow, `z_t = (1−t)·z0 + t·ε`, the DiT predicts
-`ε − z0`; logit-normal t shifted by RAE's dimension rule; text dropped (zeroed) with probability
-`text_dropout` for classifier-free guidance. Not in the paper: `--motion-weight α` weights each
-latent position's squared error by how much it changes between frames (`motion_weights`), for
-small models that otherwise spend the loss on a still background (0, the default: plain MSE).
+`ε − z0`; logit-normal t shifted by RAE's dimension rule (never below 1), or by Wan's own shift
+when starting from Wan (`resolve_shift`); text dropped (zeroed) with probability `text_dropout` for
+classifier-free guidance. Text reaches cross-attention as its real tokens with a mask, or, when
+starting from Wan, the way Wan's pipeline feeds it: zero-padded to the text encoder's length
+(512 UMT5 tokens) with no mask (`resolve_text`), so that a Wan-initialised model starts from
+Wan's behaviour for a prompt; the run records which, and `generate` follows it. Not in the
+paper: `--motion-weight α` weights each latent position's squared error by how much it changes
+between frames (`motion_weights`), for small models that otherwise spend the loss on a still
+background (0, the default: plain MSE). docs/method.md lists every such choice.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -31,6 +37,8 @@ from semgen_cli.io.shards import Dataset, write_json_atomic
 from semgen_cli.reporting import NULL, Reporter
 
 CONDITIONS = ("semantic", "vae", "none")
+TEXT_PADDINGS = ("mask", "wan")
+WAN_SHIFT_480P, WAN_SHIFT_720P = 3.0, 5.0  # diffusers' Wan pipelines: flow_shift 3.0 for 480p, 5.0 for 720p
 
 
 @dataclass
@@ -57,7 +65,12 @@ class TrainLatentConfig:
     text_dropout: float = 0.1
     """Probability of dropping the text (zeroed) for classifier-free guidance."""
     shift: float | None = None
-    """Timestep shift; None: RAE's sqrt(elements / 4096) of one training window."""
+    """Timestep shift of training and sampling; None: `resolve_shift` (Wan's with --init wan:PATH,
+    the init run's with --init RUN, else RAE's sqrt(elements / 4096) of one window, at least 1)."""
+    text_padding: str | None = None
+    """How captions reach cross-attention: "mask" (their real tokens and a mask) or "wan" (zero-padded
+    to the text encoder's length, no mask, as Wan's pipeline does); None: "wan" with --init wan:PATH,
+    the init run's with --init RUN, else "mask"."""
     motion_weight: float = 0.0
     """Weight of the moving parts of a clip in the loss: each latent position's squared error is
     weighted 1 + α·m, m its latent change into and out of that frame relative to the batch mean
@@ -88,6 +101,10 @@ class TrainLatentConfig:
             raise ConfigError(f"--motion-weight must be a finite number >= 0, got {self.motion_weight}")
         if self.semantic_noise < 0:
             raise ConfigError(f"--semantic-noise must be >= 0, got {self.semantic_noise}")
+        if self.shift is not None and not (0 < self.shift < float("inf")):
+            raise ConfigError(f"--shift must be a positive number, got {self.shift}")
+        if self.text_padding not in (None, *TEXT_PADDINGS):
+            raise ConfigError(f"--text-padding must be one of {', '.join(TEXT_PADDINGS)}, got {self.text_padding!r}")
         if self.patch is not None:
             self.patch = tuple(int(x) for x in self.patch)
             if len(self.patch) != 3 or min(self.patch) < 1:
@@ -160,9 +177,15 @@ class LatentWindows(torch.utils.data.Dataset):
         return out
 
 
-def pad_text(texts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_text(texts: list[torch.Tensor], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text embeddings (L_i, D) → (B, L, D) zero-padded to the longest, and its mask (B, L).
-    An empty caption still attends to one (zero) token."""
+    An empty caption still attends to one (zero) token. With `length` (Wan's way): zero-padded to
+    `length` tokens and no mask, every position attended to."""
+    if length is not None:
+        text = torch.zeros(len(texts), length, texts[0].shape[1])
+        for i, t in enumerate(texts):
+            text[i, : t.shape[0]] = t[:length]
+        return text, None
     L = max(max(t.shape[0] for t in texts), 1)
     text = torch.zeros(len(texts), L, texts[0].shape[1])
     mask = torch.zeros(len(texts), L, dtype=torch.bool)
@@ -173,19 +196,24 @@ def pad_text(texts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return text, mask
 
 
-def drop_text(text: torch.Tensor, mask: torch.Tensor, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def drop_text(text: torch.Tensor, mask: torch.Tensor | None, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Classifier-free-guidance dropout: with probability `p` a sample's text becomes zeros with an
-    all-True mask, the same "no text" that sampling uses for the unconditional branch."""
+    all-True mask (no mask for Wan's padding), the same "no text" that sampling uses for the
+    unconditional branch."""
     drop = torch.rand(text.shape[0], generator=generator, device=generator.device).to(text.device) < p
-    return (torch.where(drop[:, None, None], torch.zeros_like(text), text),
-            torch.where(drop[:, None], torch.ones_like(mask), mask))
+    text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
+    return text, None if mask is None else torch.where(drop[:, None], torch.ones_like(mask), mask)
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack windows; pad text to the longest in the batch with a mask."""
+def collate(items: list[dict], text_length: int | None = None) -> dict:
+    """Stack windows; pad text to the longest in the batch with a mask, or (`text_length`, Wan's
+    way) to that many tokens without one."""
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "text"}
     if "text" in items[0]:
-        batch["text"], batch["text_mask"] = pad_text([it["text"] for it in items])
+        text, mask = pad_text([it["text"] for it in items], text_length)
+        batch["text"] = text
+        if mask is not None:
+            batch["text_mask"] = mask
     return batch
 
 
@@ -221,7 +249,7 @@ class LatentStep(nn.Module):
 
         z0 = batch["latents"]  # (B, C, T, h, w)
         B, dev = z0.shape[0], z0.device
-        text, mask = drop_text(batch["text"], batch["text_mask"], self.text_dropout, generator)
+        text, mask = drop_text(batch["text"], batch.get("text_mask"), self.text_dropout, generator)
         cond: dict = {"text": text, "text_mask": mask}
         kl = z0.new_zeros(())
         if self.condition != "none":
@@ -394,7 +422,8 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
     elif cfg.condition == "vae":
         semantic_times = torch.arange(n_lat, dtype=torch.float32)
     sem_dim = compressor.config.out_dim if compressor is not None else 0
-    shift = cfg.shift or _auto_shift(C * n_lat * h * w)
+    shift, _ = resolve_shift(cfg, data, resume)
+    text = resolve_text(cfg, data, resume)
     out = Path(cfg.out)
     resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,6 +441,7 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
         "latent_shape": [C, h, w],
         "semantic_grid": list(sample["semantic"].shape[1:]) if "semantic" in sample else None,
         "shift": shift,
+        "text": text,
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data), "windows": len(dataset)},
     }
@@ -422,8 +452,9 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
     reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
     sampler = None
     if train_cfg.sample_every:
-        sampler = ValidationSampler(dataset, data.components["vae"]["spec"], fps, shift, sample_steps, reporter)
-    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
+        sampler = ValidationSampler(dataset, data.components["vae"]["spec"], fps, shift, sample_steps, reporter, text.get("length"))
+    batcher = functools.partial(collate, text_length=text.get("length"))
+    result = train(step, dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
                    on_checkpoint=sampler,
                    fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
@@ -435,10 +466,11 @@ class ValidationSampler:
     (σ = half the training maximum) and text, and the data's VAE decodes them. Same noise every
     time (seed 0), so samples of successive checkpoints are comparable."""
 
-    def __init__(self, dataset: "LatentWindows", vae_spec: str, fps: float, shift: float, steps: int, reporter: Reporter) -> None:
+    def __init__(self, dataset: "LatentWindows", vae_spec: str, fps: float, shift: float, steps: int, reporter: Reporter,
+                 text_length: int | None = None) -> None:
         from semgen_cli.training import Sample
 
-        self.item = collate([dataset[Sample(0, 0)]])
+        self.item = collate([dataset[Sample(0, 0)]], text_length)
         self.caption = dataset.data.records[dataset.index[0]]["caption"]
         self.vae_spec, self.fps, self.shift, self.steps, self.reporter = vae_spec, fps, shift, steps, reporter
         self.vae = None
@@ -454,7 +486,7 @@ class ValidationSampler:
         batch = {k: v.to(dev) for k, v in self.item.items()}
         g = torch.Generator().manual_seed(0)
         noise = torch.randn(batch["latents"].shape, generator=g).to(dev)
-        cond: dict = {"text": batch["text"], "text_mask": batch["text_mask"]}
+        cond: dict = {"text": batch["text"], "text_mask": batch.get("text_mask")}
         if model.condition != "none":
             sem, _ = model.condition_tokens(batch)
             cond.update(semantic=sem, semantic_t=torch.full((1,), model.semantic_noise / 2, device=dev),
@@ -471,10 +503,65 @@ def _first_key():
     return Sample(0, 0)
 
 
-def _auto_shift(elements: int) -> float:
+def _earlier(cfg: TrainLatentConfig, resume: bool) -> tuple[dict | None, str]:
+    """The config.json a run's defaults follow: its own when resuming (the init run may be gone),
+    else that of the train-latent run --init names; (None, "") for neither."""
+    from semgen_cli.io.shards import read_json
+    from semgen_cli.runs import read_run
+
+    own = Path(cfg.out) / "config.json"
+    if resume and own.is_file():
+        return read_json(own), "the resumed run's"
+    if cfg.init_run:
+        return read_run(cfg.init_run, "train-latent", "--init"), f"that of --init {cfg.init}"
+    return None, ""
+
+
+def resolve_shift(cfg: TrainLatentConfig, data: Dataset | None = None, resume: bool = False) -> tuple[float, str]:
+    """(timestep shift, the rule that gave it) of a run; it is recorded and `generate` samples with it.
+
+    --shift as given; when resuming, the run's own; with --init wan:PATH, Wan's (3.0 for frames
+    under 720p, 5.0 from 720p up, as diffusers' Wan pipelines sample; RAE's rule would give 23-39
+    for Wan-size latents); with --init RUN, that run's; else RAE's sqrt(N / 4096) of one training
+    window's latent elements, never below 1 (`dimension_shift`)."""
     from semgen_cli.flow import dimension_shift
 
-    return dimension_shift(elements)
+    if cfg.shift is not None:
+        return float(cfg.shift), "--shift"
+    before, whose = _earlier(cfg, resume)
+    if before is not None and before.get("shift") is not None and (resume or not (cfg.init or "").startswith("wan:")):
+        return float(before["shift"]), whose
+    data = data if data is not None else Dataset(cfg.data)
+    if cfg.init and cfg.init.startswith("wan:"):
+        h, w = data.producer["size"]
+        return (WAN_SHIFT_720P, "Wan's, 720p") if min(h, w) >= 720 else (WAN_SHIFT_480P, "Wan's, 480p")
+    C, _, h, w = data.fields["latents"]["shape"]
+    seconds = cfg.clip_seconds or min(r["duration"] for r in data.records)
+    n = int(C) * latent_frames_for(seconds, float(data.producer["fps"])) * int(h) * int(w)
+    return dimension_shift(n), f"sqrt({n} / 4096), at least 1"
+
+
+def resolve_text(cfg: TrainLatentConfig, data: Dataset | None = None, resume: bool = False) -> dict:
+    """How captions reach cross-attention: {"padding": "mask"}, or {"padding": "wan", "length": L}
+    with L the text encoder's padded length (512 for UMT5), as extract recorded it. Default: the
+    resumed run's, "wan" with --init wan:PATH, the --init run's, else "mask"."""
+    padding = cfg.text_padding
+    if padding is None:
+        before, _ = _earlier(cfg, resume)
+        if before is not None and (resume or not (cfg.init or "").startswith("wan:")):
+            padding = (before.get("text") or {}).get("padding", "mask")
+        elif cfg.init and cfg.init.startswith("wan:"):
+            padding = "wan"
+        else:
+            padding = "mask"
+    if padding == "mask":
+        return {"padding": "mask"}
+    data = data if data is not None else Dataset(cfg.data)
+    length = (data.components.get("text") or {}).get("max_length")
+    if not length:
+        raise InputError(f"{cfg.data}: index.json does not record the text encoder's max_length, which --text-padding wan "
+                         "pads to; re-extract the data with this semgen")
+    return {"padding": "wan", "length": int(length)}
 
 
 def _check_same_architecture(out: Path, config: dict) -> None:
@@ -484,3 +571,6 @@ def _check_same_architecture(out: Path, config: dict) -> None:
     for key in ("dit", "compressor", "latent_shape"):
         if before.get(key) != config.get(key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")
+    if before.get("text", {"padding": "mask"}) != config["text"]:
+        raise MismatchError(f"{out}: the run was trained with text padding {before.get('text', {}).get('padding', 'mask')}, not "
+                            f"{config['text']['padding']}; pass the same --text-padding or a new --out")
