@@ -11,6 +11,9 @@ shared noise, the toy pipeline's motion directions are strongly correlated acros
 With `plans="rendered"` stage 2 is skipped: each prompt's plan is read from a rendered clip of
 that caption (`generate --semantic-from`, paper Fig. 4), the plan a perfect stage 2 would make, so
 the scores are those of stage 1 and the VAE alone: the ceiling of the pipeline's stage 1.
+
+A Base-CT / Base-CT-Swin latent run (`train-latent --condition none`) is scored alone
+(`--latent-run RUN`, no semantic run): it is a text-to-video model, so it has no plans to render.
 """
 
 from __future__ import annotations
@@ -130,7 +133,10 @@ def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter, seeds: list[
     from semgen_cli.toy.world import render, spec_for_caption
 
     latent_run = gen_cfg.latent_run or default_pipeline()[0]
-    producer = read_run(latent_run, "train-latent", "--latent-run")["data"]["producer"]
+    lat = read_run(latent_run, "train-latent", "--latent-run")
+    if lat["settings"].get("condition") == "none":
+        raise ConfigError(f"--plans rendered: --latent-run {latent_run} is a text-to-video baseline (--condition none) that takes no plan; use --plans stage2")
+    producer = lat["data"]["producer"]
     fps, (h, w) = float(producer["fps"]), producer["size"]
     refs = []
     for i, prompt in enumerate(gen_cfg.prompts):

@@ -269,9 +269,9 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     longest = max(r["duration"] for r in records)
     out = Path(cfg.out)
     resume_from = check_run_dir(out, resume)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
     dit = build_semantic_dit(cfg, c, text_dim, load=resume_from is None)
+    out.mkdir(parents=True, exist_ok=True)
     config = {
         "step": "train-semantic",
         "settings": asdict(cfg),
