@@ -94,6 +94,11 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
     from semgen_cli.toy.judge import judge_video
     from semgen_cli.toy.prompts import is_held_out
 
+    if cfg.plans == "rendered" and cfg.latent_run:
+        from semgen_cli.runs import read_run
+
+        if read_run(cfg.latent_run, "train-latent", "--latent-run")["settings"].get("condition") == "none":
+            raise ConfigError(f"--plans rendered: --latent-run {cfg.latent_run} is a text-to-video baseline (--condition none) that takes no plan; use --plans stage2")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(cfg.keep) if cfg.keep else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -133,10 +138,7 @@ def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter, seeds: list[
     from semgen_cli.toy.world import render, spec_for_caption
 
     latent_run = gen_cfg.latent_run or default_pipeline()[0]
-    lat = read_run(latent_run, "train-latent", "--latent-run")
-    if lat["settings"].get("condition") == "none":
-        raise ConfigError(f"--plans rendered: --latent-run {latent_run} is a text-to-video baseline (--condition none) that takes no plan; use --plans stage2")
-    producer = lat["data"]["producer"]
+    producer = read_run(latent_run, "train-latent", "--latent-run")["data"]["producer"]
     fps, (h, w) = float(producer["fps"]), producer["size"]
     refs = []
     for i, prompt in enumerate(gen_cfg.prompts):
