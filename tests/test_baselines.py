@@ -301,3 +301,33 @@ def test_train_semantic_init_wan_errors(runs, wan_stage2, tmp_path):
         bad.mkdir()
         (bad / "config.json").write_text(json.dumps({**cfg, "compressor": None}))
         load_latent_compressor(bad)
+
+
+def test_latent_run_without_its_compressor_is_refused(runs, tmp_path):
+    import shutil
+
+    bad = tmp_path / "lat"
+    shutil.copytree(runs / "lat", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "compressor": None}))
+    line = one_line_exit_2(run_inproc("generate", PROMPT, "--latent-run", bad, "--semantic-run", runs / "sem", "--out", tmp_path / "o.mp4"))
+    assert "no compressor" in line and not (tmp_path / "o.mp4").exists()
+
+
+def test_vae_features_need_the_field_shapes_of_the_index(runs, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(runs / "data", data)
+    index = json.loads((data / "index.json").read_text())
+    (data / "index.json").write_text(json.dumps({**index, "fields": {}}))
+    line = one_line_exit_2(run_inproc("fit-compressor", data, "--features", "vae", "--steps", "1", "--out", tmp_path / "c"))
+    assert "field shapes" in line and not (tmp_path / "c").exists()
+
+
+def test_wan_config_that_is_not_json_is_one_line(runs, tmp_path):
+    folder = tmp_path / "wan"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    line = one_line_exit_2(run_inproc("train-semantic", runs / "data", "--latent-run", runs / "lat", "--init", f"wan:{folder}", *TRAIN, "--out", tmp_path / "s"))
+    assert "not valid JSON" in line and not (tmp_path / "s").exists()

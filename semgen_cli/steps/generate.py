@@ -18,6 +18,13 @@ The two trained stages are chained as in the paper's Fig. 3c:
    between chunks, and every chunk goes straight into the ffmpeg writer, so memory in this
    stage does not grow with the length; the stream is cut at ``round(seconds · fps)`` frames.
 
+Baselines (docs/baselines.md): a Base-CT / Base-CT-Swin latent run (``train-latent --condition
+none``) has no plan: stage 2 and the plan are skipped and stage 1 renders from the text alone,
+with the same outputs. A ``--condition vae`` latent run (the compressed-VAE space of Fig. 9) goes
+through the same steps with compressed VAE tokens as its plan. Full attention over more tokens than
+a training window held is warned about with its cost (quadratic in the length); running out of
+memory in stage 1 is a one-line error.
+
 Randomness: one CPU ``torch.Generator`` seeded by ``--seed`` draws every noise tensor (stage-1
 noise first, then the plan's σ-noise, then stage-2 noise) before it moves to the device, so a
 seed gives the same frames on any machine of the same kind. Because stage 2 draws last, a plan
@@ -211,7 +218,7 @@ class Resolved:
     max_seconds: float | None
     """Longest clip the semantic model was trained on."""
     plan_source: str
-    """'stage 2', 'reference video' or 'saved plan'."""
+    """'stage 2', 'reference video', 'saved plan', or 'none' (a Base-CT run: no plan at all)."""
     components: dict
     warnings: list[str] = field(default_factory=list)
     stage1_tokens: int = 0
@@ -368,7 +375,7 @@ def _check_baseline_flags(cfg: GenerateConfig, latent_run: Path, semantic_run) -
 def _full_attention_cost(lat: dict, tokens: int) -> list[str]:
     """A warning when full attention runs over more tokens than one training window held: the
     attention of every layer costs tokens² (time; memory too where SDPA has no fused kernel)."""
-    C, h, w = (int(v) for v in lat["latent_shape"])
+    _, h, w = (int(v) for v in lat["latent_shape"])
     pt, ph, pw = (int(v) for v in lat["dit"]["patch"])
     window = lat.get("window") or {}
     trained = int(window.get("latents", 1)) // pt * (h // ph) * (w // pw)
@@ -668,7 +675,9 @@ class Pipeline:
         r = self.r
         layout = VaeLayout.from_dict(r.lat["vae_layout"])
         size = tuple(int(v) for v in r.lat["data"]["producer"]["size"])
-        frames = read_video(path, fps=r.trained_fps, size=size)  # (F, H, W, 3)
+        stride = int(r.components["vae"]["temporal_stride"])
+        span = math.ceil(r.semantic_tokens * layout.latents_per_token) * stride + 1  # frames the tokens read
+        frames = read_video(path, fps=r.trained_fps, size=size, max_seconds=span / r.trained_fps)  # (F, H, W, 3)
         frames = frames[: self.vae.valid_frames(len(frames))]
         return layout.tokens(self.vae.encode(frames), r.semantic_tokens)  # (Ts, hs, ws, d)
 
