@@ -4,8 +4,9 @@ DESIGN §2 (the base model is Wan-like; semgen loads Wan2.1 from the diffusers f
 fine-tune Wan2.1-T2V-1.3B instead of training from scratch) and issue 4 item 1. The mapping is
 one-to-one; only the in-context semantic layers (``semantic_embed``, ``sigma_embed``) have no Wan
 counterpart and keep their fresh initialisation (a stage-2 DiT, whose input and output are
-compressed semantic channels, also keeps a fresh patch embedding and head: ``fresh=``). Reading is plain safetensors + JSON, so it
-works with a single-file or a sharded (``*.safetensors.index.json``) checkpoint.
+compressed semantic channels, also keeps a fresh patch embedding and head: ``fresh=``). Reading
+is plain safetensors + JSON, so it works with a single-file or a sharded
+(``*.safetensors.index.json``) checkpoint.
 """
 
 from __future__ import annotations
