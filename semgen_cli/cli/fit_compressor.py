@@ -17,7 +17,7 @@ def command(
     dim: Annotated[str, typer.Option(help="Compressed width (paper: 8; ablations 64 and none = raw features).")] = "8",
     hidden: Annotated[int, typer.Option(help="Hidden width of the MLP.")] = 512,
     kl_weight: Annotated[float, typer.Option(help="Weight of the KL term.")] = 1e-3,
-    features: Annotated[str, typer.Option(help="semantic, or vae (compressed-VAE ablation, paper Fig. 9).")] = "semantic",
+    features: Annotated[str, typer.Option(help="semantic, or vae (compressed-VAE ablation, paper Fig. 9: VAE latents cut into the semantic tokens' grid and rate, one token per semantic token; docs/baselines.md).")] = "semantic",
     tokens_per_sample: Annotated[int, typer.Option(help="Feature tokens drawn per sample per batch item.")] = 256,
     steps: T.Steps = 2000,
     batch_size: T.BatchSize = 16,
@@ -60,4 +60,4 @@ def command(
         "written": out / "compressor.safetensors", "fingerprint": result["fingerprint"],
         "in → out": f"{result['compressor']['in_dim']} → {result['compressor']['dim'] or 'none'}",
         "final loss": result.get("final_loss", "—"),
-    }, next_command=f"semgen train-latent {data} --compressor {out} --out {out.parent / 'latent'}")
+    }, next_command=f"semgen train-latent {data} --compressor {out}{' --condition vae' if features == 'vae' else ''} --out {out.parent / 'latent'}")

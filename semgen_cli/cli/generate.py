@@ -17,7 +17,7 @@ def command(
     seconds: Annotated[Optional[str], typer.Option(help="Duration in seconds, e.g. 60 or 1.5 (default: the length the semantic run was trained on, or the --semantic-from video's).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="mp4 to write; with --prompts-file, OUT-000.mp4, OUT-001.mp4, …", dir_okay=False)] = Path("out.mp4"),
     latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (stage 1). Default: the bundled pipeline.", file_okay=False, show_default=False)] = None,
-    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (stage 2). Default: the bundled pipeline.", file_okay=False, show_default=False)] = None,
+    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (stage 2). Default: the bundled pipeline. Not with a Base-CT latent run (--condition none), which samples from the text alone.", file_okay=False, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of all noise; the same seed gives the same frames.")] = 0,
     steps: Annotated[Optional[int], typer.Option(help=f"Euler steps of both stages (default {GenerateConfig.latent_steps}).", show_default=False)] = None,
     semantic_steps: Annotated[Optional[int], typer.Option(help="Euler steps of stage 2 (overrides --steps).", show_default=False)] = None,
@@ -40,6 +40,8 @@ def command(
     """Generate a video from text (paper §3.3, §3.4): stage 2 plans compressed semantic tokens for the whole duration with full attention, stage 1 renders VAE latents over the whole duration with shifted-window attention conditioned on that plan, and the VAE decodes chunk by chunk straight into the mp4.
 
     Writes OUT (prompt, seed and settings in its metadata) and OUT.json beside it. Durations longer than the semantic run was trained on work, with a warning that it extrapolates.
+
+    Baselines (docs/baselines.md): a Base-CT / Base-CT-Swin latent run (train-latent --condition none) samples alone with --latent-run RUN; a --condition vae latent run pairs with the semantic run trained on it (the compressed-VAE space of Fig. 9).
 
     Example: semgen generate "a red circle moving left on a black background" --seconds 60 --latent-run runs/latent --semantic-run runs/semantic --out out.mp4
     """

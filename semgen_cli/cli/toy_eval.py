@@ -15,7 +15,7 @@ def command(
     seconds: Annotated[float, typer.Option(help="Duration of each video.")] = 20.0,
     pipeline: Annotated[Optional[Path], typer.Option(help="A pipeline.json (as examples/toy/bundle.py writes) naming the runs to score (default: the bundled one).")] = None,
     latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (default: the bundled pipeline).")] = None,
-    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (default: the bundled pipeline).")] = None,
+    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (default: the bundled pipeline; none for a Base-CT latent run, --condition none).")] = None,
     count: Annotated[int, typer.Option(help="How many built-in prompts (held-out combinations first).")] = 24,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt's generation; prompt i uses seed + i.")] = 0,
     steps: Annotated[Optional[int], typer.Option(help="Euler steps per stage (default: generate's).")] = None,
@@ -54,7 +54,7 @@ def command(
     settings_table("semgen toy-eval", {"prompts": f"{len(prompt_list)} ({prompts or 'built-in'})", "seconds": seconds, "seed": seed,
                                        "cfg": f"stage 2 {semantic_cfg if semantic_cfg is not None else 'default'}, stage 1 {latent_cfg if latent_cfg is not None else 'default'}",
                                        "plan noise σ": semantic_noise if semantic_noise is not None else "default",
-                                       "pipeline": str(pipeline) if pipeline else "bundled" if not latent_run else f"{latent_run} + {semantic_run}",
+                                       "pipeline": str(pipeline) if pipeline else "bundled" if not latent_run else f"{latent_run} + {semantic_run}" if semantic_run else f"{latent_run} alone",
                                        "plans": "stage 2" if plans == "stage2" else "rendered clips (stage 1 alone)"})
     with RichReporter() as reporter:
         result = toy_eval(cfg, reporter)

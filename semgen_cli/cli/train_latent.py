@@ -80,7 +80,10 @@ def command(
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
     if result.interrupted:
         rows["stopped early"] = T.resume_hint(sys.argv[1:])
-    summary("stage 1", rows, next_command=f"semgen train-semantic {data} --latent-run {out} --out {out.parent / 'semantic'}")
+    next_command = f"semgen train-semantic {data} --latent-run {out} --out {out.parent / 'semantic'}"
+    if condition == "none":  # Base-CT: a text-to-video model, sampled alone
+        next_command = f'semgen generate "a red circle moving right on a navy background" --latent-run {out} --seconds 10 --out out.mp4'
+    summary("stage 1", rows, next_command=next_command)
 
 
 def _patch(text: str | None) -> tuple[int, ...] | None:

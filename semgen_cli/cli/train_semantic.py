@@ -20,7 +20,7 @@ def command(
     shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
     max_seconds: Annotated[Optional[float], typer.Option(help="Cut clips longer than this (default: whole clips).")] = None,
     windows: Annotated[Optional[str], typer.Option(help="Also train on windows of these lengths in seconds, comma-separated (e.g. 10,20,40), cut from every longer clip at half-window strides, so durations between the data's clip lengths are trained too (default: whole clips only).")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="train-semantic run to start from (its EMA weights; same --preset): a fine-tune with a fresh optimiser and schedule, e.g. on new data.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="train-semantic run to start from (its EMA weights; same --preset): a fine-tune with a fresh optimiser and schedule, e.g. on new data. Or wan:PATH: Wan2.1's blocks (diffusers WanTransformer3DModel folder; --preset is then Wan's), with a fresh input and output projection for the compressed channels.")] = None,
     steps: T.Steps = 1000,
     batch_size: T.BatchSize = 8,
     grad_accum: T.GradAccum = 1,
@@ -41,15 +41,15 @@ def command(
 ) -> None:
     """Stage 2 (paper §3.2, §3.4): train the semantic DiT to generate compressed semantic tokens from text, with full attention over whole clips.
 
-    The semantic encoder and the latent run's compressor are frozen. Writes OUT/config.json, OUT/metrics.jsonl and OUT/checkpoints/step-*/; --resume continues exactly.
+    The semantic encoder and the latent run's compressor are frozen. On a --condition vae latent run it learns that run's compressed VAE latents instead (the Fig. 9 ablation). Writes OUT/config.json, OUT/metrics.jsonl and OUT/checkpoints/step-*/; --resume continues exactly.
     """
     from semgen_cli.cli._common import RichReporter, settings_table, summary
     from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
 
-    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=str(init) if init else None)
+    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init)
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
     settings_table("semgen train-semantic", {
-        "data": data, "latent run": latent_run, "out": out, "preset": preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
+        "data": data, "latent run": latent_run, "out": out, "preset": f"Wan's ({init})" if init and init.startswith("wan:") else preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
         "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:

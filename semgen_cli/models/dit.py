@@ -434,11 +434,12 @@ class DiT(nn.Module):
         model.load_wan_state_dict(state_dict)
         return model
 
-    def load_wan_state_dict(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
-        """Copy Wan weights in; returns the semgen parameters left as initialised."""
+    def load_wan_state_dict(self, state_dict: dict[str, torch.Tensor], fresh: tuple[str, ...] = ()) -> list[str]:
+        """Copy Wan weights in (not those of the parameters under the prefixes `fresh`); returns
+        the semgen parameters left as initialised."""
         from semgen_cli.models.wan import load_wan_state_dict
 
-        return load_wan_state_dict(self, state_dict)
+        return load_wan_state_dict(self, state_dict, fresh)
 
     def forward(
         self,

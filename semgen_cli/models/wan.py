@@ -3,8 +3,10 @@
 DESIGN §2 (the base model is Wan-like; semgen loads Wan2.1 from the diffusers format so users
 fine-tune Wan2.1-T2V-1.3B instead of training from scratch) and issue 4 item 1. The mapping is
 one-to-one; only the in-context semantic layers (``semantic_embed``, ``sigma_embed``) have no Wan
-counterpart and keep their fresh initialisation. Reading is plain safetensors + JSON, so it
-works with a single-file or a sharded (``*.safetensors.index.json``) checkpoint.
+counterpart and keep their fresh initialisation (a stage-2 DiT, whose input and output are
+compressed semantic channels, also keeps a fresh patch embedding and head: ``fresh=``). Reading
+is plain safetensors + JSON, so it works with a single-file or a sharded
+(``*.safetensors.index.json``) checkpoint.
 """
 
 from __future__ import annotations
@@ -65,19 +67,25 @@ def wan_key(name: str) -> str | None:
     return None
 
 
-def load_wan_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+def load_wan_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], fresh: tuple[str, ...] = ()) -> list[str]:
     """Copy a diffusers ``WanTransformer3DModel`` state dict into ``model`` (a semgen DiT).
 
     Every Wan tensor must land somewhere and every semgen parameter must be found, except the
-    semantic layers; returns the names of those left as initialised.
+    semantic layers and the semgen parameters under the prefixes ``fresh`` (whose Wan weights are
+    left out on purpose, e.g. ``("patch_embed.", "head.")`` for other input and output channels);
+    returns the names of those left as initialised.
     """
     own = model.state_dict()
-    used, fresh, loaded = set(), [], {}
+    used, kept, loaded = set(), [], {}
     for name, param in own.items():
         key = wan_key(name)
+        if name.startswith(tuple(fresh)):
+            kept.append(name)
+            used.add(key)
+            continue
         if key is None or key not in state_dict:
             if name.startswith(_FRESH):
-                fresh.append(name)
+                kept.append(name)
                 continue
             raise MismatchError(f"the Wan checkpoint has no weight {key or name!r} for semgen's {name!r}; is it a Wan2.1 T2V transformer?")
         tensor = state_dict[key]
@@ -91,12 +99,34 @@ def load_wan_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
     with torch.no_grad():
         for name, tensor in loaded.items():
             own[name].copy_(tensor)
-    return fresh
+    return kept
 
 
 def to_wan_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The Wan-named state dict of a semgen DiT (semantic layers left out)."""
     return {wan_key(k): v for k, v in model.state_dict().items() if wan_key(k) is not None}
+
+
+def _transformer_folder(source) -> Path:
+    folder = Path(source)
+    if not (folder / "config.json").is_file() and (folder / "transformer" / "config.json").is_file():
+        folder = folder / "transformer"
+    return folder
+
+
+def read_wan_config(source) -> dict:
+    """The config dict of a WanTransformer3DModel folder (as `read_wan`), without its weights."""
+    folder = _transformer_folder(source)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{folder} has no config.json; give a Wan transformer folder saved by diffusers")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise InputError(f"{config_path}: not valid JSON ({err})") from None
+    if config.get("_class_name", "WanTransformer3DModel") != "WanTransformer3DModel":
+        raise MismatchError(f"{config_path} describes a {config['_class_name']}, not a WanTransformer3DModel")
+    return config
 
 
 def read_wan(source) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -109,15 +139,8 @@ def read_wan(source) -> tuple[dict, dict[str, torch.Tensor]]:
         return dict(source.config), source.state_dict()
     from safetensors.torch import load_file
 
-    folder = Path(source)
-    if not (folder / "config.json").is_file() and (folder / "transformer" / "config.json").is_file():
-        folder = folder / "transformer"
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{folder} has no config.json; give a Wan transformer folder saved by diffusers")
-    config = json.loads(config_path.read_text())
-    if config.get("_class_name", "WanTransformer3DModel") != "WanTransformer3DModel":
-        raise MismatchError(f"{config_path} describes a {config['_class_name']}, not a WanTransformer3DModel")
+    folder = _transformer_folder(source)
+    config = read_wan_config(folder)
     index = sorted(folder.glob("*.safetensors.index.json"))
     if index:
         shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))

@@ -8,34 +8,116 @@ extracted features, so `train-latent` starts from a meaningful compressed space.
 the per-channel mean/std of the compressed space (of the posterior mean), so the diffusion
 models see a normalised space.
 
-`--features vae` fits the same compressor on VAE latents patchified 2×2 (the compressed-VAE-space
-ablation of paper Fig. 9) instead of semantic features.
+`--features vae` fits the same compressor on VAE latents instead of semantic features: the
+compressed-VAE-space ablation of paper Fig. 9 ("keep the SemanticGen framework, only replace the
+semantic encoder by the VAE encoder"). So that the ablation changes the space and not the number
+of tokens, the VAE latents are cut into the semantic tokens' own grid and rate (:class:`VaeLayout`):
+one condition token per semantic token, holding the latents of the same time span and image cell,
+flattened (docs/baselines.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
 
-from semgen_cli.errors import ConfigError, InputError
+from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io.shards import Dataset, write_json_atomic
 from semgen_cli.reporting import NULL, Reporter
 
 FEATURES = ("semantic", "vae")
 
 
-def vae_tokens(latents: torch.Tensor) -> torch.Tensor:
-    """VAE latents (C, T, h, w) → tokens (T, h/2, w/2, 4C): the 2×2 patches the DiT sees."""
-    C, T, h, w = latents.shape
-    x = latents[:, :, : h // 2 * 2, : w // 2 * 2].reshape(C, T, h // 2, 2, w // 2, 2)
-    return x.permute(1, 2, 4, 0, 3, 5).reshape(T, h // 2, w // 2, C * 4)
+@dataclass(frozen=True)
+class VaeLayout:
+    """VAE latents as tokens on the semantic tokens' grid and rate (the Fig. 9 ablation's input).
+
+    Semantic token j covers latent frames ``[j·ρ, (j+1)·ρ)`` (ρ = `latents_per_token`, the span
+    stage 1's training windows align to) and one cell of an ``hs × ws`` grid over the whole
+    frame. Its VAE counterpart is that block of the latents, area-resampled to ``cell`` = (r, a, b)
+    = (⌈ρ⌉, ⌈h/hs⌉, ⌈w/ws⌉) latent frames × rows × columns and flattened to ``C·r·a·b`` channels:
+    where ρ, h/hs and w/ws are whole numbers this is an exact space-to-depth (nothing pooled
+    away), and the MLP compresses it as it compresses a semantic feature. A last token that runs
+    past the clip's end (the semantic encoder pads its last temporal patch) reads the last frames."""
+
+    grid: tuple[int, int]
+    """(hs, ws) of the semantic tokens."""
+    cell: tuple[int, int, int]
+    """(r, a, b): latent frames, rows and columns resampled into one token."""
+    latents_per_token: Fraction
+    """ρ: latent frames one semantic token spans."""
+
+    @property
+    def dim(self) -> int:
+        """Channels of a token for C latent channels is C · dim."""
+        return math.prod(self.cell)
+
+    @classmethod
+    def of_data(cls, data: Dataset) -> "VaeLayout":
+        """The layout of a shard folder: its semantic grid and rates, its latent size."""
+        from semgen_cli.steps.train_latent import latents_per_token
+
+        fields, p, comps = data.fields, data.producer, data.components
+        try:
+            hs, ws = (int(v) for v in fields["semantic"]["shape"][1:3])
+            h, w = (int(v) for v in fields["latents"]["shape"][2:4])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{data.root}: index.json lists no semantic and latent field shapes; extract the data again") from None
+        rho = latents_per_token(float(p["fps"]), float(p["semantic_fps"]), int(comps.get("semantic", {}).get("temporal_patch", 2)),
+                                int(comps.get("vae", {}).get("temporal_stride", 4)))
+        return cls((hs, ws), (math.ceil(rho), -(-h // hs), -(-w // ws)), rho)
+
+    def to_dict(self) -> dict:
+        return {"grid": list(self.grid), "cell": list(self.cell), "latents_per_token": str(self.latents_per_token)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VaeLayout":
+        return cls(tuple(int(v) for v in d["grid"]), tuple(int(v) for v in d["cell"]), Fraction(d["latents_per_token"]))
+
+    def tokens(self, latents: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """VAE latents (C, T, h, w) of a clip → its first `n_tokens` tokens (n_tokens, hs, ws, C·r·a·b)."""
+        C, T, h, w = latents.shape
+        (hs, ws), (r, a, b) = self.grid, self.cell
+        # time: sub-frame m of token j = m // r spans [m·ρ/r, (m+1)·ρ/r) latent frames; weights = overlaps
+        step = float(self.latents_per_token) / r
+        lo = torch.arange(n_tokens * r, dtype=torch.float64)[:, None] * step  # (Ts·r, 1)
+        k = torch.arange(T, dtype=torch.float64)[None]  # (1, T)
+        weight = (torch.minimum(lo + step, k + 1) - torch.maximum(lo, k)).clamp_min(0)  # (Ts·r, T)
+        weight[weight.sum(1) == 0, T - 1] = 1.0  # past the clip's end: its last frame
+        weight = (weight / weight.sum(1, keepdim=True)).to(latents.dtype)
+        x = torch.einsum("mk,ckhw->cmhw", weight, latents)  # (C, Ts·r, h, w)
+        x = torch.nn.functional.adaptive_avg_pool2d(x, (hs * a, ws * b))  # (C, Ts·r, hs·a, ws·b)
+        x = x.reshape(C, n_tokens, r, hs, a, ws, b).permute(1, 3, 5, 0, 2, 4, 6)  # (Ts, hs, ws, C, r, a, b)
+        return x.reshape(n_tokens, hs, ws, C * r * a * b)
 
 
-def feature_tokens(sample: dict, features: str) -> torch.Tensor:
-    """The (T, h, w, d) tokens the compressor sees for one sample."""
-    return sample["semantic"].float() if features == "semantic" else vae_tokens(sample["latents"].float())
+def feature_tokens(sample: dict, features: str, layout: VaeLayout | None = None, n_tokens: int | None = None) -> torch.Tensor:
+    """The (T, h, w, d) tokens the compressor sees for one sample: its semantic features, or (with
+    `layout` and the sample's `n_tokens` semantic tokens) its VAE latents on the same grid."""
+    if features == "semantic":
+        return sample["semantic"].float()
+    return layout.tokens(sample["latents"].float(), n_tokens)
+
+
+def sample_tokens(data: Dataset, i: int, features: str, layout: VaeLayout | None = None) -> torch.Tensor:
+    """`feature_tokens` of sample `i` of `data`, loading only the field it needs."""
+    field = "semantic" if features == "semantic" else "latents"
+    return feature_tokens(data.load(i, [field]), features, layout, int(data.records[i]["semantic_tokens_t"]))
+
+
+def check_vae_layout(recorded: dict | None, data: Dataset, named: str) -> VaeLayout:
+    """The layout `named` (a compressor or latent run) was made with, if `data` has the same one."""
+    have = VaeLayout.of_data(data)
+    if recorded is None:
+        raise MismatchError(f"{named}: compresses VAE latents without a recorded token layout; fit it again with `semgen fit-compressor --features vae`")
+    want = VaeLayout.from_dict(recorded)
+    if want != have:
+        raise MismatchError(f"{named}: VAE tokens laid out as {want.to_dict()}, {data.root} gives {have.to_dict()}; use data extracted at the same sizes and rates")
+    return want
 
 
 @dataclass
@@ -64,15 +146,14 @@ class TokenDataset(torch.utils.data.Dataset):
 
     takes_seed = True
 
-    def __init__(self, data: Dataset, features: str, tokens: int) -> None:
-        self.data, self.features, self.tokens = data, features, tokens
-        self.field = "semantic" if features == "semantic" else "latents"
+    def __init__(self, data: Dataset, features: str, tokens: int, layout: VaeLayout | None = None) -> None:
+        self.data, self.features, self.tokens, self.layout = data, features, tokens, layout
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, key) -> torch.Tensor:
-        x = feature_tokens(self.data.load(key.index, [self.field]), self.features)
+        x = sample_tokens(self.data, key.index, self.features, self.layout)
         flat = x.reshape(-1, x.shape[-1])  # (N, d)
         g = torch.Generator().manual_seed(int(key.seed))
         return flat[torch.randint(0, flat.shape[0], (self.tokens,), generator=g)]  # (tokens, d)
@@ -96,8 +177,8 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
     data = Dataset(cfg.data)
     if not len(data):
         raise InputError(f"{cfg.data}: the data set has no samples")
-    field = "semantic" if cfg.features == "semantic" else "latents"
-    in_dim = int(feature_tokens(data.load(0, [field]), cfg.features).shape[-1])
+    layout = VaeLayout.of_data(data) if cfg.features == "vae" else None
+    in_dim = int(sample_tokens(data, 0, cfg.features, layout).shape[-1])
     comp_cfg = CompressorConfig(in_dim=in_dim, dim=cfg.dim, hidden=cfg.hidden, kl_weight=cfg.kl_weight)
     out = Path(cfg.out)
     check_run_dir(out, resume)
@@ -106,6 +187,7 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
         "step": "fit-compressor",
         "compressor": comp_cfg.to_dict(),
         "features": cfg.features,
+        "vae_layout": layout.to_dict() if layout else None,
         "settings": asdict(cfg),
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": data.producer, "fields": data.fields},
@@ -114,7 +196,7 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
     torch.manual_seed(train_cfg.seed)
     compressor = Compressor(comp_cfg)
     if comp_cfg.dim is not None:
-        result = train(_AutoencoderStep(compressor), TokenDataset(data, cfg.features, cfg.tokens_per_sample), torch.stack,
+        result = train(_AutoencoderStep(compressor), TokenDataset(data, cfg.features, cfg.tokens_per_sample, layout), torch.stack,
                        lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint)
         state = load_checkpoint_weights(out, which="ema" if train_cfg.ema_decay > 0 else "model")
         compressor.load_state_dict({k[len("compressor."):]: v for k, v in state.items()})
@@ -126,7 +208,7 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
     zs = []
     with torch.no_grad():
         for i in range(len(data)):
-            _, mean, _ = compressor(feature_tokens(data.load(i, [field]), cfg.features))
+            _, mean, _ = compressor(sample_tokens(data, i, cfg.features, layout))
             zs.append(mean.reshape(-1, comp_cfg.out_dim))
             reporter.advance("stats")
     reporter.finish("stats")

@@ -21,6 +21,13 @@ The two trained stages are chained as in the paper's Fig. 3c:
    between chunks, and every chunk goes straight into the ffmpeg writer, so memory in this
    stage does not grow with the length; the stream is cut at ``round(seconds · fps)`` frames.
 
+Baselines (docs/baselines.md): a Base-CT / Base-CT-Swin latent run (``train-latent --condition
+none``) has no plan: stage 2 and the plan are skipped and stage 1 renders from the text alone,
+with the same outputs. A ``--condition vae`` latent run (the compressed-VAE space of Fig. 9) goes
+through the same steps with compressed VAE tokens as its plan. Full attention over more tokens than
+a training window held is warned about with its cost (quadratic in the length); running out of
+memory in stage 1 is a one-line error.
+
 Randomness: one CPU ``torch.Generator`` seeded by ``--seed`` draws every noise tensor (stage-1
 noise first, then the plan's σ-noise, then stage-2 noise) before it moves to the device, so a
 seed gives the same frames on any machine of the same kind. Because stage 2 draws last, a plan
@@ -214,9 +221,11 @@ class Resolved:
     max_seconds: float | None
     """Longest clip the semantic model was trained on."""
     plan_source: str
-    """'stage 2', 'reference video' or 'saved plan'."""
+    """'stage 2', 'reference video', 'saved plan', or 'none' (a Base-CT run: no plan at all)."""
     components: dict
     warnings: list[str] = field(default_factory=list)
+    stage1_tokens: int = 0
+    """Tokens of one stage-1 forward pass (video + in-context plan): what full attention squares."""
 
     def settings(self, cfg: GenerateConfig) -> dict[str, Any]:
         """The rows of the settings table (and the `settings` of the mp4 metadata)."""
@@ -224,17 +233,20 @@ class Resolved:
         attention = cfg.attention or self.lat["dit"]["attention"]
         if attention == "swin":
             attention += f" (T_w={self.lat['dit']['window']})"
+        condition = self.lat["settings"].get("condition")
+        baseline = self.plan_source == "none"
         rows = {
             "pipeline": self.pipeline,
-            "latent run": str(self.latent_run),
-            "semantic run": str(self.semantic_run) if self.semantic_run else "— (plan from --semantic-from)",
+            "latent run": str(self.latent_run) + (" (Base-CT: no semantic condition)" if baseline else " (compressed-VAE condition, Fig. 9)" if condition == "vae" else ""),
+            "semantic run": "— (text-to-video baseline)" if baseline else str(self.semantic_run) if self.semantic_run else "— (plan from --semantic-from)",
             "plan": self.plan_source + (f" {cfg.semantic_from}" if cfg.semantic_from else ""),
             "duration": f"{self.seconds:g} s = {self.frames} frames at {self.fps:g} fps",
             "size": f"{self.size[0]}x{self.size[1]}",
             "latents": "×".join(map(str, self.latent_shape)),
-            "semantic tokens": f"{self.channels}×{self.semantic_tokens}×{self.semantic_grid[0]}×{self.semantic_grid[1]} at {self.semantic_fps:g} fps",
-            "stage 2": "skipped" if self.plan_source != "stage 2" else f"{cfg.semantic_steps} steps, cfg {cfg.semantic_cfg:g}, full attention",
-            "stage 1": f"{cfg.latent_steps} steps, cfg {cfg.latent_cfg:g}, {attention} attention, σ {self.sigma:g} (trained ≤ {self.sigma_max:g})",
+            "semantic tokens": "none" if baseline else f"{self.channels}×{self.semantic_tokens}×{self.semantic_grid[0]}×{self.semantic_grid[1]} at {self.semantic_fps:g} fps",
+            "stage 2": "none" if baseline else "skipped" if self.plan_source != "stage 2" else f"{cfg.semantic_steps} steps, cfg {cfg.semantic_cfg:g}, full attention",
+            "stage 1": f"{cfg.latent_steps} steps, cfg {cfg.latent_cfg:g}, {attention} attention"
+                       + ("" if baseline else f", σ {self.sigma:g} (trained ≤ {self.sigma_max:g})"),
             "decode": f"{cfg.decode_chunk} latent frames per chunk, causal cache kept" + (f", VAE {cfg.vae} (not the runs' own)" if cfg.vae else ""),
             "seed": cfg.seed,
             "device": f"{cfg.device}, {cfg.dtype}",
@@ -257,17 +269,17 @@ def resolve(cfg: GenerateConfig) -> Resolved:
         pipeline = "bundled default"
     elif latent_run is None:
         raise ConfigError("--semantic-run given without --latent-run; pass the latent run it was trained on too")
+    latent_run = Path(latent_run)
+    lat = read_run(latent_run, "train-latent", "--latent-run")
+    condition = lat["settings"].get("condition")
+    if condition == "none":  # Base-CT / Base-CT-Swin: a text-to-video model, no plan
+        _check_baseline_flags(cfg, latent_run, semantic_run)
+    elif condition not in ("semantic", "vae") or not lat.get("compressor"):
+        raise MismatchError(f"--latent-run {latent_run}: trained with --condition {condition} and no compressor; retrain it with semgen train-latent")
     elif semantic_run is None and cfg.semantic_from is None:
         raise ConfigError("--latent-run given without --semantic-run; pass the semantic run too (or --semantic-from ref.mp4)")
     if cfg.semantic_from is not None:
         semantic_run = cfg.semantic_run  # not used: the plan comes from the reference
-    latent_run = Path(latent_run)
-    lat = read_run(latent_run, "train-latent", "--latent-run")
-    if lat["settings"].get("condition") != "semantic" or not lat.get("compressor"):
-        raise MismatchError(
-            f"--latent-run {latent_run}: trained with --condition {lat['settings'].get('condition')}; "
-            "generate needs a latent run conditioned on semantic tokens"
-        )
     sem = None
     if semantic_run is not None:
         semantic_run = Path(semantic_run)
@@ -299,7 +311,7 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     temporal_patch = int(comps["semantic"].get("temporal_patch", 2))
 
     # 3. duration
-    plan_source = "stage 2"
+    plan_source = "none" if condition == "none" else "stage 2"
     max_seconds = float(sem["max_seconds"]) if sem is not None else None
     seconds = cfg.seconds
     if cfg.semantic_from is not None:
@@ -324,23 +336,58 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     T = latent_frames_for(seconds, fps, t_stride)
     T = -(-T // pt) * pt  # whole temporal patches; the extra frames are decoded and cut
     C = int(lat["latent_shape"][0])
-    Ts = semantic_tokens_for(seconds, sfps, temporal_patch)
-    hs, ws = (int(v) for v in lat["semantic_grid"][:2])
     channels = int(lat["dit"]["semantic_dim"])
+    Ts, (hs, ws) = 0, (0, 0)
+    if channels:
+        Ts = semantic_tokens_for(seconds, sfps, temporal_patch)
+        hs, ws = (int(v) for v in lat["semantic_grid"][:2])
 
     # 4. the plan's noise level
-    sigma_max = float(lat["settings"].get("semantic_noise", 0.0))
+    sigma_max = float(lat["settings"].get("semantic_noise", 0.0)) if channels else 0.0
     sigma = SIGMA_FRACTION * sigma_max if cfg.semantic_noise is None else float(cfg.semantic_noise)
     if sigma > sigma_max + 1e-9:
         warnings.append(f"--semantic-noise {sigma:g} is above the {sigma_max:g} the latent model was trained with")
+
+    # 5. full attention grows with the square of the length: say what this length costs
+    tokens = T // pt * (size[0] // s_stride // ph) * (size[1] // s_stride // pw) + Ts * hs * ws
+    if (cfg.attention or lat["dit"]["attention"]) == "full":
+        warnings += _full_attention_cost(lat, tokens)
 
     return Resolved(
         latent_run=latent_run, semantic_run=semantic_run, pipeline=pipeline, lat=lat, sem=sem, seconds=float(seconds),
         fps=fps, trained_fps=trained_fps, size=(int(size[0]), int(size[1])), frames=frames, latent_frames=T,
         latent_shape=(C, T, size[0] // s_stride, size[1] // s_stride), semantic_fps=sfps, semantic_size=ssize,
         semantic_tokens=Ts, semantic_grid=(hs, ws), channels=channels, sigma=sigma, sigma_max=sigma_max,
-        max_seconds=max_seconds, plan_source=plan_source, components=comps, warnings=warnings,
+        max_seconds=max_seconds, plan_source=plan_source, components=comps, warnings=warnings, stage1_tokens=tokens,
     )
+
+
+def _check_baseline_flags(cfg: GenerateConfig, latent_run: Path, semantic_run) -> None:
+    """A Base-CT latent run (--condition none) is a text-to-video model: it takes no plan."""
+    what = f"--latent-run {latent_run} is a text-to-video baseline (--condition none) that takes no semantic plan"
+    if semantic_run is not None:
+        raise ConfigError(f"--semantic-run: {what}; drop --semantic-run")
+    if cfg.semantic_from is not None:
+        raise ConfigError(f"--semantic-from: {what}; drop --semantic-from")
+    if cfg.save_semantics:
+        raise ConfigError(f"--save-semantics: {what}; drop --save-semantics")
+    if cfg.semantic_noise is not None:
+        raise ConfigError(f"--semantic-noise: {what}; drop --semantic-noise")
+
+
+def _full_attention_cost(lat: dict, tokens: int) -> list[str]:
+    """A warning when full attention runs over more tokens than one training window held: the
+    attention of every layer costs tokens² (time; memory too where SDPA has no fused kernel)."""
+    _, h, w = (int(v) for v in lat["latent_shape"])
+    pt, ph, pw = (int(v) for v in lat["dit"]["patch"])
+    window = lat.get("window") or {}
+    trained = int(window.get("latents", 1)) // pt * (h // ph) * (w // pw)
+    trained += int(window.get("semantic_tokens", 0)) * math.prod(int(v) for v in (lat.get("semantic_grid") or [0, 0])[:2])
+    if tokens <= trained:
+        return []
+    return [f"full attention over {tokens} tokens per layer, {(tokens / trained) ** 2:.3g}× the attention cost of the "
+            f"{trained} tokens of a {float(window.get('seconds', 0)):g} s training window (it grows with the square of the length; "
+            "swin attention grows linearly)"]
 
 
 def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> None:
@@ -350,9 +397,9 @@ def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> N
     compressor, whose fingerprint is checked where it is loaded), so its data must share the text
     and semantic encoders with stage 1's. The VAE may differ: a stage 1 fine-tuned on the latents
     of a new VAE still takes the plans of the stage 2 it was paired with."""
-    from semgen_cli.steps.train_semantic import STAGE2_ROLES
+    from semgen_cli.steps.train_semantic import stage2_roles
 
-    for role in STAGE2_ROLES:
+    for role in stage2_roles(lat["settings"].get("condition")):
         want = lat["data"]["components"].get(role, {}).get("fingerprint")
         have = sem["data"]["components"].get(role, {}).get("fingerprint")
         if want != have:
@@ -550,7 +597,7 @@ class Pipeline:
                 f"(latent run {r.sem['latent_run'].get('path')}), but --latent-run {r.latent_run} holds {fp}; "
                 "pass the latent run the semantic run was trained on"
             )
-        self.compressor_fingerprint = fp
+        self.compressor_fingerprint = fp if comp_state else None  # None: a Base-CT run has no compressor
         dit_cfg = dict(r.lat["dit"])
         if cfg.attention is not None:
             dit_cfg["attention"] = cfg.attention
@@ -576,7 +623,7 @@ class Pipeline:
         self.text_encoder = _checked(load_text_encoder(text["spec"], device=self.device, max_length=text.get("max_length")), text, "text")
         self.vae = _checked(load_vae(cfg.vae or comps["vae"]["spec"], device=self.device), comps["vae"], "vae")
         self.semantic_encoder = None
-        if r.plan_source == "reference video":
+        if r.plan_source == "reference video" and r.lat["settings"].get("condition") == "semantic":
             s = comps["semantic"]
             extra = {k: s[k] for k in ("min_pixels", "max_pixels") if k in s}
             self.semantic_encoder = _checked(load_semantic_encoder(s["spec"], device=self.device, fps=r.semantic_fps, **extra), s, "semantic")
@@ -607,18 +654,36 @@ class Pipeline:
         return z.float().permute(0, 2, 3, 4, 1).contiguous()  # (1, Ts, hs, ws, c)
 
     def plan_from_reference(self, path: str):
-        """Paper Fig. 4: the reference's own plan, read at the runs' semantic fps and size."""
+        """Paper Fig. 4: the reference's own plan, read at the runs' semantic fps and size (a
+        compressed-VAE run: its VAE latents at the training fps and size, on the semantic grid)."""
         from semgen_cli.io.video import read_video
 
         r = self.r
-        frames = read_video(path, fps=r.semantic_fps, size=r.semantic_size, max_seconds=r.seconds)  # (Fs, H, W, 3)
-        feats = self.semantic_encoder.encode(frames).to(self.device)  # (Ts', hs, ws, d)
+        if r.lat["settings"].get("condition") == "vae":
+            feats = self._vae_tokens(path).to(self.device)  # (Ts, hs, ws, C·r·a·b)
+        else:
+            frames = read_video(path, fps=r.semantic_fps, size=r.semantic_size, max_seconds=r.seconds)  # (Fs, H, W, 3)
+            feats = self.semantic_encoder.encode(frames).to(self.device)  # (Ts', hs, ws, d)
         if tuple(feats.shape[1:3]) != r.semantic_grid:
             raise MismatchError(f"--semantic-from {path}: encodes to a {tuple(feats.shape[1:3])} grid, the runs use {r.semantic_grid}")
         if feats.shape[0] < r.semantic_tokens:
             raise ConfigError(f"--semantic-from {path}: gives {feats.shape[0]} semantic tokens, {r.seconds:g} s needs {r.semantic_tokens}; ask for fewer --seconds")
         z, _, _ = self.compressor(feats[: r.semantic_tokens].float())  # eval mode: the posterior mean
         return self.compressor.normalize(z)[None]  # (1, Ts, hs, ws, c)
+
+    def _vae_tokens(self, path: str):
+        """The VAE tokens (Ts, hs, ws, d) of a reference video, as `fit-compressor --features vae` made them."""
+        from semgen_cli.io.video import read_video
+        from semgen_cli.steps.fit_compressor import VaeLayout
+
+        r = self.r
+        layout = VaeLayout.from_dict(r.lat["vae_layout"])
+        size = tuple(int(v) for v in r.lat["data"]["producer"]["size"])
+        stride = int(r.components["vae"]["temporal_stride"])
+        span = math.ceil(r.semantic_tokens * layout.latents_per_token) * stride + 1  # frames the tokens read
+        frames = read_video(path, fps=r.trained_fps, size=size, max_seconds=span / r.trained_fps)  # (F, H, W, 3)
+        frames = frames[: self.vae.valid_frames(len(frames))]
+        return layout.tokens(self.vae.encode(frames), r.semantic_tokens)  # (Ts, hs, ws, d)
 
     def plan_from_file(self, path: str):
         """A plan written by --save-semantics (it must come from this latent run's compressor)."""
@@ -635,21 +700,24 @@ class Pipeline:
         return plan[None, : r.semantic_tokens].to(self.device)
 
     def latents(self, plan, cond: dict, uncond: dict, noise, plan_eps, progress=None):
-        """Stage 1: VAE latents (C, T, h, w) for the whole duration, conditioned on the plan."""
+        """Stage 1: VAE latents (C, T, h, w) for the whole duration, conditioned on the plan
+        (a Base-CT run: `plan` None, on the text alone)."""
         import torch
 
         from semgen_cli.flow import euler_sample
         from semgen_cli.models.dit import semantic_times_from_fps
 
         r = self.r
-        stride = int(r.components["vae"]["temporal_stride"])
-        temporal_patch = int(r.components["semantic"].get("temporal_patch", 2))
-        times = semantic_times_from_fps(r.semantic_tokens, r.semantic_fps, r.fps / stride, temporal_patch)[None]  # (1, Ts)
-        sem_cond = {
-            "semantic": plan + r.sigma * plan_eps.to(self.device),  # the RAE noise the model was trained under, at fixed σ
-            "semantic_t": torch.full((1,), r.sigma, device=self.device),
-            "semantic_times": times.to(self.device),
-        }
+        sem_cond = {}
+        if plan is not None:
+            stride = int(r.components["vae"]["temporal_stride"])
+            temporal_patch = int(r.components["semantic"].get("temporal_patch", 2))
+            times = semantic_times_from_fps(r.semantic_tokens, r.semantic_fps, r.fps / stride, temporal_patch)[None]  # (1, Ts)
+            sem_cond = {
+                "semantic": plan + r.sigma * plan_eps.to(self.device),  # the RAE noise the model was trained under, at fixed σ
+                "semantic_t": torch.full((1,), r.sigma, device=self.device),
+                "semantic_times": times.to(self.device),
+            }
         cond, uncond = run_text(cond, uncond, r.lat)
         z = euler_sample(self.latent_dit, noise.to(self.device), self.cfg.latent_steps, shift=float(r.lat["shift"]),
                          cfg_scale=self.cfg.latent_cfg, cond={**cond, **sem_cond}, uncond=uncond, progress=progress)
@@ -698,7 +766,7 @@ def initial_noise(r: Resolved, seed: int):
 
     g = torch.Generator("cpu").manual_seed(int(seed))
     noise = torch.randn((1, *r.latent_shape), generator=g)
-    plan_eps = torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g)
+    plan_eps = torch.randn((1, r.semantic_tokens, *r.semantic_grid, r.channels), generator=g) if r.channels else None
     return g, noise, plan_eps
 
 
@@ -788,8 +856,12 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
             cond, uncond = pipe.text(prompt)
             stages.end()
 
-            stages.begin("semantic")
-            if r.plan_source == "stage 2":
+            plan = None  # a Base-CT run (plan source "none") renders from the text alone
+            if r.plan_source != "none":
+                stages.begin("semantic")
+            if r.plan_source == "none":
+                pass
+            elif r.plan_source == "stage 2":
                 name = f"{tag}semantic plan"
                 reporter.start(name, total=cfg.semantic_steps, unit="steps")
                 plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n: reporter.advance(name))
@@ -798,19 +870,26 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                 plan = pipe.plan_from_reference(source)
             else:
                 plan = pipe.plan_from_file(source)
-            stages.end()
+            if r.plan_source != "none":
+                stages.end()
 
             stages.begin("latent")
             name = f"{tag}latents"
             reporter.start(name, total=cfg.latent_steps, unit="steps")
-            latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n: reporter.advance(name))
+            try:
+                latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n: reporter.advance(name))
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not _out_of_memory(err):
+                    raise
+                raise ConfigError(f"--seconds {r.seconds:g}: stage 1 ran out of memory on {device} ({r.stage1_tokens} tokens, "
+                                  f"{cfg.attention or r.lat['dit']['attention']} attention); ask for fewer --seconds or a smaller --size") from None
             reporter.finish(name)
             stages.end()
 
             meta = {
                 "prompt": prompt, "seed": seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
                 "size": list(r.size), "semgen": __version__, "settings": settings,
-                "sigma": r.sigma, "plan": r.plan_source + (f": {source}" if source else ""),
+                "sigma": r.sigma if plan is not None else None, "plan": r.plan_source + (f": {source}" if source else ""),
                 "latent_run": {"path": str(Path(r.latent_run).resolve()), "compressor_fingerprint": pipe.compressor_fingerprint},
                 "semantic_run": str(Path(r.semantic_run).resolve()) if r.semantic_run and r.plan_source == "stage 2" else None,
                 "pipeline": r.pipeline,
@@ -846,6 +925,13 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
         pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,
         device=str(device), dtype=str(dtype).removeprefix("torch."), warnings=r.warnings, components=loaded,
     )
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """True for CUDA's OutOfMemoryError and the CPU allocator's failure (a RuntimeError)."""
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
 
 
 def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Resolved) -> None:

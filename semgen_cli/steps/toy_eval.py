@@ -11,6 +11,9 @@ shared noise, the toy pipeline's motion directions are strongly correlated acros
 With `plans="rendered"` stage 2 is skipped: each prompt's plan is read from a rendered clip of
 that caption (`generate --semantic-from`, paper Fig. 4), the plan a perfect stage 2 would make, so
 the scores are those of stage 1 and the VAE alone: the ceiling of the pipeline's stage 1.
+
+A Base-CT / Base-CT-Swin latent run (`train-latent --condition none`) is scored alone
+(`--latent-run RUN`, no semantic run): it is a text-to-video model, so it has no plans to render.
 """
 
 from __future__ import annotations
@@ -91,6 +94,11 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
     from semgen_cli.toy.judge import judge_video
     from semgen_cli.toy.prompts import is_held_out
 
+    if cfg.plans == "rendered" and cfg.latent_run:
+        from semgen_cli.runs import read_run
+
+        if read_run(cfg.latent_run, "train-latent", "--latent-run")["settings"].get("condition") == "none":
+            raise ConfigError(f"--plans rendered: --latent-run {cfg.latent_run} is a text-to-video baseline (--condition none) that takes no plan; use --plans stage2")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(cfg.keep) if cfg.keep else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)

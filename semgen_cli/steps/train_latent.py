@@ -6,7 +6,9 @@ and noise is added to them during training as in RAE) and §3.4 (shifted-window 
 long videos). The compressor from `fit-compressor` is fine-tuned jointly with its KL term, as
 the paper trains them together, unless `--freeze-compressor`. Baselines by flag:
 `--condition none` is Base-CT (`--attention full`) / Base-CT-Swin (`--attention swin`), and
-`--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9).
+`--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9),
+laid out on the semantic tokens' grid and rate (`fit_compressor.VaeLayout`), so the two arms
+see the same number of condition tokens at the same RoPE times.
 
 Objective (DESIGN §2, `semgen_cli.flow`): rectified flow, `z_t = (1−t)·z0 + t·ε`, the DiT predicts
 `ε − z0`; logit-normal t shifted by RAE's dimension rule (never below 1), or by Wan's own shift
@@ -138,7 +140,9 @@ def latents_per_token(fps: float, semantic_fps: float, temporal_patch: int = 2, 
 
 
 class LatentWindows(torch.utils.data.Dataset):
-    """Training items: a window of `latents` latent frames and the semantic tokens of its span.
+    """Training items: a window of `latents` latent frames and the semantic tokens of its span
+    (with `vae_layout`, the clip's VAE latents on the semantic grid stand in for its semantic
+    features: the compressed-VAE condition).
 
     Window starts are multiples of the alignment period (the smallest whole number of latent
     frames that spans a whole number of semantic tokens), so every item of a batch has the same
@@ -147,9 +151,9 @@ class LatentWindows(torch.utils.data.Dataset):
 
     takes_seed = True
 
-    def __init__(self, data: Dataset, latents: int, tokens: int, fields: tuple[str, ...]) -> None:
+    def __init__(self, data: Dataset, latents: int, tokens: int, fields: tuple[str, ...], vae_layout=None) -> None:
         p = data.producer
-        self.data, self.latents, self.tokens, self.fields = data, latents, tokens, fields
+        self.data, self.latents, self.tokens, self.fields, self.vae_layout = data, latents, tokens, fields, vae_layout
         self.ratio = latents_per_token(float(p["fps"]), float(p["semantic_fps"]))
         self.period = self.ratio.numerator  # latent frames spanning ratio.denominator whole tokens
         self.index = [i for i, r in enumerate(data.records) if r["latent_frames"] >= latents and r["semantic_tokens_t"] >= tokens]
@@ -164,6 +168,8 @@ class LatentWindows(torch.utils.data.Dataset):
         rec = self.data.records[self.index[key.index]]
         x = self.data.load(self.index[key.index], list(self.fields))
         T, Ts = rec["latent_frames"], rec["semantic_tokens_t"]
+        if self.vae_layout is not None:  # tokens of the whole clip, cut below like semantic features
+            x["semantic"] = self.vae_layout.tokens(x["latents"].float(), Ts)
         # window starts k0 = m·period with k0 + latents ≤ T and its tokens j0 + tokens ≤ Ts
         starts = [m for m in range(0, T - self.latents + 1, self.period) if int(Fraction(m) / self.ratio) + self.tokens <= Ts]
         g = torch.Generator().manual_seed(int(key.seed))
@@ -233,14 +239,9 @@ class LatentStep(nn.Module):
         self.motion_weight = cfg.motion_weight
 
     def condition_tokens(self, batch: dict, generator: torch.Generator | None = None):
-        """Compressed, normalised condition tokens (B, Ts, hs, ws, c) and their KL."""
-        from semgen_cli.steps.fit_compressor import vae_tokens
-
-        if self.condition == "semantic":
-            feats = batch["semantic"]
-        else:
-            feats = torch.stack([vae_tokens(x) for x in batch["latents"]])
-        z, mean, logvar = self.compressor(feats)
+        """Compressed, normalised condition tokens (B, Ts, hs, ws, c) and their KL (`batch["semantic"]`
+        holds semantic features, or VAE latents on the semantic grid with --condition vae)."""
+        z, mean, logvar = self.compressor(batch["semantic"])
         kl = self.compressor.kl(mean, logvar) if self.compressor.training and self.compressor.config.dim is not None else z.new_zeros(())
         return self.compressor.normalize(z), kl
 
@@ -368,7 +369,7 @@ def compressor_of_run(run: str | Path, flag: str = "--init"):
     state = load_sampling_weights(run)
     compressor.load_state_dict(split_state(state, "compressor"))
     record = {"fingerprint": source["fingerprint"], "features": source["features"], "path": source["path"],
-              "data": {"components": before["data"]["components"]}}
+              "data": {"components": before["data"]["components"]}, "vae_layout": before.get("vae_layout")}
     return compressor.eval(), record, state
 
 
@@ -382,7 +383,7 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
         raise InputError(f"{cfg.data}: the data set has no samples")
     p = data.producer
     fps, sfps = float(p["fps"]), float(p["semantic_fps"])
-    compressor, comp_run, init_state = None, None, None
+    compressor, comp_run, init_state, vae_layout = None, None, None, None
     if cfg.condition != "none":
         if cfg.compressor:
             compressor, comp_run = load_compressor(cfg.compressor)
@@ -403,6 +404,10 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
                 f"{cfg.data}: {role} encoder {have} differs from {want} that {named} was fitted on; "
                 "fit the compressor on this data"
             )
+        if cfg.condition == "vae":
+            from semgen_cli.steps.fit_compressor import check_vae_layout
+
+            vae_layout = check_vae_layout(comp_run.get("vae_layout"), data, named)
         compressor.train(not cfg.freeze_compressor)
         for param in compressor.parameters():
             param.requires_grad_(not cfg.freeze_compressor)
@@ -412,15 +417,13 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
     n_lat = latent_frames_for(seconds, fps)
     n_tok = semantic_tokens_for(seconds, sfps)
     fields = ("latents", "text") + (("semantic",) if cfg.condition == "semantic" else ())
-    dataset = LatentWindows(data, n_lat, n_tok, fields)
+    dataset = LatentWindows(data, n_lat, n_tok, fields, vae_layout)
     sample = dataset[_first_key()]
     C, _, h, w = sample["latents"].shape
     text_dim = sample["text"].shape[-1]
     semantic_times = None
-    if cfg.condition == "semantic":
+    if cfg.condition != "none":  # VAE tokens sit where the semantic tokens of their span would
         semantic_times = semantic_times_from_fps(n_tok, sfps, fps / 4.0)
-    elif cfg.condition == "vae":
-        semantic_times = torch.arange(n_lat, dtype=torch.float32)
     sem_dim = compressor.config.out_dim if compressor is not None else 0
     shift, _ = resolve_shift(cfg, data, resume)
     text = resolve_text(cfg, data, resume)
@@ -437,6 +440,7 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
         "dit": dit.config.to_dict(),
         "compressor": compressor.config.to_dict() if compressor is not None else None,
         "compressor_source": {"path": comp_run.get("path") or str(Path(cfg.compressor).resolve()), "fingerprint": comp_run["fingerprint"], "features": comp_run["features"]} if comp_run else None,
+        "vae_layout": vae_layout.to_dict() if vae_layout else None,
         "window": {"seconds": seconds, "latents": n_lat, "semantic_tokens": n_tok},
         "latent_shape": [C, h, w],
         "semantic_grid": list(sample["semantic"].shape[1:]) if "semantic" in sample else None,

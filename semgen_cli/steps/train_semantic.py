@@ -13,6 +13,14 @@ attention. Clips keep their whole length: a batch is padded along time, padded t
 out of attention (`token_mask`) and out of the loss, so a model trained on clips from seconds to
 a minute plans any length in that range. Batches group clips of similar length (`lengths`, see
 `semgen_cli.training`), so short clips are not padded to the longest one in the data.
+
+On a `--condition vae` latent run (the compressed-VAE space of paper Fig. 9) the same model learns
+that run's compressed VAE tokens instead: the clip's latents on the semantic grid and rate
+(`fit_compressor.VaeLayout`), so both arms plan the same number of tokens.
+
+`--init wan:PATH` starts the blocks from Wan2.1 (a diffusers `WanTransformer3DModel` folder), as
+the paper fine-tunes its pre-trained video model for stage 2 too: Wan's width, depth and text
+embedder, with a fresh patch embedding and output head for the compressed channels (patch 1×1×1).
 """
 
 from __future__ import annotations
@@ -46,8 +54,9 @@ class TrainSemanticConfig:
     strides: a planner trained on 4 s and 60 s clips alone never sees a 20 s plan."""
     init: str | None = None
     """A train-semantic run whose weights (EMA if it has them) start this run: a fine-tune with a
-    fresh optimiser and schedule, e.g. on new data. Same preset and compressor required; ignored
-    when --resume finds a checkpoint (that checkpoint's weights win)."""
+    fresh optimiser and schedule, e.g. on new data. Same preset and compressor required; or
+    wan:PATH, Wan2.1's blocks (diffusers WanTransformer3DModel folder; the preset is then Wan's).
+    Ignored when --resume finds a checkpoint (that checkpoint's weights win)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.text_dropout < 1:
@@ -59,6 +68,13 @@ class TrainSemanticConfig:
         self.windows = tuple(float(w) for w in self.windows)
         if any(not w > 0 for w in self.windows):
             raise ConfigError(f"--windows must be positive seconds, got {', '.join(f'{w:g}' for w in self.windows)}")
+        if self.init is not None and not self.init.removeprefix("wan:").strip():
+            raise ConfigError(f"--init {self.init!r}: expected a train-semantic run folder or wan:PATH")
+
+    @property
+    def init_wan(self) -> str | None:
+        """The Wan folder of --init wan:PATH (None otherwise)."""
+        return self.init[len("wan:"):] if self.init and self.init.startswith("wan:") else None
 
 
 class WholeClips(torch.utils.data.Dataset):
@@ -67,8 +83,8 @@ class WholeClips(torch.utils.data.Dataset):
     clip's windows of that length at half-window strides (the last one flush with the clip's end).
     Window starts are fixed, so an epoch is the same items whatever the seed and resuming replays it."""
 
-    def __init__(self, data: Dataset, max_tokens: int | None, windows: tuple[int, ...] = ()) -> None:
-        self.data = data
+    def __init__(self, data: Dataset, max_tokens: int | None, windows: tuple[int, ...] = (), vae_layout=None) -> None:
+        self.data, self.vae_layout = data, vae_layout
         self.clip_lengths = [min(int(r["semantic_tokens_t"]), max_tokens or 1 << 30) for r in data.records]
         """Time tokens per sample, as cut by `max_tokens` (windows not counted)."""
         self.items: list[tuple[int, int, int]] = []
@@ -90,7 +106,11 @@ class WholeClips(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict:
         i, start, n = self.items[k]
-        x = self.data.load(i, ["semantic", "text"])
+        if self.vae_layout is None:
+            x = self.data.load(i, ["semantic", "text"])
+        else:  # the compressed-VAE arm: the clip's latents on the semantic grid and rate
+            x = self.data.load(i, ["latents", "text"])
+            x["semantic"] = self.vae_layout.tokens(x["latents"].float(), int(self.data.records[i]["semantic_tokens_t"]))
         sem = x["semantic"].float()[start : start + n]
         return {"semantic": sem, "text": x["text"].float()}
 
@@ -147,6 +167,27 @@ class SemanticStep(nn.Module):
         return loss, {"tokens_t": float(fmask.sum(1).float().mean())}
 
 
+def build_semantic_dit(cfg: TrainSemanticConfig, channels: int, text_dim: int, load: bool = True):
+    """The stage-2 DiT: `cfg.preset` from scratch, or with --init wan:PATH Wan's architecture and
+    (when `load`; not on resume, whose checkpoint holds the weights) Wan's blocks, time and text
+    embedders, with a fresh patch embedding and head for `channels` channels at patch 1×1×1."""
+    from semgen_cli.models.dit import DiT, DiTConfig
+    from semgen_cli.models.presets import preset
+
+    arch = dict(in_channels=channels, out_channels=channels, semantic_dim=0, attention="full", patch=(1, 1, 1))
+    if cfg.init_wan is None:
+        return DiT(preset(cfg.preset, text_dim=text_dim, **arch))
+    from semgen_cli.models.wan import read_wan, read_wan_config
+
+    wan_config = read_wan_config(cfg.init_wan)
+    dit = DiT(DiTConfig.from_wan_config(wan_config, **arch))
+    if dit.config.text_dim != text_dim:
+        raise MismatchError(f"--init {cfg.init}: Wan reads text of width {dit.config.text_dim}, the data's text embeddings have {text_dim}; extract with UMT5 (--text umt5:PATH)")
+    if load:
+        dit.load_wan_state_dict(read_wan(cfg.init_wan)[1], fresh=("patch_embed.", "head."))
+    return dit
+
+
 def init_from_run(dit, run: str | Path, compressor_fingerprint: str, flag: str = "--init") -> None:
     """Load the DiT weights of train-semantic `run` (EMA, else model) into `dit` in place."""
     from semgen_cli.runs import read_run, split_state
@@ -169,9 +210,9 @@ def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
 
     cfg = read_run(latent_run, "train-latent", flag)
     if cfg.get("compressor") is None:
-        raise MismatchError(f"{flag} {latent_run}: trained without semantic tokens (--condition none); stage 2 needs a semantic latent run")
-    if cfg["settings"]["condition"] != "semantic":
-        raise MismatchError(f"{flag} {latent_run}: conditioned on {cfg['settings']['condition']} tokens, not semantic features")
+        raise MismatchError(f"{flag} {latent_run}: trained without semantic tokens (--condition none, a text-to-video baseline that `semgen generate` samples alone); stage 2 needs a semantic or vae latent run")
+    if cfg["settings"]["condition"] not in ("semantic", "vae"):
+        raise MismatchError(f"{flag} {latent_run}: conditioned on {cfg['settings']['condition']} tokens, not semantic features or VAE latents")
     comp_state = split_state(load_sampling_weights(latent_run), "compressor")
     compressor = Compressor(CompressorConfig.from_dict(cfg["compressor"]))
     compressor.load_state_dict(comp_state)
@@ -184,17 +225,26 @@ stage 1's compressor): its data and its stage 1's must share them. The VAE may d
 2 never sees latents: a stage 1 fine-tuned on a new VAE's latents keeps its stage 2."""
 
 
+def stage2_roles(condition: str | None) -> tuple[str, ...]:
+    """The components stage 2 reads for a latent run conditioned on `condition`: the compressed-VAE
+    arm (Fig. 9) reads VAE latents where SemanticGen reads semantic features."""
+    return ("vae", "text") if condition == "vae" else STAGE2_ROLES
+
+
 def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False):
     from semgen_cli.flow import dimension_shift
-    from semgen_cli.models.dit import DiT
-    from semgen_cli.models.presets import preset
     from semgen_cli.training import check_run_dir, train
 
     data = Dataset(cfg.data)
     if not len(data):
         raise InputError(f"{cfg.data}: the data set has no samples")
     compressor, comp_fp, lat = load_latent_compressor(cfg.latent_run)
-    for role in STAGE2_ROLES:
+    vae_layout = None
+    if lat["settings"]["condition"] == "vae":
+        from semgen_cli.steps.fit_compressor import check_vae_layout
+
+        vae_layout = check_vae_layout(lat.get("vae_layout"), data, f"--latent-run {cfg.latent_run}")
+    for role in stage2_roles(lat["settings"]["condition"]):
         want = lat["data"]["components"].get(role, {}).get("fingerprint")
         have = data.components.get(role, {}).get("fingerprint")
         if want != have:
@@ -206,7 +256,7 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     if cfg.max_seconds is not None:
         max_tokens = semantic_tokens_for(cfg.max_seconds, float(p["semantic_fps"]))
     windows = tuple(semantic_tokens_for(w, float(p["semantic_fps"])) for w in cfg.windows)
-    dataset = WholeClips(data, max_tokens, windows)
+    dataset = WholeClips(data, max_tokens, windows, vae_layout)
     if windows:
         reporter.info(f"{len(dataset) - len(data)} windows of {', '.join(map(str, sorted(set(windows))))} tokens from longer clips, beside {len(data)} whole clips")
     first = dataset[0]
@@ -219,9 +269,9 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     longest = max(r["duration"] for r in records)
     out = Path(cfg.out)
     resume_from = check_run_dir(out, resume)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-    dit = DiT(preset(cfg.preset, in_channels=c, text_dim=text_dim, semantic_dim=0, attention="full", patch=(1, 1, 1)))
+    dit = build_semantic_dit(cfg, c, text_dim, load=resume_from is None)
+    out.mkdir(parents=True, exist_ok=True)
     config = {
         "step": "train-semantic",
         "settings": asdict(cfg),
@@ -240,12 +290,12 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
         before = read_json(out / "config.json")
         if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
-    if cfg.init is not None and resume_from is None:
+    if cfg.init is not None and cfg.init_wan is None and resume_from is None:
         init_from_run(dit, cfg.init, comp_fp)
         reporter.info(f"weights from --init {cfg.init}")
     write_json_atomic(out / "config.json", config)
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
-    reporter.info(f"semantic DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
+    reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
     result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
                    fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
