@@ -41,6 +41,19 @@ def read_run(path: str | Path, step: str, flag: str) -> dict:
     return cfg
 
 
+def check_same_data(out: str | Path, data: str | Path, allow: bool) -> None:
+    """On --resume: refuse a run folder that was trained on another data folder, unless `allow`
+    (--allow-new-data); the run's config.json would otherwise silently change its data path."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        return
+    before = read_json(out / "config.json")
+    old = (before.get("data") or {}).get("path") if isinstance(before, dict) and isinstance(before.get("data"), dict) else None
+    new = str(Path(data).resolve())
+    if old and old != new and not allow:
+        raise MismatchError(f"{out}: the run was trained on {old}, not {new}; pass --allow-new-data to continue it on this data, or choose a new --out")
+
+
 def split_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of `state` under `prefix.` with the prefix removed."""
     p = prefix + "."

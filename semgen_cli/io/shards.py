@@ -42,6 +42,71 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give `path` the mode a plain `open()` would (0o666 minus the umask): safetensors writes
+    its files 0600, which would keep others from reading a shared data or run folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """{"bytes": size, "sha256": digest} of a file, as checkpoints and bundles record it."""
+    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def check_file_record(path: str | os.PathLike, record: dict | None, hashes: bool = True) -> None:
+    """InputError naming `path` if it is missing or differs from `record` (size always; sha256
+    too when `hashes`). A `record` of None (older artifacts recorded nothing) checks presence."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing")
+    if not isinstance(record, dict):
+        return
+    size = path.stat().st_size
+    if "bytes" in record and size != record["bytes"]:
+        raise InputError(f"{path}: {size} bytes, {record['bytes']} were written (truncated or replaced); restore it or use an earlier checkpoint")
+    if hashes and "sha256" in record and sha256_file(path) != record["sha256"]:
+        raise InputError(f"{path}: sha256 differs from the one recorded when it was written (the file is corrupt); restore it or use an earlier checkpoint")
+
+
+def check_safetensors_header(path: str | os.PathLike) -> None:
+    """Cheap structural check of a safetensors file (reads only its header): the header parses,
+    and the tensors' byte ranges exactly fill the rest of the file. InputError naming the file."""
+    import struct
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            if size < 8:
+                raise ValueError(f"{size} bytes, too short for a header")
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8 or n > 100 << 20:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file (truncated?)")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"{size} bytes, its header describes {8 + n + end} (truncated?)")
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """All tensors of a safetensors file, or an InputError naming the file and what is wrong."""
+    from safetensors.torch import load_file
+
+    check_safetensors_header(path)
+    try:
+        return load_file(str(path), device=device)
+    except Exception as err:  # SafetensorError and friends: a corrupt file
+        raise InputError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0][:160]})") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a temp file beside `path`, fsync, then rename over it."""
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
@@ -66,6 +131,7 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[s
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    follow_umask(tmp)
     os.replace(tmp, path)
 
 

@@ -143,6 +143,10 @@ class LatentWindows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def sample_id(self, key) -> str:
+        """The id of the sample behind a training key (named when its data is not finite)."""
+        return self.data.records[self.index[key.index]]["id"]
+
     def __getitem__(self, key) -> dict:
         rec = self.data.records[self.index[key.index]]
         x = self.data.load(self.index[key.index], list(self.fields))
@@ -344,7 +348,17 @@ def compressor_of_run(run: str | Path, flag: str = "--init"):
     return compressor.eval(), record, state
 
 
-def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10):
+def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10, allow_new_data: bool = False):
+    from semgen_cli.io.lock import hold
+    from semgen_cli.runs import check_same_data
+
+    with hold(cfg.out, "run folder"):
+        if resume:
+            check_same_data(cfg.out, cfg.data, allow_new_data)
+        return _train_latent(cfg, train_cfg, resume, reporter, resume_hint, fsdp, sample_steps)
+
+
+def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, sample_steps: int):
     from semgen_cli.models.dit import semantic_times_from_fps
     from semgen_cli.steps.fit_compressor import load_compressor
     from semgen_cli.training import check_run_dir, train

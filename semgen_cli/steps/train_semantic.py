@@ -88,6 +88,10 @@ class WholeClips(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sample_id(self, k: int) -> str:
+        """The id of the sample an item is cut from (named when its data is not finite)."""
+        return self.data.records[self.items[k][0]]["id"]
+
     def __getitem__(self, k: int) -> dict:
         i, start, n = self.items[k]
         x = self.data.load(i, ["semantic", "text"])
@@ -184,7 +188,17 @@ stage 1's compressor): its data and its stage 1's must share them. The VAE may d
 2 never sees latents: a stage 1 fine-tuned on a new VAE's latents keeps its stage 2."""
 
 
-def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False):
+def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False):
+    from semgen_cli.io.lock import hold
+    from semgen_cli.runs import check_same_data
+
+    with hold(cfg.out, "run folder"):
+        if resume:
+            check_same_data(cfg.out, cfg.data, allow_new_data)
+        return _train_semantic(cfg, train_cfg, resume, reporter, resume_hint, fsdp)
+
+
+def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool):
     from semgen_cli.flow import dimension_shift
     from semgen_cli.models.dit import DiT
     from semgen_cli.models.presets import preset
