@@ -140,6 +140,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such {what}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (emptied or cut short), not the {what} it should be")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -164,6 +166,32 @@ class ShardInfo:
         return f"{self.name}.jsonl"
 
 
+def _checked_index(path: Path, index: dict) -> list[ShardInfo]:
+    """The shards of an index whose fields have the shapes readers rely on; InputError otherwise."""
+    try:
+        for key, kind in (("producer", dict), ("components", dict), ("fields", dict), ("shards", list)):
+            if not isinstance(index[key], kind):
+                raise TypeError(f"{key!r} is not a JSON {'object' if kind is dict else 'array'}")
+        total = index["total_samples"]
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise TypeError("'total_samples' is not a whole number")
+        shards = []
+        for s in index["shards"]:
+            info = ShardInfo(str(s["name"]), s["samples"], s["bytes"], s["sha256"])
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (info.samples, info.bytes)):
+                raise TypeError(f"shard {info.name}: 'samples' and 'bytes' must be whole numbers")
+            if "/" in info.name or info.name.startswith("."):
+                raise TypeError(f"shard name {info.name!r} is not a file name")
+            shards.append(info)
+        if sum(s.samples for s in shards) != total:
+            raise TypeError(f"'total_samples' {total} is not the sum of its shards' samples ({sum(s.samples for s in shards)})")
+    except KeyError as err:
+        raise InputError(f"{path}: not a complete semgen shard index (no {err} key); rerun `semgen extract`") from None
+    except TypeError as err:
+        raise InputError(f"{path}: malformed semgen shard index ({err}); rerun `semgen extract`") from None
+    return shards
+
+
 class Dataset:
     """Read side of a shard folder: the index, per-sample records, and tensors on demand.
 
@@ -180,11 +208,13 @@ class Dataset:
         if not index_path.is_file():
             raise InputError(f"{index_path}: missing; this folder is not a finished extraction (rerun `semgen extract`, it resumes)")
         self.index = read_json(index_path, "index")
+        if not isinstance(self.index, dict):
+            raise InputError(f"{index_path}: not a semgen shard index (a JSON {type(self.index).__name__}, not an object)")
         if self.index.get("format") != FORMAT:
             raise InputError(f"{index_path}: not a semgen shard index (format {self.index.get('format')!r})")
         if self.index.get("version") != VERSION:
             raise InputError(f"{index_path}: index version {self.index.get('version')} is not supported (expected {VERSION})")
-        self.shards = [ShardInfo(s["name"], s["samples"], s["bytes"], s["sha256"]) for s in self.index["shards"]]
+        self.shards = _checked_index(index_path, self.index)
         self._records: list[dict] | None = None
         self._handles: dict[str, Any] = {}
 

@@ -495,6 +495,8 @@ def _check_same_architecture(out: Path, config: dict) -> None:
     from semgen_cli.io.shards import read_json
 
     before = read_json(out / "config.json")
+    if not isinstance(before, dict) or before.get("step") != "train-latent" or "dit" not in before:
+        raise InputError(f"{out / 'config.json'}: not a train-latent run config (emptied or replaced?); restore it or use a new --out")
     for key in ("dit", "compressor", "latent_shape"):
         if before.get(key) != config.get(key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")

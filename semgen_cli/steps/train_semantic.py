@@ -252,6 +252,8 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     }
     if resume and (out / "config.json").is_file():
         before = read_json(out / "config.json")
+        if not isinstance(before, dict) or before.get("step") != "train-semantic" or "dit" not in before:
+            raise InputError(f"{out / 'config.json'}: not a train-semantic run config (emptied or replaced?); restore it or use a new --out")
         if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
     if cfg.init is not None and resume_from is None:
