@@ -1128,6 +1128,7 @@ class _Trainer:
         resumed_from = None
         if ckpt is not None:
             self.load(ckpt)
+            self.last_ckpt = ckpt
             resumed_from = self.step
             if self.step >= cfg.steps:
                 self.reporter.info(f"{self.out} already reached step {self.step} of {cfg.steps}; nothing to do")
