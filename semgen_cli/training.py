@@ -324,7 +324,9 @@ def check_run_dir(out_dir: str | os.PathLike, resume: bool) -> Path | None:
         raise InputError(
             f"{out_dir}: nothing to resume from (no checkpoint in {root}); drop --resume to start a new run"
         )
-    return latest_checkpoint(out_dir)
+    ckpt = latest_checkpoint(out_dir)
+    verify_checkpoint(ckpt)  # before the step writes anything into the folder
+    return ckpt
 
 
 def load_checkpoint_weights(
@@ -697,6 +699,27 @@ def _check_model_keys(ckpt: Path, saved: dict[str, torch.Tensor], model_sd: dict
         )
 
 
+_VERIFIED: dict[str, tuple] = {}
+"""Checkpoint folders already hashed by this process, with the (size, mtime) of their files."""
+
+
+def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """The state.json of a checkpoint to resume from, after checking it and every file it needs
+    against the bytes and sha256 it recorded: a missing, truncated or bit-flipped file is named
+    before anything is loaded or written. Hashes once per process (a step checks before it writes
+    its config.json, the trainer again before loading)."""
+    state = _checked_state(ckpt)
+    files = state.get("files") or {}
+    ema_expected = EMA_FILE in files or (not files and float(state["config"].get("ema_decay", 0) or 0) > 0)
+    needed = (MODEL_FILE, OPTIM_FILE) + ((EMA_FILE,) if ema_expected else ())
+    stamp = tuple((f, (ckpt / f).stat().st_size, (ckpt / f).stat().st_mtime_ns) if (ckpt / f).is_file() else (f,) for f in needed)
+    if _VERIFIED.get(str(ckpt)) != stamp:
+        for f in needed:
+            check_file_record(ckpt / f, files.get(f))
+        _VERIFIED[str(ckpt)] = stamp
+    return state
+
+
 def _checked_state(ckpt: Path) -> dict[str, Any]:
     """state.json of a checkpoint, or an InputError naming it when it lacks what resume reads."""
     path = ckpt / STATE
@@ -901,11 +924,7 @@ class _Trainer:
                 path.rmdir()
 
     def load(self, ckpt: Path) -> None:
-        state = _checked_state(ckpt)
-        files = state.get("files") or {}
-        ema_expected = EMA_FILE in files or (not files and float(state["config"].get("ema_decay", 0) or 0) > 0)
-        for f in (MODEL_FILE, OPTIM_FILE) + ((EMA_FILE,) if ema_expected else ()):
-            check_file_record(ckpt / f, files.get(f))  # missing, truncated, bit-flipped: named before any load
+        state = verify_checkpoint(ckpt)
         saved = load_tensors(ckpt / MODEL_FILE)
         bad = _first_nonfinite(saved)
         if bad is not None:
