@@ -73,17 +73,28 @@ Design (the contract the step modules rely on):
   elapsed_s, then the caller's fields; loss and fields averaged over micro-steps and ranks), and
   `checkpoints/step-0000100/` with `model.safetensors`, `ema.safetensors` (fp32, when
   `ema_decay > 0`), `optimizer.pt` (holds the scheduler too; loaded with `weights_only=True`) and
-  `state.json` (step, data cursor, RNG states per rank, config and fingerprint), written last into
-  `step-0000100.tmp/`, which is then renamed; `checkpoints/latest` names the newest folder and is
-  written after it. A folder without `state.json` is not a checkpoint.
+  `state.json` (step, data cursor, RNG states per rank, config, fingerprint, and the bytes and
+  sha256 of each weight file under `files`), written last into `step-0000100.tmp-PID/`, which is
+  then renamed; `checkpoints/latest` names the newest folder and is written after it. A folder
+  without `state.json` is not a checkpoint. Files follow the umask. The folder is locked for the
+  run (`semgen_cli.io.lock`): a second writer is refused, naming this one.
 - **Checkpoints** are saved every `save_every` steps, at every `sample_every` step (so samples
   sit beside the weights that made them), at the last step, and when Ctrl-C stops the run (the
-  first Ctrl-C finishes the current step, saves and returns `interrupted=True`; a second one
+  first Ctrl-C or `kill -INT`, even of a process started with SIGINT ignored, finishes the current
+  step, saves and returns `interrupted=True`, which the CLI turns into exit 130; a second one
   aborts). `keep_last` prunes older ones: the trainer's files go, files the caller wrote into the
   folder (validation mp4s) stay.
+- **Non-finite numbers** stop the run: a NaN/inf loss or gradient norm raises a one-line error
+  naming the step (and, where the inputs of the batch are not finite, the samples, by the
+  dataset's optional `sample_id(key)`) before the update; a save refuses non-finite weights. No
+  checkpoint is ever written from such a state.
 - **Resume** restores model, EMA, optimizer, scheduler, RNGs and the data cursor: N steps +
   resume + M steps gives bit-identical losses to N+M steps on CPU. Raising `steps` on resume is
   allowed; with a "cosine"/"linear" schedule that changes the LR curve (the trainer warns).
+  Before anything is loaded or written, the checkpoint's files are checked against the sizes and
+  hashes its state.json recorded, so a missing, truncated or bit-flipped file is named. A run
+  stopped before its first checkpoint was complete (a `checkpoints/` folder, no checkpoint in it)
+  resumes from step 0.
 """
 
 from __future__ import annotations
@@ -866,6 +877,10 @@ class _Trainer:
         cfg = self.cfg
         states = self._collective_state()
         bad = _first_nonfinite({"model": states["model"], "ema": states["ema"] or {}})
+        if self.d.active:  # FSDP gathers the full state on rank 0 only: every rank stops with it
+            flag = torch.tensor([float(bad is not None)], device=self.device)
+            dist.all_reduce(flag)
+            bad = bad or ("(on rank 0)" if flag.item() > 0 else None)
         if bad is not None:  # never commit a non-finite state (a diverged update, a bit flip in memory)
             last = f"the last checkpoint {self.last_ckpt.name} is kept" if self.last_ckpt is not None else "no checkpoint was written"
             raise ConfigError(f"step {self.step}: weight {bad} is not finite after the update (the training diverged); "
