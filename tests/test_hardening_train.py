@@ -307,3 +307,13 @@ sys.exit(130 if r.interrupted else 0)
     assert p.wait(timeout=60) == 130
     ckpt = latest_checkpoint(tmp_path / "run")
     assert 0 < json.loads((ckpt / "state.json").read_text())["step"] < 500
+
+
+@pytest.mark.parametrize("path, folder", [("/proc/semgen-no/run", True), ("/proc/o.mp4", False)], ids=["folder", "file"])
+def test_a_lock_where_nothing_can_be_written_is_one_line(path, folder):
+    from semgen_cli.io.lock import hold
+
+    with pytest.raises(InputError, match=r"cannot write there") as e:
+        with hold(path, "run folder", folder=folder):
+            pass
+    assert "\n" not in str(e.value) and path in str(e.value)

@@ -52,15 +52,19 @@ def hold(path: str | os.PathLike, what: str, flag: str = "--out", folder: bool =
         yield path
         return
     created = False
-    if folder:
-        if path.exists() and not path.is_dir():
-            raise InputError(f"{flag} {path}: exists and is not a folder")
-        created = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
-        lock_path = path / LOCK_NAME
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = path.parent / f".{path.name}.lock"
+    try:
+        if folder:
+            if path.exists() and not path.is_dir():
+                raise InputError(f"{flag} {path}: exists and is not a folder")
+            created = not path.exists()
+            path.mkdir(parents=True, exist_ok=True)
+            lock_path = path / LOCK_NAME
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = path.parent / f".{path.name}.lock"
+        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666))
+    except OSError as err:  # a read-only or unwritable place: say so before any work starts
+        raise InputError(f"{flag} {path}: cannot write there ({err.strerror})") from None
     key = str(lock_path.resolve())
     if key in _HELD:
         yield path
