@@ -126,7 +126,6 @@ from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io.shards import (
     check_file_record,
-    check_safetensors_header,
     file_record,
     follow_umask,
     load_tensors,
@@ -347,8 +346,6 @@ def load_checkpoint_weights(
 
     `run_dir` is a run folder (its newest checkpoint, or `step` if given) or a checkpoint folder.
     `which` is "ema" (the EMA, what sampling should use) or "model" (the raw trained weights)."""
-    from safetensors.torch import load_file
-
     if which not in ("ema", "model"):
         raise ConfigError(f'which={which!r}: must be "ema" or "model"')
     run_dir = Path(run_dir)

@@ -72,9 +72,8 @@ def command(
     with RichReporter() as reporter:
         result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps, allow_new_data=allow_new_data)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
-    if result.interrupted:
+    if result.interrupted:  # saved; exit 130 so that `train-latent … && train-semantic …` stops here
         rows["stopped early"] = T.resume_hint(sys.argv[1:])
-    if result.interrupted:
         summary("stage 1", rows)
         raise typer.Exit(T.INTERRUPTED)
     summary("stage 1", rows, next_command=f"semgen train-semantic {data} --latent-run {out} --out {out.parent / 'semantic'}")
