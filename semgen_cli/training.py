@@ -335,7 +335,12 @@ def check_run_dir(out_dir: str | os.PathLike, resume: bool) -> Path | None:
             f"{out_dir}: nothing to resume from (no checkpoint in {root}); drop --resume to start a new run"
         )
     ckpt = latest_checkpoint(out_dir)
-    verify_checkpoint(ckpt)  # before the step writes anything into the folder
+    try:
+        verify_checkpoint(ckpt)  # before the step writes anything into the folder
+    except InputError as err:
+        earlier = [p for _, p in _valid_checkpoints(out_dir) if p != ckpt]
+        hint = f" (deleting {ckpt} resumes from {earlier[-1].name})" if earlier else ""
+        raise InputError(f"{err}{hint}") from None
     return ckpt
 
 
@@ -738,7 +743,8 @@ def _checked_state(ckpt: Path) -> dict[str, Any]:
         for key in ("step", "epoch", "position"):
             if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
                 raise TypeError(f"{key!r} is not a whole number")
-        if not isinstance(state["rng"], list) or not state["rng"] or not all(isinstance(r, dict) for r in state["rng"]):
+        rng_keys = {"python", "numpy", "torch", "generator"}
+        if not isinstance(state["rng"], list) or not state["rng"] or not all(isinstance(r, dict) and rng_keys <= set(r) for r in state["rng"]):
             raise TypeError("'rng' is not a list of RNG states")
         if not isinstance(state["config"], dict):
             raise TypeError("'config' is not an object")

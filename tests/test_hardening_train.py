@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -152,6 +153,9 @@ def test_resume_names_a_corrupt_or_missing_checkpoint_file(tmp_path, fault):
     msg = str(e.value)
     assert "\n" not in msg and str(file) in msg, msg
     assert snapshot(run) == before
+    assert f"deleting {ckpt} resumes from step-0000001" in msg  # and doing so works
+    shutil.rmtree(ckpt)
+    assert train(make_net(), NoisyPoints(), collate, loss_fn, cfg(steps=4, save_every=1), run, resume=True).resumed_from == 1
 
 
 def test_checkpoints_record_the_bytes_and_sha256_of_their_files(tmp_path):

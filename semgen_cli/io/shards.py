@@ -60,7 +60,7 @@ def check_file_record(path: str | os.PathLike, record: dict | None, hashes: bool
     too when `hashes`). A `record` of None (older artifacts recorded nothing) checks presence."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: missing")
+        raise InputError(f"{path}: missing; restore it or use an earlier checkpoint")
     if not isinstance(record, dict):
         return
     size = path.stat().st_size
