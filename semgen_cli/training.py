@@ -73,17 +73,28 @@ Design (the contract the step modules rely on):
   elapsed_s, then the caller's fields; loss and fields averaged over micro-steps and ranks), and
   `checkpoints/step-0000100/` with `model.safetensors`, `ema.safetensors` (fp32, when
   `ema_decay > 0`), `optimizer.pt` (holds the scheduler too; loaded with `weights_only=True`) and
-  `state.json` (step, data cursor, RNG states per rank, config and fingerprint), written last into
-  `step-0000100.tmp/`, which is then renamed; `checkpoints/latest` names the newest folder and is
-  written after it. A folder without `state.json` is not a checkpoint.
+  `state.json` (step, data cursor, RNG states per rank, config, fingerprint, and the bytes and
+  sha256 of each weight file under `files`), written last into `step-0000100.tmp-PID/`, which is
+  then renamed; `checkpoints/latest` names the newest folder and is written after it. A folder
+  without `state.json` is not a checkpoint. Files follow the umask. The folder is locked for the
+  run (`semgen_cli.io.lock`): a second writer is refused, naming this one.
 - **Checkpoints** are saved every `save_every` steps, at every `sample_every` step (so samples
   sit beside the weights that made them), at the last step, and when Ctrl-C stops the run (the
-  first Ctrl-C finishes the current step, saves and returns `interrupted=True`; a second one
+  first Ctrl-C or `kill -INT`, even of a process started with SIGINT ignored, finishes the current
+  step, saves and returns `interrupted=True`, which the CLI turns into exit 130; a second one
   aborts). `keep_last` prunes older ones: the trainer's files go, files the caller wrote into the
   folder (validation mp4s) stay.
+- **Non-finite numbers** stop the run: a NaN/inf loss or gradient norm raises a one-line error
+  naming the step (and, where the inputs of the batch are not finite, the samples, by the
+  dataset's optional `sample_id(key)`) before the update; a save refuses non-finite weights. No
+  checkpoint is ever written from such a state.
 - **Resume** restores model, EMA, optimizer, scheduler, RNGs and the data cursor: N steps +
   resume + M steps gives bit-identical losses to N+M steps on CPU. Raising `steps` on resume is
   allowed; with a "cosine"/"linear" schedule that changes the LR curve (the trainer warns).
+  Before anything is loaded or written, the checkpoint's files are checked against the sizes and
+  hashes its state.json recorded, so a missing, truncated or bit-flipped file is named. A run
+  stopped before its first checkpoint was complete (a `checkpoints/` folder, no checkpoint in it)
+  resumes from step 0.
 """
 
 from __future__ import annotations
@@ -113,7 +124,15 @@ from torch import nn
 
 from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError, InputError, MismatchError
-from semgen_cli.io.shards import read_json, write_json_atomic, write_text_atomic
+from semgen_cli.io.shards import (
+    check_file_record,
+    file_record,
+    follow_umask,
+    load_tensors,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from semgen_cli.reporting import NULL, Reporter
 
 __all__ = [
@@ -310,10 +329,19 @@ def check_run_dir(out_dir: str | os.PathLike, resume: bool) -> Path | None:
             )
         return None
     if not _valid_checkpoints(out_dir):
+        if root.is_dir():  # the run started but stopped before its first checkpoint was complete
+            return None
         raise InputError(
             f"{out_dir}: nothing to resume from (no checkpoint in {root}); drop --resume to start a new run"
         )
-    return latest_checkpoint(out_dir)
+    ckpt = latest_checkpoint(out_dir)
+    try:
+        verify_checkpoint(ckpt)  # before the step writes anything into the folder
+    except InputError as err:
+        earlier = [p for _, p in _valid_checkpoints(out_dir) if p != ckpt]
+        hint = f" (deleting {ckpt} resumes from {earlier[-1].name})" if earlier else ""
+        raise InputError(f"{err}{hint}") from None
+    return ckpt
 
 
 def load_checkpoint_weights(
@@ -323,8 +351,6 @@ def load_checkpoint_weights(
 
     `run_dir` is a run folder (its newest checkpoint, or `step` if given) or a checkpoint folder.
     `which` is "ema" (the EMA, what sampling should use) or "model" (the raw trained weights)."""
-    from safetensors.torch import load_file
-
     if which not in ("ema", "model"):
         raise ConfigError(f'which={which!r}: must be "ema" or "model"')
     run_dir = Path(run_dir)
@@ -341,15 +367,41 @@ def load_checkpoint_weights(
     if not path.is_file():
         hint = " (the run was trained with ema_decay=0; use the model weights)" if which == "ema" else ""
         raise InputError(f"{path}: missing{hint}")
-    return load_file(str(path), device="cpu")
+    files = _state_files(ckpt)
+    check_file_record(path, files.get(path.name), hashes=False)  # sizes and the header: cheap
+    tensors = load_tensors(path)
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise InputError(f"{path}: tensor {bad} holds NaN or inf values; use an earlier checkpoint")
+    return tensors
+
+
+def _state_files(ckpt: Path) -> dict:
+    """The {file: {"bytes", "sha256"}} a checkpoint's state.json records ({} for older ones)."""
+    try:
+        files = read_json(ckpt / STATE, "checkpoint state").get("files")
+    except (InputError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _trained_with_ema(ckpt: Path) -> bool:
+    try:
+        return float(read_json(ckpt / STATE, "checkpoint state")["config"]["ema_decay"]) > 0
+    except (InputError, KeyError, TypeError, ValueError):
+        return True
 
 
 def load_sampling_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A run's newest weights for sampling: the EMA, or the raw model of a run trained without EMA."""
-    try:
-        return load_checkpoint_weights(run_dir, "ema")
-    except InputError:
-        return load_checkpoint_weights(run_dir, "model")
+    """A run's newest weights for sampling: the EMA, or the raw model of a run trained without
+    EMA. A run trained with an EMA whose ema.safetensors is gone is an error, not the raw weights."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir if (run_dir / STATE).is_file() else latest_checkpoint(run_dir)
+    if not (ckpt / EMA_FILE).is_file() and (ckpt / MODEL_FILE).is_file() and not _trained_with_ema(ckpt):
+        return load_checkpoint_weights(ckpt, "model")
+    if not (ckpt / EMA_FILE).is_file():
+        raise InputError(f"{ckpt / EMA_FILE}: missing (the run was trained with an EMA, which sampling uses); restore the file or use an earlier checkpoint")
+    return load_checkpoint_weights(ckpt, "ema")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -622,6 +674,23 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
         out[k] = v.clone() if ptr in storages else v  # tied weights: safetensors refuses shared storage
         storages.add(ptr)
     save_file(out, str(path), metadata=metadata)
+    follow_umask(path)
+
+
+def _first_nonfinite(tensors: dict[str, Any]) -> str | None:
+    """The name of the first floating tensor (of a nested state) holding NaN or inf, else None."""
+    for k, v in tensors.items():
+        if isinstance(v, dict):
+            inner = _first_nonfinite(v)
+            if inner is not None:
+                return f"{k}.{inner}"
+        elif isinstance(v, (list, tuple)):
+            inner = _first_nonfinite(dict(enumerate(v)))
+            if inner is not None:
+                return f"{k}.{inner}"
+        elif isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(_full(v)).all():
+            return str(k)
+    return None
 
 
 def _check_model_keys(ckpt: Path, saved: dict[str, torch.Tensor], model_sd: dict[str, torch.Tensor]) -> None:
@@ -641,6 +710,50 @@ def _check_model_keys(ckpt: Path, saved: dict[str, torch.Tensor], model_sd: dict
             f"{ckpt} does not fit this model ({'; '.join(parts)}); it was made with another preset or "
             f"model settings: resume with the same settings or use a new --out"
         )
+
+
+_VERIFIED: dict[str, tuple] = {}
+"""Checkpoint folders already hashed by this process, with the (size, mtime) of their files."""
+
+
+def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """The state.json of a checkpoint to resume from, after checking it and every file it needs
+    against the bytes and sha256 it recorded: a missing, truncated or bit-flipped file is named
+    before anything is loaded or written. Hashes once per process (a step checks before it writes
+    its config.json, the trainer again before loading)."""
+    state = _checked_state(ckpt)
+    files = state.get("files") or {}
+    ema_expected = EMA_FILE in files or (not files and float(state["config"].get("ema_decay", 0) or 0) > 0)
+    needed = (MODEL_FILE, OPTIM_FILE) + ((EMA_FILE,) if ema_expected else ())
+    stamp = tuple((f, (ckpt / f).stat().st_size, (ckpt / f).stat().st_mtime_ns) if (ckpt / f).is_file() else (f,) for f in needed)
+    if _VERIFIED.get(str(ckpt)) != stamp:
+        for f in needed:
+            check_file_record(ckpt / f, files.get(f))
+        _VERIFIED[str(ckpt)] = stamp
+    return state
+
+
+def _checked_state(ckpt: Path) -> dict[str, Any]:
+    """state.json of a checkpoint, or an InputError naming it when it lacks what resume reads."""
+    path = ckpt / STATE
+    state = read_json(path, "checkpoint state")
+    try:
+        if not isinstance(state, dict):
+            raise TypeError("not a JSON object")
+        for key in ("step", "epoch", "position"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                raise TypeError(f"{key!r} is not a whole number")
+        rng_keys = {"python", "numpy", "torch", "generator"}
+        if not isinstance(state["rng"], list) or not state["rng"] or not all(isinstance(r, dict) and rng_keys <= set(r) for r in state["rng"]):
+            raise TypeError("'rng' is not a list of RNG states")
+        if not isinstance(state["config"], dict):
+            raise TypeError("'config' is not an object")
+        TrainConfig.from_dict(state["config"])
+    except KeyError as err:
+        raise InputError(f"{path}: not a semgen checkpoint state (no {err} key); resume from an earlier checkpoint") from None
+    except (TypeError, ValueError, ConfigError) as err:
+        raise InputError(f"{path}: not a semgen checkpoint state ({err}); resume from an earlier checkpoint") from None
+    return state
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -766,6 +879,15 @@ class _Trainer:
         """Write checkpoints/step-N/ (state.json last, then rename), then `latest`, then prune."""
         cfg = self.cfg
         states = self._collective_state()
+        bad = _first_nonfinite({"model": states["model"], "ema": states["ema"] or {}})
+        if self.d.active:  # FSDP gathers the full state on rank 0 only: every rank stops with it
+            flag = torch.tensor([float(bad is not None)], device=self.device)
+            dist.all_reduce(flag)
+            bad = bad or ("(on rank 0)" if flag.item() > 0 else None)
+        if bad is not None:  # never commit a non-finite state (a diverged update, a bit flip in memory)
+            last = f"the last checkpoint {self.last_ckpt.name} is kept" if self.last_ckpt is not None else "no checkpoint was written"
+            raise ConfigError(f"step {self.step}: weight {bad} is not finite after the update (the training diverged); "
+                              f"nothing was saved ({last}); lower --lr")
         rng = _rng_state(self.generator)
         all_rng = [None] * self.d.world
         if self.d.active:
@@ -775,14 +897,16 @@ class _Trainer:
         name = _step_dir_name(self.step)
         final = self.out / CHECKPOINTS / name
         if self.d.main:
-            tmp = final.with_name(name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            for stale in final.parent.glob("step-*.tmp*"):  # left by a killed save (this run holds the folder's lock)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = final.with_name(f"{name}.tmp-{os.getpid()}")
             tmp.mkdir(parents=True)
             meta = {"format": "pt", "step": str(self.step)}
             _save_safetensors(states["model"], tmp / MODEL_FILE, meta)
             if states["ema"] is not None:
                 _save_safetensors(states["ema"], tmp / EMA_FILE, {**meta, "ema_decay": str(cfg.ema_decay)})
             torch.save({"optimizer": states["optim"], "scheduler": self.scheduler.state_dict()}, tmp / OPTIM_FILE)
+            files = {f: file_record(tmp / f) for f in (MODEL_FILE, EMA_FILE, OPTIM_FILE) if (tmp / f).is_file()}
             state = {
                 "version": STATE_VERSION,
                 "step": self.step,
@@ -793,6 +917,7 @@ class _Trainer:
                 "fingerprint": cfg.fingerprint(),
                 "config": cfg.to_dict(),
                 "rng": all_rng,
+                "files": files,
             }
             write_json_atomic(tmp / STATE, state)  # the commit marker of the folder
             if final.exists():
@@ -817,10 +942,11 @@ class _Trainer:
                 path.rmdir()
 
     def load(self, ckpt: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = read_json(ckpt / STATE, "checkpoint state")
-        saved = load_file(str(ckpt / MODEL_FILE), device="cpu")
+        state = verify_checkpoint(ckpt)
+        saved = load_tensors(ckpt / MODEL_FILE)
+        bad = _first_nonfinite(saved)
+        if bad is not None:
+            raise InputError(f"{ckpt / MODEL_FILE}: weight {bad} holds NaN or inf; resume from an earlier checkpoint")
         model_sd = self.raw.state_dict()
         _check_model_keys(ckpt, saved, model_sd)
         if self.fsdp:
@@ -834,15 +960,29 @@ class _Trainer:
             set_model_state_dict(self.raw, saved, options=opts)
         else:
             self.raw.load_state_dict(saved)
-        blob = torch.load(ckpt / OPTIM_FILE, map_location="cpu", weights_only=True)
+        try:
+            blob = torch.load(ckpt / OPTIM_FILE, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or not {"optimizer", "scheduler"} <= set(blob):
+                raise ValueError("no optimizer and scheduler state in it")
+        except Exception as err:  # a corrupt zip, a truncated pickle, a foreign file
+            raise InputError(f"{ckpt / OPTIM_FILE}: not a readable optimizer state ({str(err).splitlines()[0][:160]})") from None
+        bad = _first_nonfinite(blob["optimizer"].get("state", {}) if isinstance(blob["optimizer"], dict) else {})
+        if bad is not None:
+            raise InputError(f"{ckpt / OPTIM_FILE}: optimizer state {bad} holds NaN or inf; resume from an earlier checkpoint")
         if self.fsdp:
             set_optimizer_state_dict(self.raw, self.optimizer, blob["optimizer"], options=opts)
         else:
-            self.optimizer.load_state_dict(blob["optimizer"])
+            try:
+                self.optimizer.load_state_dict(blob["optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                raise InputError(f"{ckpt / OPTIM_FILE}: does not fit this model's optimizer ({str(err).splitlines()[0][:160]})") from None
         self.scheduler.load_state_dict(blob["scheduler"])
         if self.ema:
             if (ckpt / EMA_FILE).is_file():
-                ema = load_file(str(ckpt / EMA_FILE), device="cpu")
+                ema = load_tensors(ckpt / EMA_FILE)
+                bad = _first_nonfinite(ema) or next((k for k in self.ema.state if k not in ema), None)
+                if bad is not None:
+                    raise InputError(f"{ckpt / EMA_FILE}: {bad} is missing or not finite; resume from an earlier checkpoint")
                 for k, ref in self.ema.state.items():
                     self.ema.state[k] = _like(ema[k], ref).to(ref.dtype)
             else:
@@ -853,7 +993,10 @@ class _Trainer:
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         rngs = state["rng"]
         if len(rngs) == self.d.world:
-            _set_rng_state(rngs[self.d.rank], self.generator)
+            try:
+                _set_rng_state(rngs[self.d.rank], self.generator)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+                raise InputError(f"{ckpt / STATE}: its RNG state cannot be restored ({type(err).__name__}: {str(err)[:120]}); resume from an earlier checkpoint") from None
         else:
             self.reporter.warn(
                 f"{ckpt} was written by {len(rngs)} processes, this run has {self.d.world}: RNGs are reseeded, "
@@ -904,7 +1047,7 @@ class _Trainer:
         cfg, d = self.cfg, self.d
         if cfg.num_workers == 0:
             for keys in self.stream.micro_batches(cfg.batch_size, cfg.grad_accum, d.rank, d.world):
-                yield self.collate([self.dataset[k] for k in keys])
+                yield keys, self.collate([self.dataset[k] for k in keys])
         else:
             sampler = _KeySampler(self.stream, cfg.batch_size, cfg.grad_accum, d.rank, d.world)
             loader = torch.utils.data.DataLoader(
@@ -914,19 +1057,22 @@ class _Trainer:
             # The loader runs ahead on its own copy of the cursor; ours advances in step with use.
             ours = self.stream.micro_batches(cfg.batch_size, cfg.grad_accum, d.rank, d.world)
             for batch in loader:
-                next(ours)
-                yield batch
+                yield next(ours), batch
 
     def _one_step(self, batches: Iterator[Any]) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         field_sums: dict[str, float] = {}
+        culprits: list[str] | None = None  # set at the first non-finite loss: the samples to blame
         for k in range(cfg.grad_accum):
             last = k == cfg.grad_accum - 1
-            batch = _to_device(next(batches), self.device)
+            keys, batch = next(batches)
+            batch = _to_device(batch, self.device)
             with self._sync(last), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 loss, fields = self.loss_fn(self.model, batch, self.generator)
+                if culprits is None and not bool(torch.isfinite(loss.detach()).all()):
+                    culprits = self._nonfinite_samples(keys, batch)
                 (loss / cfg.grad_accum).backward()  # mean over the step's micro-batches
             loss_sum += loss.detach().double()
             for name, v in (fields or {}).items():
@@ -938,6 +1084,7 @@ class _Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if _is_dtensor(grad_norm):
             grad_norm = grad_norm.full_tensor()
+        self._stop_if_nonfinite(culprits, float(grad_norm))  # before the update: no weight sees it
         self.phase = "update"
         self.optimizer.step()
         self.scheduler.step()
@@ -959,6 +1106,47 @@ class _Trainer:
         values = packed[:-1].tolist()
         return {"loss": values[0], "lr": lr, "grad_norm": float(grad_norm), **dict(zip(names, values[1:]))}
 
+    def _nonfinite_samples(self, keys: list[Any], batch: Any) -> list[str]:
+        """The samples of a micro-batch whose input tensors hold NaN or inf (by the dataset's
+        `sample_id(key)` where it has one), [] if the inputs are finite."""
+        rows: set[int] = set()
+
+        def scan(x: Any) -> None:
+            if isinstance(x, torch.Tensor):
+                if x.is_floating_point() and x.dim() and x.shape[0] == len(keys):
+                    rows.update(torch.nonzero(~torch.isfinite(x.reshape(len(keys), -1)).all(1)).flatten().tolist())
+            elif isinstance(x, dict):
+                for v in x.values():
+                    scan(v)
+            elif isinstance(x, (list, tuple)):
+                for v in x:
+                    scan(v)
+
+        scan(batch)
+        name = getattr(self.dataset, "sample_id", None)
+        return [str(name(keys[i])) if name else f"item {int(getattr(keys[i], 'index', keys[i]))}" for i in sorted(rows)]
+
+    def _stop_if_nonfinite(self, culprits: list[str] | None, grad_norm: float) -> None:
+        """Stop the run (a one-line error, nothing saved from this step) at a non-finite loss or
+        gradient; under DDP every rank stops together."""
+        bad = culprits is not None or not math.isfinite(grad_norm)
+        if self.d.active:
+            flag = torch.tensor([float(bad)], device=self.device)
+            dist.all_reduce(flag)
+            bad = bool(flag.item() > 0)
+        if not bad:
+            return
+        step = self.step + 1
+        last = f"the last checkpoint {self.last_ckpt.name} is kept" if self.last_ckpt is not None else "no checkpoint was written"
+        self.optimizer.zero_grad(set_to_none=True)
+        if culprits:
+            shown = ", ".join(culprits[:5]) + (" …" if len(culprits) > 5 else "")
+            raise InputError(f"step {step}: the loss is not finite; NaN or inf in the data of sample(s) {shown}; "
+                             f"nothing from this step was saved ({last}); re-extract or remove those samples")
+        what = "loss" if culprits is not None else f"gradient (norm {grad_norm})"
+        raise ConfigError(f"step {step}: the {what} is not finite (the training diverged); nothing from this step was "
+                          f"saved ({last}); lower --lr, keep --grad-clip on, or check the data")
+
     def _sync(self, last: bool):
         if last:
             return nullcontext()
@@ -977,6 +1165,7 @@ class _Trainer:
         resumed_from = None
         if ckpt is not None:
             self.load(ckpt)
+            self.last_ckpt = ckpt
             resumed_from = self.step
             if self.step >= cfg.steps:
                 self.reporter.info(f"{self.out} already reached step {self.step} of {cfg.steps}; nothing to do")
@@ -1063,9 +1252,9 @@ class _Trainer:
         """First Ctrl-C: finish this step, save, return. Second: KeyboardInterrupt at once."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
+        # Installed even when the process started with SIGINT ignored (`cmd &` in a script): a
+        # `kill -INT` (or a Ctrl-C reaching the script's jobs) then stops it cleanly, saved, exit 130.
         previous = signal.getsignal(signal.SIGINT)
-        if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (nohup, `cmd &`): keep it so
-            return lambda: None
 
         def handler(signum, frame):
             if self.stop_requested:
@@ -1124,8 +1313,19 @@ def train(
                    entries of every nn.ModuleList), then the root. Needs a torchrun launch.
     device:        default cuda:LOCAL_RANK when CUDA is available, else cpu.
     """
+    from semgen_cli.io.lock import hold
+
     out_dir = Path(out_dir)
+    with hold(out_dir, "run folder"):  # a no-op when the step calling us holds it already
+        return _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint,
+                             resume_hint, fsdp, fsdp_modules, device)
+
+
+def _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint, resume_hint, fsdp,
+                  fsdp_modules, device) -> TrainResult:
     ckpt = check_run_dir(out_dir, resume)
+    if resume and ckpt is None and reporter is not None:
+        reporter.warn(f"{out_dir}: no complete checkpoint (the run stopped during its first save); starting from step 0")
     d = _init_distributed()
     try:
         trainer = _Trainer(

@@ -7,12 +7,14 @@
 `latent` that stage 2 was trained against: the paths of both keep their names under WORKDIR.
 
 From each run (latent, semantic) only what sampling needs is kept: config.json, the EMA weights
-of the final checkpoint, its state.json and the `latest` pointer (no optimizer state); paths in
+of the final checkpoint, its state.json (its `files` record narrowed to the EMA, hashed again) and
+the `latest` pointer (no optimizer state); paths in
 config.json under the training folder are written as `WORKDIR/...` (the training machine's
 absolute paths mean nothing elsewhere, and nothing reads them to load the pipeline). Then
 `pipeline.json` is written last, naming the runs, every component with its fingerprint, the
-held-out combinations and the sizes, so `semgen generate` with no runs finds the bundle and
-`semgen info` can say what it is. Its VAE is the one ASSETS/toy/vae holds: after a decoder swap
+held-out combinations, the sizes and the bytes and sha256 of every weight file (`files`; generate
+checks the sizes, `semgen inspect RUN --verify` the hashes), so `semgen generate` with no runs finds
+the bundle and `semgen info` can say what it is. Its VAE is the one ASSETS/toy/vae holds: after a decoder swap
 (swap_decoder.py) that is the new decoder, on the encoder stage 1's data came from.
 """
 
@@ -23,7 +25,7 @@ import json
 import shutil
 from pathlib import Path
 
-from semgen_cli.io.shards import read_json, write_json_atomic
+from semgen_cli.io.shards import file_record, read_json, write_json_atomic
 from semgen_cli.toy.prompts import HELD_OUT
 from semgen_cli.training import latest_checkpoint
 
@@ -49,8 +51,31 @@ def copy_run(src: Path, dst: Path, work_dir: Path) -> None:
     (dst / "checkpoints" / ckpt.name).mkdir(parents=True)
     for name in KEEP:
         shutil.copy2(ckpt / name, dst / "checkpoints" / ckpt.name / name)
+    bundled_state(dst / "checkpoints" / ckpt.name)
     write_json_atomic(dst / "config.json", relative_paths(read_json(src / "config.json"), str(work_dir.resolve())))
     (dst / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+
+
+def bundled_state(ckpt: Path) -> dict:
+    """Rewrite the copied state.json so its `files` record names only the weight files kept
+    (hashed again here); returns that record."""
+    state = read_json(ckpt / "state.json")
+    state["files"] = {name: file_record(ckpt / name) for name in KEEP if name.endswith(".safetensors")}
+    write_json_atomic(ckpt / "state.json", state)
+    return state["files"]
+
+
+def bundle_files(assets_dir: Path, runs: tuple[str, ...]) -> dict:
+    """pipeline.json's `files`: {path under ASSETS: {"bytes", "sha256"}} of each run's weights."""
+    from semgen_cli.training import latest_checkpoint
+
+    out = {}
+    for run in runs:
+        ckpt = latest_checkpoint(assets_dir / run)
+        for name in KEEP:
+            if name.endswith(".safetensors"):
+                out[(ckpt / name).relative_to(assets_dir).as_posix()] = file_record(ckpt / name)
+    return out
 
 
 def loaded_vae(assets_dir: Path, recorded: dict) -> dict:
@@ -96,6 +121,7 @@ def main(work: str, assets: str = "semgen_cli/assets", latent: str = "latent", s
         "held_out_combinations": [list(c) for c in HELD_OUT],
         "training_samples": lat["data"]["samples"],
         "bundle_bytes": size,
+        "files": bundle_files(assets_dir, ("toy/runs/latent", "toy/runs/semantic")),
     }
     if size > LIMIT_MB * 2**20:
         raise SystemExit(f"bundle is {size / 2**20:.1f} MB, over the {LIMIT_MB} MB limit")

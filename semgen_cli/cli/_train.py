@@ -21,6 +21,9 @@ SaveEvery = Annotated[int, typer.Option(help="Save a checkpoint every N steps (a
 KeepLast = Annotated[int, typer.Option(help="Checkpoints to keep.")]
 Seed = Annotated[int, typer.Option(help="Seed of data order, timesteps and noise.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint (exactly).")]
+AllowNewData = Annotated[bool, typer.Option("--allow-new-data", help="With --resume: continue the run on another data folder than it was trained on.")]
+INTERRUPTED = 130
+"""Exit code of a training stopped by Ctrl-C (after its checkpoint is saved), so `a && b` stops."""
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU).")]
 
@@ -55,6 +58,10 @@ def resume_hint(argv: list[str]) -> str:
     return "semgen " + " ".join(shlex.quote(a) for a in args) + " --resume"
 
 
+CONFIG_LIMIT = 1 << 20
+"""Largest --config file read, in bytes."""
+
+
 def _load_config_file(ctx: typer.Context, param, value):
     """Eager callback of --config: a JSON file of option values becomes the defaults that flags
     then override (defaults ← file ← flags). Keys are option names (`batch_size` or `batch-size`);
@@ -65,10 +72,16 @@ def _load_config_file(ctx: typer.Context, param, value):
 
     from semgen_cli.errors import ConfigError, InputError
 
+    if not value.exists():
+        raise InputError(f"--config {value}: no such file")
+    if not value.is_file():  # a folder, /dev/zero, a pipe: never read without end
+        raise InputError(f"--config {value}: not a regular file; give a JSON file of option values")
+    if value.stat().st_size > CONFIG_LIMIT:
+        raise InputError(f"--config {value}: {value.stat().st_size} bytes; a config file is at most {CONFIG_LIMIT} bytes")
     try:
-        data = json.loads(value.read_text())
-    except FileNotFoundError:
-        raise InputError(f"--config {value}: no such file") from None
+        data = json.loads(value.read_bytes()[:CONFIG_LIMIT].decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"--config {value}: not a UTF-8 text file; give a JSON file of option values") from None
     except json.JSONDecodeError as err:
         raise InputError(f"--config {value}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict):
@@ -78,8 +91,29 @@ def _load_config_file(ctx: typer.Context, param, value):
     unknown = sorted(set(clean) - names)
     if unknown:
         raise ConfigError(f"--config {value}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    defaults = {p.name: p.default for p in ctx.command.params}
+    for key, v in clean.items():
+        kind, ok = _config_value_ok(defaults.get(key), v)
+        if not ok:
+            raise ConfigError(f"--config {value}: {key} is {json.dumps(v)}, expected {kind}")
     ctx.default_map = {**(ctx.default_map or {}), **clean}
     return value
+
+
+def _config_value_ok(default, v) -> tuple[str, bool]:
+    """(what the option takes, whether `v` is that), judged by the option's default: a bool is
+    not a number, null only stands for an option whose default is null."""
+    from pathlib import PurePath
+
+    if isinstance(default, bool):
+        return "true or false", isinstance(v, bool)
+    if isinstance(default, int):
+        return "a whole number", isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(default, float):
+        return "a number", isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(default, (str, PurePath)):
+        return "a string", isinstance(v, str)
+    return "a number, string or null", v is None or isinstance(v, (int, float, str)) and not isinstance(v, bool)
 
 
 ConfigFile = Annotated[

@@ -34,6 +34,7 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
 ) -> None:
     """Fit the MLP compressor (mean, logvar; KL) on extracted semantic features (paper §3.2).
@@ -55,7 +56,10 @@ def command(
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
     settings_table("semgen fit-compressor", {"data": data, "out": out, "dim": dim, "features": features, "hidden": hidden, "kl weight": kl_weight, "steps": steps if dim_value else "none (stats only)", "batch": f"{batch_size} × {tokens_per_sample} tokens", "lr": lr})
     with RichReporter() as reporter:
-        result = fit_compressor(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]))
+        result = fit_compressor(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), allow_new_data=allow_new_data)
+    if result.get("interrupted"):
+        summary("compressor", {"step": result["steps_trained"], "stopped early": T.resume_hint(sys.argv[1:])})
+        raise typer.Exit(T.INTERRUPTED)
     summary("compressor", {
         "written": out / "compressor.safetensors", "fingerprint": result["fingerprint"],
         "in → out": f"{result['compressor']['in_dim']} → {result['compressor']['dim'] or 'none'}",

@@ -9,11 +9,11 @@ import typer
 
 
 def command(
-    data: Annotated[Path, typer.Argument(help="Folder written by `semgen extract`.")],
+    data: Annotated[Path, typer.Argument(help="Folder written by `semgen extract`, or a run folder (fit-compressor, train-latent, train-semantic).")],
     verify: Annotated[bool, typer.Option("--verify", help="Recompute every shard's sha256 and compare with the index.")] = False,
     samples: Annotated[int, typer.Option(help="Show the first N sample records.")] = 5,
 ) -> None:
-    """Print what a shard folder holds: samples, seconds, field shapes, components and shards."""
+    """Print what a shard folder holds: samples, seconds, field shapes, components and shards. Given a run folder (fit-compressor, train-latent, train-semantic), list its checkpoints; --verify rechecks every weight file's sha256."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -21,6 +21,8 @@ def command(
     from semgen_cli.errors import InputError
     from semgen_cli.io.shards import Dataset
 
+    if (data / "config.json").is_file() and not (data / "index.json").is_file():
+        return _inspect_run(data, verify)
     ds = Dataset(data)
     idx = ds.index
     settings_table(f"semgen inspect {data}", {
@@ -60,3 +62,39 @@ def command(
         if bad:
             raise InputError(f"{data}: {bad} of {len(ds.shards)} shard(s) failed verification")
         console.print(f"[green]all {len(ds.shards)} shard(s) match the index[/]")
+
+
+def _inspect_run(run: Path, verify: bool) -> None:
+    """A run folder: what made it, its checkpoints, and with --verify each weight file's hash."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from semgen_cli.cli._common import console, settings_table
+    from semgen_cli.errors import InputError
+    from semgen_cli.io.shards import read_json
+    from semgen_cli.runs import verify_run
+    from semgen_cli.training import _valid_checkpoints
+
+    cfg = read_json(run / "config.json", "run config")
+    step = cfg.get("step") if isinstance(cfg, dict) else None
+    if step not in ("fit-compressor", "train-latent", "train-semantic"):
+        raise InputError(f"{run}: neither a data folder (no index.json) nor a training run (config.json step {step!r})")
+    ckpts = _valid_checkpoints(run)
+    settings_table(f"semgen inspect {run}", {
+        "made by": f"semgen {step}", "data": (cfg.get("data") or {}).get("path", "?"),
+        "checkpoints": ", ".join(p.name for _, p in ckpts) or "none",
+    })
+    if not verify:
+        return
+    table = Table(title="verify", title_justify="left")
+    for col in ("file", "check"):
+        table.add_column(col)
+    bad = n = 0
+    for file, ok, note in verify_run(run):
+        n += 1
+        bad += not ok
+        table.add_row(escape(str(file.relative_to(run))), f"[green]{escape(note)}[/]" if ok else f"[red]{escape(note)}[/]")
+    console.print(table)
+    if bad:
+        raise InputError(f"{run}: {bad} of {n} weight file(s) failed verification")
+    console.print(f"[green]all {n} weight file(s) check out[/]")

@@ -44,6 +44,7 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
     sample_every: Annotated[int, typer.Option(help="Write a validation sample.mp4 beside the checkpoint every N steps (0: never).")] = 0,
@@ -76,10 +77,12 @@ def command(
         "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:
-        result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps)
+        result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps, allow_new_data=allow_new_data)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
-    if result.interrupted:
+    if result.interrupted:  # saved; exit 130 so that `train-latent … && train-semantic …` stops here
         rows["stopped early"] = T.resume_hint(sys.argv[1:])
+        summary("stage 1", rows)
+        raise typer.Exit(T.INTERRUPTED)
     next_command = f"semgen train-semantic {data} --latent-run {out} --out {out.parent / 'semantic'}"
     if condition == "none":  # Base-CT: a text-to-video model, sampled alone
         next_command = f'semgen generate "a red circle moving right on a navy background" --latent-run {out} --seconds 10 --out out.mp4'

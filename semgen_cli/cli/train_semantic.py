@@ -36,6 +36,7 @@ def command(
     seed: T.Seed = 0,
     num_workers: T.Workers = 0,
     resume: T.Resume = False,
+    allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
 ) -> None:
@@ -53,8 +54,10 @@ def command(
         "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
     })
     with RichReporter() as reporter:
-        result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp)
+        result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
-    if result.interrupted:
+    if result.interrupted:  # saved; exit 130 so that `train-latent … && train-semantic …` stops here
         rows["stopped early"] = T.resume_hint(sys.argv[1:])
+        summary("stage 2", rows)
+        raise typer.Exit(T.INTERRUPTED)
     summary("stage 2", rows, next_command=f'semgen generate "a red circle moving right on a navy background" --latent-run {latent_run} --semantic-run {out} --seconds 10 --out out.mp4')

@@ -42,6 +42,71 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give `path` the mode a plain `open()` would (0o666 minus the umask): safetensors writes
+    its files 0600, which would keep others from reading a shared data or run folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """{"bytes": size, "sha256": digest} of a file, as checkpoints and bundles record it."""
+    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def check_file_record(path: str | os.PathLike, record: dict | None, hashes: bool = True) -> None:
+    """InputError naming `path` if it is missing or differs from `record` (size always; sha256
+    too when `hashes`). A `record` of None (older artifacts recorded nothing) checks presence."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing; restore it or use an earlier checkpoint")
+    if not isinstance(record, dict):
+        return
+    size = path.stat().st_size
+    if "bytes" in record and size != record["bytes"]:
+        raise InputError(f"{path}: {size} bytes, {record['bytes']} were written (truncated or replaced); restore it or use an earlier checkpoint")
+    if hashes and "sha256" in record and sha256_file(path) != record["sha256"]:
+        raise InputError(f"{path}: sha256 differs from the one recorded when it was written (the file is corrupt); restore it or use an earlier checkpoint")
+
+
+def check_safetensors_header(path: str | os.PathLike) -> None:
+    """Cheap structural check of a safetensors file (reads only its header): the header parses,
+    and the tensors' byte ranges exactly fill the rest of the file. InputError naming the file."""
+    import struct
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            if size < 8:
+                raise ValueError(f"{size} bytes, too short for a header")
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8 or n > 100 << 20:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file (truncated?)")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"{size} bytes, its header describes {8 + n + end} (truncated?)")
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """All tensors of a safetensors file, or an InputError naming the file and what is wrong."""
+    from safetensors.torch import load_file
+
+    check_safetensors_header(path)
+    try:
+        return load_file(str(path), device=device)
+    except Exception as err:  # SafetensorError and friends: a corrupt file
+        raise InputError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0][:160]})") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a temp file beside `path`, fsync, then rename over it."""
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
@@ -66,6 +131,7 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[s
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    follow_umask(tmp)
     os.replace(tmp, path)
 
 
@@ -74,6 +140,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such {what}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (emptied or cut short), not the {what} it should be")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -98,6 +166,32 @@ class ShardInfo:
         return f"{self.name}.jsonl"
 
 
+def _checked_index(path: Path, index: dict) -> list[ShardInfo]:
+    """The shards of an index whose fields have the shapes readers rely on; InputError otherwise."""
+    try:
+        for key, kind in (("producer", dict), ("components", dict), ("fields", dict), ("shards", list)):
+            if not isinstance(index[key], kind):
+                raise TypeError(f"{key!r} is not a JSON {'object' if kind is dict else 'array'}")
+        total = index["total_samples"]
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise TypeError("'total_samples' is not a whole number")
+        shards = []
+        for s in index["shards"]:
+            info = ShardInfo(str(s["name"]), s["samples"], s["bytes"], s["sha256"])
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (info.samples, info.bytes)):
+                raise TypeError(f"shard {info.name}: 'samples' and 'bytes' must be whole numbers")
+            if "/" in info.name or info.name.startswith("."):
+                raise TypeError(f"shard name {info.name!r} is not a file name")
+            shards.append(info)
+        if sum(s.samples for s in shards) != total:
+            raise TypeError(f"'total_samples' {total} is not the sum of its shards' samples ({sum(s.samples for s in shards)})")
+    except KeyError as err:
+        raise InputError(f"{path}: not a complete semgen shard index (no {err} key); rerun `semgen extract`") from None
+    except TypeError as err:
+        raise InputError(f"{path}: malformed semgen shard index ({err}); rerun `semgen extract`") from None
+    return shards
+
+
 class Dataset:
     """Read side of a shard folder: the index, per-sample records, and tensors on demand.
 
@@ -114,11 +208,13 @@ class Dataset:
         if not index_path.is_file():
             raise InputError(f"{index_path}: missing; this folder is not a finished extraction (rerun `semgen extract`, it resumes)")
         self.index = read_json(index_path, "index")
+        if not isinstance(self.index, dict):
+            raise InputError(f"{index_path}: not a semgen shard index (a JSON {type(self.index).__name__}, not an object)")
         if self.index.get("format") != FORMAT:
             raise InputError(f"{index_path}: not a semgen shard index (format {self.index.get('format')!r})")
         if self.index.get("version") != VERSION:
             raise InputError(f"{index_path}: index version {self.index.get('version')} is not supported (expected {VERSION})")
-        self.shards = [ShardInfo(s["name"], s["samples"], s["bytes"], s["sha256"]) for s in self.index["shards"]]
+        self.shards = _checked_index(index_path, self.index)
         self._records: list[dict] | None = None
         self._handles: dict[str, Any] = {}
 

@@ -55,8 +55,10 @@ def _backend() -> str:
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Frame count, fps and size; `InputError` naming the file if it cannot be read."""
     path = str(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a video file; name the video files (e.g. {path.rstrip('/')}/*.mp4)")
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a regular file")
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: file is empty")
     try:
@@ -241,7 +243,8 @@ class VideoWriter:
         self.crf, self.preset, self.pix_fmt = crf, preset, pix_fmt
         self.frames_written = 0
         self._proc = None
-        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
+        # unique per process and writer: two writers of one name never share a temp file
+        self._tmp = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}-{os.urandom(3).hex()}{self.path.suffix or '.mp4'}")
 
     def __enter__(self) -> "VideoWriter":
         import ffmpeg
@@ -274,21 +277,36 @@ class VideoWriter:
         if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
             raise ValueError(f"expected (F, {self.height}, {self.width}, 3) uint8, got {frames.shape} {frames.dtype}")
         assert self._proc is not None, "use VideoWriter as a context manager"
-        self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError:  # ffmpeg stopped (a full disk, an unwritable folder): say why
+            proc, self._proc = self._proc, None
+            self._tmp.unlink(missing_ok=True)
+            raise InputError(self._failure(proc.stderr.read(), proc.wait())) from None
         self.frames_written += len(frames)
+
+    def _failure(self, err: bytes, code: int) -> str:
+        """One line on why ffmpeg failed, naming the cause it reports where it is a known one."""
+        text = err.decode(errors="replace")
+        if "No space left on device" in text:
+            return f"{self.path}: the disk is full (ffmpeg: No space left on device); free space or write elsewhere"
+        tail = text.strip().splitlines()[-1:] or [f"exit code {code}"]
+        return f"{self.path}: ffmpeg failed ({tail[0]})"
 
     def __exit__(self, exc_type, exc, tb) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.stdin.close()
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
         err = proc.stderr.read()
         code = proc.wait()
         if exc_type is not None or code != 0:
             self._tmp.unlink(missing_ok=True)
             if exc_type is None:
-                tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-                raise InputError(f"{self.path}: ffmpeg failed ({tail[0]})")
+                raise InputError(self._failure(err, code))
             return
         os.replace(self._tmp, self.path)
 

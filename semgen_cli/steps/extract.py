@@ -144,7 +144,20 @@ def _decode(path: str, fps: float, size, semantic_fps: float, semantic_size, max
 
 
 def extract(cfg: ExtractConfig, reporter: Reporter = NULL) -> ExtractResult:
-    """Run the extraction described by `cfg`; see the module docstring for the guarantees."""
+    """Run the extraction described by `cfg`; see the module docstring for the guarantees. The
+    output folder is locked for the run: a second extraction into it is refused."""
+    from semgen_cli.io.lock import hold
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if not Path(cfg.videos).is_dir():
+        list_videos(cfg.videos)  # its one-line error, before the lock creates --out
+    with hold(out, "data folder"):
+        return _extract(cfg, reporter)
+
+
+def _extract(cfg: ExtractConfig, reporter: Reporter) -> ExtractResult:
     t_start = time.perf_counter()
     root = Path(cfg.videos)
     videos = list_videos(root)
@@ -276,7 +289,9 @@ def _shard_done(out: Path, k: int, sources: list[str]) -> bool:
     if done["samples"] == 0:
         return True
     shard = out / f"{S.shard_name(k)}.safetensors"
-    return shard.is_file() and shard.stat().st_size == done["bytes"] and (out / f"{S.shard_name(k)}.jsonl").is_file()
+    # a kept shard is re-hashed: a corrupt one is extracted again rather than indexed
+    return (shard.is_file() and shard.stat().st_size == done["bytes"] and (out / f"{S.shard_name(k)}.jsonl").is_file()
+            and S.sha256_file(shard) == done.get("sha256"))
 
 
 def _load_components(cfg: ExtractConfig) -> dict:
@@ -306,7 +321,8 @@ class _Decoder:
         if self.cfg.num_workers > 0:
             import multiprocessing as mp
 
-            self.pool = ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"),
+                                            initializer=_die_with_parent, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -333,6 +349,31 @@ class _Decoder:
             if nxt is not None:
                 futures.append(self.pool.submit(_decode, str(nxt), *args))
             yield result
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the extracting process dies, even by `kill -9`
+    (Linux: PR_SET_PDEATHSIG; elsewhere a thread that watches the parent's pid)."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _extract_shard(cfg, out, root, k, paths, captions, encoders, decoder, reporter, seconds) -> float:
@@ -397,6 +438,10 @@ def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: di
         text = caption["text"] if caption else ""
         emb, mask = encoders["text"].encode([text])
         emb = emb[0, : int(mask[0].sum())].cpu()  # (L, D): padding is not stored
+    dtype = getattr(torch, cfg.dtype)
+    for name, t in (("latents", latents), ("semantic", semantic), ("text", emb)):
+        if not torch.isfinite(t.to(dtype)).all():  # as stored: a large float32 can overflow float16
+            raise InputError(f"{info.path}: the {name} encoder gave NaN or inf values (as {cfg.dtype}); not stored")
     duration = used / cfg.fps
     record = {
         "id": _sample_id(rel),

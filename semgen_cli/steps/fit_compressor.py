@@ -152,6 +152,10 @@ class TokenDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
+    def sample_id(self, key) -> str:
+        """The id of the sample behind a training key (named when its data is not finite)."""
+        return self.data.records[key.index]["id"]
+
     def __getitem__(self, key) -> torch.Tensor:
         x = sample_tokens(self.data, key.index, self.features, self.layout)
         flat = x.reshape(-1, x.shape[-1])  # (N, d)
@@ -168,8 +172,19 @@ class _AutoencoderStep(torch.nn.Module):
         return self.compressor.autoencoder_loss(batch)
 
 
-def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None) -> dict:
-    """Fit (or, for dim none, only measure) the compressor; returns the written config."""
+def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, allow_new_data: bool = False) -> dict:
+    """Fit (or, for dim none, only measure) the compressor; returns the written config
+    (with `interrupted: True` and no compressor.safetensors written when Ctrl-C stopped it)."""
+    from semgen_cli.io.lock import hold
+    from semgen_cli.runs import check_same_data
+
+    with hold(cfg.out, "run folder"):
+        if resume:
+            check_same_data(cfg.out, cfg.data, allow_new_data)
+        return _fit_compressor(cfg, train_cfg, resume, reporter, resume_hint)
+
+
+def _fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None) -> dict:
     from semgen_cli.models.compressor import Compressor, CompressorConfig
     from semgen_cli.runs import tensors_fingerprint
     from semgen_cli.training import check_run_dir, load_checkpoint_weights, train
@@ -198,9 +213,11 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
     if comp_cfg.dim is not None:
         result = train(_AutoencoderStep(compressor), TokenDataset(data, cfg.features, cfg.tokens_per_sample, layout), torch.stack,
                        lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint)
+        if result.interrupted:  # the fit is not finished: no compressor.safetensors from it
+            return {**config, "interrupted": True, "steps_trained": result.step}
         state = load_checkpoint_weights(out, which="ema" if train_cfg.ema_decay > 0 else "model")
         compressor.load_state_dict({k[len("compressor."):]: v for k, v in state.items()})
-        config["final_loss"] = result.loss
+        config["final_loss"] = result.loss if result.loss is not None else _last_logged_loss(out / "metrics.jsonl", result.step)
         config["steps_trained"] = result.step
     compressor.eval()
     # statistics of the compressed space (posterior means) over every sample
@@ -214,20 +231,36 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
     reporter.finish("stats")
     mean, std = Compressor.stats_of(torch.cat(zs))
     compressor.set_stats(mean, std)
-    from semgen_cli.io.shards import save_tensors_atomic
+    from semgen_cli.io.shards import file_record, save_tensors_atomic
 
     state = compressor.state_dict()
     save_tensors_atomic(out / "compressor.safetensors", state)
+    config["files"] = {"compressor.safetensors": file_record(out / "compressor.safetensors")}
     config["fingerprint"] = tensors_fingerprint(state, "compressor:")
     config["stats"] = {"mean": mean.tolist(), "std": std.tolist()}
     write_json_atomic(out / "config.json", config)
     return config
 
 
+def _last_logged_loss(metrics, step: int) -> float | None:
+    """The loss metrics.jsonl logged for `step` (a resumed run that had nothing left to train)."""
+    import json
+
+    loss = None
+    if Path(metrics).is_file():
+        for line in Path(metrics).read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("step") == step:
+                loss = rec.get("loss")
+    return loss
+
+
 def load_compressor(run: str | Path, flag: str = "--compressor"):
     """(Compressor in eval mode, its run config) from a fit-compressor run folder."""
-    from safetensors.torch import load_file
-
+    from semgen_cli.io.shards import check_file_record, load_tensors
     from semgen_cli.models.compressor import Compressor, CompressorConfig
     from semgen_cli.runs import read_run
 
@@ -235,9 +268,14 @@ def load_compressor(run: str | Path, flag: str = "--compressor"):
     weights = Path(run) / "compressor.safetensors"
     if not weights.is_file():
         raise InputError(f"{flag} {run}: no compressor.safetensors (the fit did not finish; rerun `semgen fit-compressor ... --resume`)")
+    check_file_record(weights, (cfg.get("files") or {}).get("compressor.safetensors"))  # small: hashed in full
+    state = load_tensors(weights)
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise InputError(f"{weights}: tensor {bad} holds NaN or inf; fit the compressor again")
     compressor = Compressor(CompressorConfig.from_dict(cfg["compressor"]))
     try:
-        compressor.load_state_dict(load_file(str(weights)))
+        compressor.load_state_dict(state)
     except RuntimeError as err:
         raise InputError(f"{weights}: does not match its config.json ({str(err).splitlines()[0]})") from None
     return compressor.eval(), cfg

@@ -168,9 +168,14 @@ def default_pipeline(path: str | os.PathLike | None = None) -> tuple[Path, Path]
             raise InputError(f"--pipeline {path}: no such file (give a pipeline.json written by examples/toy/bundle.py)")
     d = read_json(path, what)
     try:
-        return (path.parent / d["latent_run"]).resolve(), (path.parent / d["semantic_run"]).resolve()
+        runs = (path.parent / d["latent_run"]).resolve(), (path.parent / d["semantic_run"]).resolve()
     except (KeyError, TypeError):
         raise InputError(f"{path}: expected {{\"latent_run\": PATH, \"semantic_run\": PATH}}; {fix}") from None
+    from semgen_cli.io.shards import check_file_record
+
+    for rel, rec in (d.get("files") or {}).items():  # sizes only (cheap); `semgen inspect RUN --verify` hashes
+        check_file_record(path.parent / rel, rec, hashes=False)
+    return runs
 
 
 def output_paths(out: str | os.PathLike, count: int) -> list[Path]:
@@ -812,6 +817,28 @@ def decoded_frames(vae, latents, frames: int, chunk_latent_frames: int) -> Itera
 
 def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None,
              references: list[str] | None = None, seeds: list[int] | None = None) -> GenerateResult:
+    """`_generate` holding the write lock of every output file: a second `generate` to the same
+    --out is refused, naming this one, instead of sharing its files."""
+    from contextlib import ExitStack
+
+    from semgen_cli.io.lock import hold
+
+    with ExitStack() as stack:
+        for path in output_paths(cfg.out, len(cfg.prompts)):
+            stack.enter_context(hold(path, "output file", folder=False))
+        return _generate(cfg, reporter, resolved, references, seeds)
+
+
+def _require_finite(t, what: str) -> None:
+    """A NaN or inf in a plan or latents would decode to a black video with exit 0: refuse it."""
+    import torch
+
+    if not bool(torch.isfinite(t).all()):
+        raise InputError(f"{what} holds NaN or inf values; the runs' weights or the plan are broken (check them with `semgen inspect RUN --verify`)")
+
+
+def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None,
+              references: list[str] | None = None, seeds: list[int] | None = None) -> GenerateResult:
     """Write one mp4 (and its sidecar JSON) per prompt; see the module docstring.
 
     `references` (with a reference-video `cfg.semantic_from`): one reference video per prompt,
@@ -871,6 +898,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
             else:
                 plan = pipe.plan_from_file(source)
             if r.plan_source != "none":
+                _require_finite(plan, f"the semantic plan of {path.name}" + (f" (from {source})" if source else ""))
                 stages.end()
 
             stages.begin("latent")
@@ -883,6 +911,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                     raise
                 raise ConfigError(f"--seconds {r.seconds:g}: stage 1 ran out of memory on {device} ({r.stage1_tokens} tokens, "
                                   f"{cfg.attention or r.lat['dit']['attention']} attention); ask for fewer --seconds or a smaller --size") from None
+            _require_finite(latents, f"the sampled latents of {path.name}")
             reporter.finish(name)
             stages.end()
 

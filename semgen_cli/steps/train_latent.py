@@ -164,6 +164,10 @@ class LatentWindows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def sample_id(self, key) -> str:
+        """The id of the sample behind a training key (named when its data is not finite)."""
+        return self.data.records[self.index[key.index]]["id"]
+
     def __getitem__(self, key) -> dict:
         rec = self.data.records[self.index[key.index]]
         x = self.data.load(self.index[key.index], list(self.fields))
@@ -373,7 +377,17 @@ def compressor_of_run(run: str | Path, flag: str = "--init"):
     return compressor.eval(), record, state
 
 
-def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10):
+def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10, allow_new_data: bool = False):
+    from semgen_cli.io.lock import hold
+    from semgen_cli.runs import check_same_data
+
+    with hold(cfg.out, "run folder"):
+        if resume:
+            check_same_data(cfg.out, cfg.data, allow_new_data)
+        return _train_latent(cfg, train_cfg, resume, reporter, resume_hint, fsdp, sample_steps)
+
+
+def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, sample_steps: int):
     from semgen_cli.models.dit import semantic_times_from_fps
     from semgen_cli.steps.fit_compressor import load_compressor
     from semgen_cli.training import check_run_dir, train
@@ -510,12 +524,11 @@ def _first_key():
 def _earlier(cfg: TrainLatentConfig, resume: bool) -> tuple[dict | None, str]:
     """The config.json a run's defaults follow: its own when resuming (the init run may be gone),
     else that of the train-latent run --init names; (None, "") for neither."""
-    from semgen_cli.io.shards import read_json
     from semgen_cli.runs import read_run
 
     own = Path(cfg.out) / "config.json"
     if resume and own.is_file():
-        return read_json(own), "the resumed run's"
+        return read_run(cfg.out, "train-latent", "--out"), "the resumed run's"
     if cfg.init_run:
         return read_run(cfg.init_run, "train-latent", "--init"), f"that of --init {cfg.init}"
     return None, ""
@@ -572,6 +585,8 @@ def _check_same_architecture(out: Path, config: dict) -> None:
     from semgen_cli.io.shards import read_json
 
     before = read_json(out / "config.json")
+    if not isinstance(before, dict) or before.get("step") != "train-latent" or "dit" not in before:
+        raise InputError(f"{out / 'config.json'}: not a train-latent run config (emptied or replaced?); restore it or use a new --out")
     for key in ("dit", "compressor", "latent_shape"):
         if before.get(key) != config.get(key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")

@@ -104,6 +104,10 @@ class WholeClips(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def sample_id(self, k: int) -> str:
+        """The id of the sample an item is cut from (named when its data is not finite)."""
+        return self.data.records[self.items[k][0]]["id"]
+
     def __getitem__(self, k: int) -> dict:
         i, start, n = self.items[k]
         if self.vae_layout is None:
@@ -231,7 +235,17 @@ def stage2_roles(condition: str | None) -> tuple[str, ...]:
     return ("vae", "text") if condition == "vae" else STAGE2_ROLES
 
 
-def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False):
+def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False):
+    from semgen_cli.io.lock import hold
+    from semgen_cli.runs import check_same_data
+
+    with hold(cfg.out, "run folder"):
+        if resume:
+            check_same_data(cfg.out, cfg.data, allow_new_data)
+        return _train_semantic(cfg, train_cfg, resume, reporter, resume_hint, fsdp)
+
+
+def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool):
     from semgen_cli.flow import dimension_shift
     from semgen_cli.training import check_run_dir, train
 
@@ -288,6 +302,8 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
     }
     if resume and (out / "config.json").is_file():
         before = read_json(out / "config.json")
+        if not isinstance(before, dict) or before.get("step") != "train-semantic" or "dit" not in before:
+            raise InputError(f"{out / 'config.json'}: not a train-semantic run config (emptied or replaced?); restore it or use a new --out")
         if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
     if cfg.init is not None and cfg.init_wan is None and resume_from is None:
