@@ -10,14 +10,18 @@ from semgen_cli.models import DiT, preset
 from semgen_cli.models.attention import attention, window_ids, window_plan
 
 
-def _window_of(f, window, shift):
-    """The definition: plain windows [0, Tw), [Tw, 2Tw)...; shifted [0, s), [s, s+Tw)... (no wrap)."""
-    return (f - shift) // window + 1 if shift else f // window
+def _window_of(f, window, shift, frames=None):
+    """The definition: plain windows [0, Tw), [Tw, 2Tw)...; shifted [0, s), [s, s+Tw)... (no wrap);
+    a last window shorter than Tw // 2 joins the one before it."""
+    w = (lambda g: (g - shift) // window + 1 if shift else g // window)
+    if frames is not None and w(frames - 1) > 0 and sum(w(g) == w(frames - 1) for g in range(frames)) < window // 2:
+        return min(w(f), w(frames - 1) - 1)
+    return w(f)
 
 
 def _masked_reference(q, k, v, slots, frames, window, shift):
     """Dense attention with an explicit same-window mask: the definition swin must match."""
-    win = torch.tensor([_window_of(int(f), window, shift) for f in slots])  # (L,)
+    win = torch.tensor([_window_of(int(f), window, shift, frames) for f in slots])  # (L,)
     mask = win[:, None] == win[None, :]  # (L, L)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -28,29 +32,34 @@ def _qkv(L, seed=0, B=2, H=2, Dh=8):
 
 
 @pytest.mark.parametrize("shift", [0, 2])
-@pytest.mark.parametrize("frames", [8, 10])
+@pytest.mark.parametrize("frames", [8, 9, 10])
 def test_regular_path_matches_mask_reference(shift, frames):
     T, N, Tw = frames, 3, 4
     slots = torch.arange(T).repeat_interleave(N)
     plan = window_plan(slots, T, Tw, shift)
     assert plan.perm is None  # time-major: windows are contiguous runs, no permutation
     if shift:  # half windows at both ends (T = 8), or a half window then the rest (T = 10)
-        assert plan.groups == (((1, 2 * N), (1, 4 * N), (1, 2 * N)) if T == 8 else ((1, 2 * N), (2, 4 * N)))
+        assert plan.groups == {8: ((1, 2 * N), (1, 4 * N), (1, 2 * N)), 9: ((1, 2 * N), (1, 4 * N), (1, 3 * N)),
+                               10: ((1, 2 * N), (2, 4 * N))}[T]
     q, k, v = _qkv(T * N)
     torch.testing.assert_close(attention(q, k, v, plan), _masked_reference(q, k, v, slots, T, Tw, shift), atol=1e-5, rtol=1e-5)
 
 
 def test_window_ids_do_not_wrap():
     f = torch.arange(8)
-    assert window_ids(f, 4, 0).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert window_ids(f, 4, 2).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]  # first and last: half windows
-    assert window_ids(torch.arange(7), 5, 2).tolist() == [0, 0, 1, 1, 1, 1, 1]
+    assert window_ids(f, 8, 4, 0).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert window_ids(f, 8, 4, 2).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]  # first and last: half windows
+    assert window_ids(torch.arange(7), 7, 5, 2).tolist() == [0, 0, 1, 1, 1, 1, 1]
+    # a last window shorter than T_w // 2 joins the one before it; one of T_w // 2 stays
+    assert window_ids(torch.arange(9), 9, 4, 0).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert window_ids(torch.arange(10), 10, 4, 0).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert window_ids(torch.arange(11), 11, 4, 2).tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
     # a sequence no longer than one window is one window in both kinds of layer (as Swin does)
     assert window_plan(torch.arange(4), 4, 4, 2).shift == 0
 
 
 @pytest.mark.parametrize("shift", [0, 2])
-@pytest.mark.parametrize("frames", [8, 10])  # 10: a last window shorter than T_w
+@pytest.mark.parametrize("frames", [8, 9, 10])  # 9, 10: a last window shorter than T_w
 def test_grouped_windows_with_sparse_semantic_tokens_match_reference(shift, frames):
     N, Tw, S = 4, 4, 3  # 4 video tokens per frame, 3 tokens per semantic frame
     sem_slots = torch.tensor([1, 4, 6, 9])[: 3 if frames == 8 else 4]  # one semantic frame every ~2.5 latents
@@ -76,8 +85,8 @@ def test_each_window_holds_the_semantic_tokens_of_its_span():
             for _ in range(n):
                 members = ordered[start : start + length]
                 start += length
-                w = _window_of(int(members[0]), Tw, shift)
-                frames_in_window = {f for f in range(T) if _window_of(f, Tw, shift) == w}
+                w = _window_of(int(members[0]), Tw, shift, T)
+                frames_in_window = {f for f in range(T) if _window_of(f, Tw, shift, T) == w}
                 assert set(members.tolist()) == frames_in_window  # all its frames, nothing from elsewhere
                 n_sem = sum(int((sem_slots == f).sum()) for f in frames_in_window) * S
                 assert length == len(frames_in_window) * N + n_sem  # ...and all its semantic tokens

@@ -18,7 +18,9 @@ Plain layers cut the ``T`` latent frames into ``[0, T_w), [T_w, 2 T_w), ...`` (t
 shorter when ``T_w`` does not divide ``T``). Shifted layers move the borders by ``s = T_w/2``:
 ``[0, s), [s, s + T_w), [s + T_w, s + 2 T_w), ...``, so the first window and (when ``T_w``
 divides ``T``) the last are half windows. Slot ``f`` belongs to window
-``(f + (T_w - s) mod T_w) // T_w``. Nothing wraps round: Swin's cyclic shift *masks* the wrapped
+``(f + (T_w - s) mod T_w) // T_w``, except that a last window shorter than ``T_w // 2`` frames
+joins the one before it (a sliver of one frame at the end of a video would otherwise hold no
+semantic frame, see ``empty_windows``). Nothing wraps round: Swin's cyclic shift *masks* the wrapped
 region so that the two ends of the sequence never attend to each other, and cutting the ends
 into their own windows is the same partition without a mask. (A cyclic shift without that mask
 would pair the first and last frames, far apart in RoPE time, a distance that training windows
@@ -63,10 +65,17 @@ class WindowPlan:
     inverse: torch.Tensor | None = None
 
 
-def window_ids(slots: torch.Tensor, window: int, shift: int) -> torch.Tensor:
+def window_ids(slots: torch.Tensor, frames: int, window: int, shift: int) -> torch.Tensor:
     """Window of each latent slot: plain ``[0, T_w), [T_w, 2 T_w), ...``; shifted by ``s``:
-    ``[0, s), [s, s + T_w), ...`` (half windows at the ends; nothing wraps round)."""
-    return torch.div(slots + (window - shift) % window, window, rounding_mode="floor")
+    ``[0, s), [s, s + T_w), ...`` (half windows at the ends; nothing wraps round). A last window
+    shorter than ``T_w // 2`` frames (what is left over when ``T_w`` does not divide the length)
+    joins the one before it, so the end of a video is never a sliver of one or two frames."""
+    off = (window - shift) % window
+    win = torch.div(slots + off, window, rounding_mode="floor")
+    last = (frames - 1 + off) // window
+    if last > 0 and frames - max(0, last * window - off) < window // 2:
+        win = torch.where(win == last, win - 1, win)
+    return win
 
 
 def _runs(lengths: list[int]) -> tuple[tuple[int, int], ...]:
@@ -89,7 +98,7 @@ def window_plan(slots: torch.Tensor, frames: int, window: int, shift: int) -> Wi
     if frames <= window:
         shift = 0
     L = slots.numel()
-    win = window_ids(slots, window, shift)  # (L,) window id, non-decreasing in the slot
+    win = window_ids(slots, frames, window, shift)  # (L,) window id, non-decreasing in the slot
     lengths = torch.bincount(win)  # (nW,) tokens per window
     if L % frames == 0:
         regular = torch.arange(frames, device=slots.device).repeat_interleave(L // frames)
