@@ -38,6 +38,21 @@ def feature_tokens(sample: dict, features: str) -> torch.Tensor:
     return sample["semantic"].float() if features == "semantic" else vae_tokens(sample["latents"].float())
 
 
+@torch.no_grad()
+def posterior_stats(compressor, data, features: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (out_dim,) of the posterior means of every token of `data`,
+    streamed sample by sample (float64 sums; no copy of the data set in memory)."""
+    dev = compressor.stats_mean.device
+    field = "semantic" if features == "semantic" else "latents"
+    n, s1, s2 = 0, 0.0, 0.0
+    for i in range(len(data)):
+        _, mean, _ = compressor(feature_tokens(data.load(i, [field]), features).to(dev))
+        z = mean.reshape(-1, mean.shape[-1]).double()  # (N, C)
+        n, s1, s2 = n + z.shape[0], s1 + z.sum(0), s2 + z.square().sum(0)
+    m = s1 / n
+    return m.float(), (s2 / n - m.square()).clamp_min(0).sqrt().float()
+
+
 @dataclass
 class FitCompressorConfig:
     data: str
