@@ -4,7 +4,12 @@ Paper §3.2 (stage 1: "generating VAE latents conditioned on semantic representa
 in-context conditioning: the compressed semantic tokens are concatenated to the noisy latents,
 and noise is added to them during training as in RAE) and §3.4 (shifted-window attention for
 long videos). The compressor from `fit-compressor` is fine-tuned jointly with its KL term, as
-the paper trains them together, unless `--freeze-compressor`. Baselines by flag:
+the paper trains them together, unless `--freeze-compressor` (then it stays in eval mode); the
+DiT sees the normalised posterior means plus RAE σ-noise, as at inference, and the statistics of
+the compressed space are recomputed at every checkpoint (`CompressorStats`, docs/compressor.md).
+The default swin window is the smallest in which every window, plain and shifted, of every video
+holds a semantic frame at the data's rates (`smallest_window`); a `--window` that leaves windows
+empty is refused. Baselines by flag:
 `--condition none` is Base-CT (`--attention full`) / Base-CT-Swin (`--attention swin`), and
 `--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9).
 
