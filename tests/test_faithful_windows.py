@@ -105,6 +105,7 @@ def _latent_run(data, out, *flags):
     return out
 
 
+@pytest.mark.slow
 def test_joint_run_stores_the_statistics_of_its_ema_compressor(data, tmp_path):
     from semgen_cli.io.shards import Dataset
     from semgen_cli.runs import split_state
@@ -129,6 +130,7 @@ def test_joint_run_stores_the_statistics_of_its_ema_compressor(data, tmp_path):
     assert z.mean(0).abs().max() < 1e-3 and (z.std(0, unbiased=False) - 1).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_frozen_compressor_stays_in_eval_mode_and_keeps_its_statistics(data, tmp_path):
     from semgen_cli.runs import split_state
     from semgen_cli.steps.fit_compressor import load_compressor
