@@ -780,8 +780,9 @@ class _Trainer:
     """State of one run; `train()` is its only public face."""
 
     def __init__(self, d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint,
-                 fsdp, fsdp_modules, device):
+                 fsdp, fsdp_modules, device, before_save=None):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.before_save = before_save
         self.loss_fn, self.collate, self.dataset = loss_fn, collate, dataset
         self.reporter = reporter or NULL
         self.on_checkpoint, self.resume_hint = on_checkpoint, resume_hint
@@ -878,6 +879,9 @@ class _Trainer:
     def save(self, reason: str = "") -> Path:
         """Write checkpoints/step-N/ (state.json last, then rename), then `latest`, then prune."""
         cfg = self.cfg
+        if self.before_save is not None:
+            with _rng_preserved(self.generator):
+                self.before_save(self.raw, self.ema.state if self.ema else None)
         states = self._collective_state()
         bad = _first_nonfinite({"model": states["model"], "ema": states["ema"] or {}})
         if self.d.active:  # FSDP gathers the full state on rank 0 only: every rank stops with it
@@ -1296,6 +1300,7 @@ def train(
     fsdp: bool = False,
     fsdp_modules: Callable[[nn.Module], list[nn.Module]] | None = None,
     device: str | torch.device | None = None,
+    before_save: Callable[[nn.Module, dict[str, torch.Tensor] | None], None] | None = None,
 ) -> TrainResult:
     """Train `model` for `cfg.steps` optimiser steps on `dataset`, writing into `out_dir`.
 
@@ -1309,6 +1314,9 @@ def train(
                    (see `sample_every`); ema_model is an eval copy with EMA weights (the model's
                    weights if the EMA is off). The RNGs are restored afterwards.
     resume_hint:   the command that resumes this run, printed when it stops early.
+    before_save:   (model, ema_state or None) on every rank before each checkpoint is written; it
+                   may change both in place (what must be saved with the weights, e.g. statistics
+                   of a trained part). Not with fsdp (the weights are sharded).
     fsdp:          shard with FSDP2 `fully_shard`, per module of `fsdp_modules(model)` (default: the
                    entries of every nn.ModuleList), then the root. Needs a torchrun launch.
     device:        default cuda:LOCAL_RANK when CUDA is available, else cpu.
@@ -1318,11 +1326,11 @@ def train(
     out_dir = Path(out_dir)
     with hold(out_dir, "run folder"):  # a no-op when the step calling us holds it already
         return _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint,
-                             resume_hint, fsdp, fsdp_modules, device)
+                             resume_hint, fsdp, fsdp_modules, device, before_save)
 
 
 def _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint, resume_hint, fsdp,
-                  fsdp_modules, device) -> TrainResult:
+                  fsdp_modules, device, before_save) -> TrainResult:
     ckpt = check_run_dir(out_dir, resume)
     if resume and ckpt is None and reporter is not None:
         reporter.warn(f"{out_dir}: no complete checkpoint (the run stopped during its first save); starting from step 0")
@@ -1330,7 +1338,7 @@ def _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, report
     try:
         trainer = _Trainer(
             d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint, fsdp,
-            fsdp_modules, device,
+            fsdp_modules, device, before_save=before_save,
         )
         result = trainer.run(ckpt)
     except BaseException:

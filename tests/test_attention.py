@@ -7,12 +7,21 @@ import torch
 import torch.nn.functional as F
 
 from semgen_cli.models import DiT, preset
-from semgen_cli.models.attention import attention, window_plan
+from semgen_cli.models.attention import attention, window_ids, window_plan
+
+
+def _window_of(f, window, shift, frames=None):
+    """The definition: plain windows [0, Tw), [Tw, 2Tw)...; shifted [0, s), [s, s+Tw)... (no wrap);
+    a last window shorter than Tw // 2 joins the one before it."""
+    w = (lambda g: (g - shift) // window + 1 if shift else g // window)
+    if frames is not None and w(frames - 1) > 0 and sum(w(g) == w(frames - 1) for g in range(frames)) < window // 2:
+        return min(w(f), w(frames - 1) - 1)
+    return w(f)
 
 
 def _masked_reference(q, k, v, slots, frames, window, shift):
     """Dense attention with an explicit same-window mask: the definition swin must match."""
-    win = torch.remainder(slots - shift, frames) // window  # (L,)
+    win = torch.tensor([_window_of(int(f), window, shift, frames) for f in slots])  # (L,)
     mask = win[:, None] == win[None, :]  # (L, L)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -23,27 +32,34 @@ def _qkv(L, seed=0, B=2, H=2, Dh=8):
 
 
 @pytest.mark.parametrize("shift", [0, 2])
-def test_roll_path_matches_torch_roll_and_mask_reference(shift):
-    T, N, Tw = 8, 3, 4
+@pytest.mark.parametrize("frames", [8, 9, 10])
+def test_regular_path_matches_mask_reference(shift, frames):
+    T, N, Tw = frames, 3, 4
     slots = torch.arange(T).repeat_interleave(N)
     plan = window_plan(slots, T, Tw, shift)
-    assert plan.perm is None  # regular layout: torch.roll + view
+    assert plan.perm is None  # time-major: windows are contiguous runs, no permutation
+    if shift:  # half windows at both ends (T = 8), or a half window then the rest (T = 10)
+        assert plan.groups == {8: ((1, 2 * N), (1, 4 * N), (1, 2 * N)), 9: ((1, 2 * N), (1, 4 * N), (1, 3 * N)),
+                               10: ((1, 2 * N), (2, 4 * N))}[T]
     q, k, v = _qkv(T * N)
-    out = attention(q, k, v, plan)
-    torch.testing.assert_close(out, _masked_reference(q, k, v, slots, T, Tw, shift), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, plan), _masked_reference(q, k, v, slots, T, Tw, shift), atol=1e-5, rtol=1e-5)
 
-    # the literal recipe: roll (B, H, T, N, Dh) by -shift, cut windows into the batch, roll back
-    def win(x):
-        x = torch.roll(x.reshape(2, 2, T, N, 8), -shift, dims=2)
-        return x.reshape(2, 2, T // Tw, Tw * N, 8).transpose(1, 2).reshape(-1, 2, Tw * N, 8)
 
-    ref = F.scaled_dot_product_attention(win(q), win(k), win(v))
-    ref = torch.roll(ref.reshape(2, T // Tw, 2, Tw * N, 8).transpose(1, 2).reshape(2, 2, T, N, 8), shift, dims=2)
-    torch.testing.assert_close(out, ref.reshape(2, 2, T * N, 8))
+def test_window_ids_do_not_wrap():
+    f = torch.arange(8)
+    assert window_ids(f, 8, 4, 0).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert window_ids(f, 8, 4, 2).tolist() == [0, 0, 1, 1, 1, 1, 2, 2]  # first and last: half windows
+    assert window_ids(torch.arange(7), 7, 5, 2).tolist() == [0, 0, 1, 1, 1, 1, 1]
+    # a last window shorter than T_w // 2 joins the one before it; one of T_w // 2 stays
+    assert window_ids(torch.arange(9), 9, 4, 0).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert window_ids(torch.arange(10), 10, 4, 0).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert window_ids(torch.arange(11), 11, 4, 2).tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+    # a sequence no longer than one window is one window in both kinds of layer (as Swin does)
+    assert window_plan(torch.arange(4), 4, 4, 2).shift == 0
 
 
 @pytest.mark.parametrize("shift", [0, 2])
-@pytest.mark.parametrize("frames", [8, 10])  # 10: a last window shorter than T_w
+@pytest.mark.parametrize("frames", [8, 9, 10])  # 9, 10: a last window shorter than T_w
 def test_grouped_windows_with_sparse_semantic_tokens_match_reference(shift, frames):
     N, Tw, S = 4, 4, 3  # 4 video tokens per frame, 3 tokens per semantic frame
     sem_slots = torch.tensor([1, 4, 6, 9])[: 3 if frames == 8 else 4]  # one semantic frame every ~2.5 latents
@@ -69,7 +85,8 @@ def test_each_window_holds_the_semantic_tokens_of_its_span():
             for _ in range(n):
                 members = ordered[start : start + length]
                 start += length
-                frames_in_window = {f for f in range(T) if (f - shift) % T // Tw == (int(members[0]) - shift) % T // Tw}
+                w = _window_of(int(members[0]), Tw, shift, T)
+                frames_in_window = {f for f in range(T) if _window_of(f, Tw, shift, T) == w}
                 assert set(members.tolist()) == frames_in_window  # all its frames, nothing from elsewhere
                 n_sem = sum(int((sem_slots == f).sum()) for f in frames_in_window) * S
                 assert length == len(frames_in_window) * N + n_sem  # ...and all its semantic tokens
@@ -144,3 +161,29 @@ def test_swin_gradients_flow_and_batch_times_must_agree():
     with pytest.raises(ValueError, match="same semantic_times"):
         swin(x, torch.rand(2), torch.randn(2, 3, 16), semantic=torch.randn(2, 2, 2, 2, 8),
              semantic_times=torch.tensor([[0.0, 2.0], [1.0, 3.0]]))
+
+
+@pytest.mark.parametrize("what", ["latent", "semantic"])
+def test_the_end_of_the_sequence_never_reaches_its_start(what):
+    """Shifted windows do not wrap round (paper §3.4 after Swin, which masks the wrapped region):
+    in a swin DiT over 16 latent frames (T_w = 4), changing the last latent frame (or the last
+    semantic frame) never changes frame 0's output at any depth, while after a shifted layer it
+    does change frames beyond its own plain window."""
+    T, Tw = 16, 4
+    x, t, text = torch.randn(1, 4, T, 4, 4), torch.rand(1), torch.randn(1, 3, 16)
+    sem = torch.randn(1, 4, 2, 2, 8)
+    times = torch.tensor([1.5, 5.5, 9.5, 13.5])  # one semantic frame per window, the last in frames 12-15
+    x2, sem2 = x.clone(), sem.clone()
+    if what == "latent":
+        x2[:, :, -1] += 1.0
+    else:
+        sem2[:, -1] += 1.0
+    for layers in (1, 2, 3, 4):
+        _, swin = _pair(semantic_dim=8, layers=layers, window=Tw, seed=1)
+        with torch.no_grad():
+            a = swin(x, t, text, semantic=sem, semantic_times=times)
+            b = swin(x2, t, text, semantic=sem2, semantic_times=times)
+        changed = (a - b).abs().amax(dim=(0, 1, 3, 4)) > 1e-6  # (T,) per latent frame
+        assert not changed[0], f"frame 0 changed at depth {layers}"
+        assert changed[-Tw:].all()
+        assert bool(changed[: T - Tw].any()) == (layers >= 2)  # a shifted layer carries it across the border

@@ -66,7 +66,7 @@ def test_fit_compressor_bad_dim(data, tmp_path):
 
 @pytest.mark.parametrize("attention", ["full", "swin"])
 def test_train_latent_resume_is_exact(data, compressor, tmp_path, attention):
-    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--attention", attention, "--window", "2", "--save-every", "2", "--seed", "3"]
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--attention", attention, "--save-every", "2", "--seed", "3"]
     assert run_cli(*common, "--steps", "4", "--out", str(tmp_path / "a")).returncode == 0
     assert run_cli(*common, "--steps", "2", "--out", str(tmp_path / "b")).returncode == 0
     r = run_cli(*common, "--steps", "4", "--out", str(tmp_path / "b"), "--resume")

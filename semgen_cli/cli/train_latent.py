@@ -17,7 +17,7 @@ def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/latent"),
     preset: Annotated[str, typer.Option(help="DiT size: tiny, toy, wan-1.3b, wan-14b.")] = "toy",
     attention: Annotated[str, typer.Option(help="full, or swin (shifted windows along time; linear in length).")] = "swin",
-    window: Annotated[int, typer.Option(help="Swin window T_w in latent frames.")] = 4,
+    window: Annotated[Optional[int], typer.Option(help="Swin window T_w in latent frames (default: the smallest in which every window, plain and shifted, of every video holds a semantic frame at the data's rates; a fine-tune or resume keeps the run's).")] = None,
     condition: Annotated[str, typer.Option(help="semantic (SemanticGen), vae (Fig. 9 ablation), none (Base-CT / Base-CT-Swin).")] = "semantic",
     freeze_compressor: Annotated[bool, typer.Option("--freeze-compressor", help="Do not fine-tune the compressor jointly.")] = False,
     clip_seconds: Annotated[Optional[float], typer.Option(help="Training window in seconds (default: the shortest sample).")] = None,
@@ -69,7 +69,7 @@ def command(
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     settings_table("semgen train-latent", {
         "data": data, "compressor": compressor or (f"that of {init}" if init and condition != "none" else "—"), "out": out, "preset": preset,
-        "attention": f"{attention} (T_w={window})" if attention == "swin" else attention, "condition": condition,
+        "attention": f"{attention} (T_w={window or 'from the data'})" if attention == "swin" else attention, "condition": condition,
         "compressor training": "frozen" if freeze_compressor else "joint (KL)",
         "timestep shift": f"{shift_used:.3g} ({shift_rule})",
         "text": f"Wan's: zero-padded to {text_used['length']} tokens, no mask" if text_used["padding"] == "wan" else "real tokens + mask",

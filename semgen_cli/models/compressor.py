@@ -6,9 +6,11 @@ a KL term regularises it towards N(0, I)); the sampled embedding ``z_sem`` feeds
 is the default, 64 and "none" (raw features) are the paper's ablations (Fig. 4, Fig. 8, Table 3).
 
 ``semgen fit-compressor`` fits it as a KL autoencoder (``reconstruct`` is the small decoder used
-only for that start); ``train-latent`` fine-tunes the encoder jointly with the DiT. The
-per-channel mean/std of the compressed space are buffers saved with the weights, so the
-diffusion models see a normalised space (``normalize`` / ``denormalize``).
+only for that start); ``train-latent`` fine-tunes the encoder jointly with the DiT, which sees
+the normalised posterior means (plus RAE σ-noise), as stage 2 learns them. The per-channel
+mean/std of the posterior means are buffers saved with the weights, so the diffusion models see
+a normalised space (``normalize`` / ``denormalize``); ``train-latent`` recomputes them whenever
+it trains the compressor (docs/compressor.md).
 """
 
 from __future__ import annotations

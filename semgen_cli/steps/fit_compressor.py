@@ -105,8 +105,9 @@ def feature_tokens(sample: dict, features: str, layout: VaeLayout | None = None,
 
 def sample_tokens(data: Dataset, i: int, features: str, layout: VaeLayout | None = None) -> torch.Tensor:
     """`feature_tokens` of sample `i` of `data`, loading only the field it needs."""
-    field = "semantic" if features == "semantic" else "latents"
-    return feature_tokens(data.load(i, [field]), features, layout, int(data.records[i]["semantic_tokens_t"]))
+    if features == "semantic":
+        return feature_tokens(data.load(i, ["semantic"]), features)
+    return feature_tokens(data.load(i, ["latents"]), features, layout, int(data.records[i]["semantic_tokens_t"]))
 
 
 def check_vae_layout(recorded: dict | None, data: Dataset, named: str) -> VaeLayout:
@@ -118,6 +119,21 @@ def check_vae_layout(recorded: dict | None, data: Dataset, named: str) -> VaeLay
     if want != have:
         raise MismatchError(f"{named}: VAE tokens laid out as {want.to_dict()}, {data.root} gives {have.to_dict()}; use data extracted at the same sizes and rates")
     return want
+
+
+@torch.no_grad()
+def posterior_stats(compressor, data, features: str, layout: VaeLayout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (out_dim,) of the posterior means of every token of `data`
+    (VAE tokens cut by `layout` for `features="vae"`), streamed sample by sample (float64 sums;
+    no copy of the data set in memory)."""
+    dev = compressor.stats_mean.device
+    n, s1, s2 = 0, 0.0, 0.0
+    for i in range(len(data)):
+        _, mean, _ = compressor(sample_tokens(data, i, features, layout).to(dev))
+        z = mean.reshape(-1, mean.shape[-1]).double()  # (N, C)
+        n, s1, s2 = n + z.shape[0], s1 + z.sum(0), s2 + z.square().sum(0)
+    m = s1 / n
+    return m.float(), (s2 / n - m.square()).clamp_min(0).sqrt().float()
 
 
 @dataclass

@@ -4,7 +4,12 @@ Paper §3.2 (stage 1: "generating VAE latents conditioned on semantic representa
 in-context conditioning: the compressed semantic tokens are concatenated to the noisy latents,
 and noise is added to them during training as in RAE) and §3.4 (shifted-window attention for
 long videos). The compressor from `fit-compressor` is fine-tuned jointly with its KL term, as
-the paper trains them together, unless `--freeze-compressor`. Baselines by flag:
+the paper trains them together, unless `--freeze-compressor` (then it stays in eval mode); the
+DiT sees the normalised posterior means plus RAE σ-noise, as at inference, and the statistics of
+the compressed space are recomputed at every checkpoint (`CompressorStats`, docs/compressor.md).
+The default swin window is the smallest in which every window, plain and shifted, of every video
+holds a semantic frame at the data's rates (`smallest_window`); a `--window` that leaves windows
+empty is refused. Baselines by flag:
 `--condition none` is Base-CT (`--attention full`) / Base-CT-Swin (`--attention swin`), and
 `--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9),
 laid out on the semantic tokens' grid and rate (`fit_compressor.VaeLayout`), so the two arms
@@ -55,8 +60,11 @@ class TrainLatentConfig:
     """DiT size preset: tiny, toy, wan-1.3b, wan-14b."""
     attention: str = "swin"
     """full or swin (shifted windows along time, paper §3.4)."""
-    window: int = 4
-    """Swin window T_w in latent frames (odd layers shift by T_w/2)."""
+    window: int | None = None
+    """Swin window T_w in latent frames (odd layers shift by T_w/2); None: the smallest window
+    in which every window of every video, plain and shifted, holds a semantic frame at the
+    data's rates (`smallest_window`), or the recorded one of the run --init names or --resume
+    continues."""
     condition: str = "semantic"
     """semantic (SemanticGen), vae (compressed-VAE ablation), none (Base-CT baselines)."""
     freeze_compressor: bool = False
@@ -93,7 +101,7 @@ class TrainLatentConfig:
                               "or --init a train-latent run to reuse its compressor)")
         if self.attention not in ("full", "swin"):
             raise ConfigError(f"--attention must be full or swin, got {self.attention!r}")
-        if self.window < 2:
+        if self.window is not None and self.window < 2:
             raise ConfigError(f"--window must be at least 2 latent frames, got {self.window}")
         if self.clip_seconds is not None and self.clip_seconds <= 0:
             raise ConfigError(f"--clip-seconds must be positive, got {self.clip_seconds}")
@@ -137,6 +145,65 @@ def semantic_tokens_for(seconds: float, semantic_fps: float, temporal_patch: int
 def latents_per_token(fps: float, semantic_fps: float, temporal_patch: int = 2, stride: int = 4) -> Fraction:
     """How many latent frames one semantic token spans (8 fps, 1.6 fps → 5/2)."""
     return Fraction(temporal_patch * fps / (semantic_fps * stride)).limit_denominator(1000)
+
+
+def empty_windows(frames: int, fps: float, semantic_fps: float, window: int) -> int:
+    """How many attention windows (plain and shifted, as `window_plan` cuts them) of a video of
+    `frames` frames at `fps` hold no semantic frame, the semantic frames at `semantic_fps`."""
+    from semgen_cli.models.attention import window_ids
+    from semgen_cli.models.dit import semantic_times_from_fps
+
+    seconds = frames / fps
+    T = latent_frames_for(seconds, fps)
+    slots = semantic_times_from_fps(semantic_tokens_for(seconds, semantic_fps), semantic_fps, fps / 4.0).round().clamp(0, T - 1).long()
+    empty = 0
+    for shift in (0, window // 2 if T > window else 0):
+        every = window_ids(torch.arange(T), T, window, shift).unique()
+        empty += int((~torch.isin(every, window_ids(slots, T, window, shift))).sum())
+    return empty
+
+
+def window_gap(fps: float, semantic_fps: float, window: int, from_seconds: float) -> tuple[float, int] | None:
+    """The shortest video, at least `from_seconds` long, with windows that hold no semantic frame:
+    (its seconds, how many), or None when every length has a semantic frame in every window.
+
+    Semantic frames repeat every `latents_per_token` latent frames (period p/q: q frames every p)
+    and windows every `window`, so the pattern at the end of a video repeats every lcm(p, window)
+    latent frames (4 video frames each); two such periods past the shortest length cover them all."""
+    p = latents_per_token(fps, semantic_fps).numerator
+    first = max(1, round(from_seconds * fps))
+    for frames in range(first, first + 4 * (2 * math.lcm(p, window) + 2 * window) + 1):
+        n = empty_windows(frames, fps, semantic_fps, window)
+        if n:
+            return frames / fps, n
+    return None
+
+
+def smallest_window(fps: float, semantic_fps: float, from_seconds: float, largest: int = 64) -> int:
+    """The smallest swin window (latent frames) with a semantic frame in every window, plain and
+    shifted, of every video at least `from_seconds` long at these rates (`window_gap`)."""
+    for window in range(2, largest + 1):
+        if window_gap(fps, semantic_fps, window, from_seconds) is None:
+            return window
+    raise ConfigError(f"no --window up to {largest} latent frames gives every window a semantic frame at {fps:g} fps and "
+                      f"{semantic_fps:g} semantic fps; extract with a higher --semantic-fps")
+
+
+def resolve_window(cfg: "TrainLatentConfig", fps: float, semantic_fps: float, seconds: float, recorded: int | None) -> int:
+    """The swin window to train with: --window, else the recorded one (--init RUN, --resume),
+    else `smallest_window`. A --window that leaves windows without a semantic frame is refused,
+    unless it is the window the DiT was already trained with (`recorded`)."""
+    if cfg.attention != "swin" or cfg.condition != "semantic":  # vae tokens sit on every latent frame
+        return cfg.window or recorded or 4
+    if cfg.window is None:
+        return recorded or smallest_window(fps, semantic_fps, seconds)
+    if cfg.window != recorded:
+        gap = window_gap(fps, semantic_fps, cfg.window, seconds)
+        if gap is not None:
+            raise ConfigError(f"--window {cfg.window}: {gap[1]} windows of a {gap[0]:g} s video hold no semantic frame at {fps:g} fps "
+                              f"and {semantic_fps:g} semantic fps; the smallest window that works is "
+                              f"{smallest_window(fps, semantic_fps, seconds)} (leave --window out to use it)")
+    return cfg.window
 
 
 class LatentWindows(torch.utils.data.Dataset):
@@ -241,13 +308,25 @@ class LatentStep(nn.Module):
         self.register_buffer("semantic_times", semantic_times if semantic_times is not None else torch.zeros(0), persistent=False)
         self.kl_weight = compressor.config.kl_weight if compressor is not None else 0.0
         self.motion_weight = cfg.motion_weight
+        self.freeze_compressor = cfg.freeze_compressor
+
+    def train(self, mode: bool = True) -> "LatentStep":
+        """A frozen compressor stays in eval mode (no KL) whatever the trainer asks of the step."""
+        super().train(mode)
+        if self.compressor is not None and self.freeze_compressor:
+            self.compressor.eval()
+        return self
 
     def condition_tokens(self, batch: dict, generator: torch.Generator | None = None):
         """Compressed, normalised condition tokens (B, Ts, hs, ws, c) and their KL (`batch["semantic"]`
-        holds semantic features, or VAE latents on the semantic grid with --condition vae)."""
-        z, mean, logvar = self.compressor(batch["semantic"])
-        kl = self.compressor.kl(mean, logvar) if self.compressor.training and self.compressor.config.dim is not None else z.new_zeros(())
-        return self.compressor.normalize(z), kl
+        holds semantic features, or VAE latents on the semantic grid with --condition vae).
+
+        The tokens are the normalised posterior means, as stage 2 learns them and `generate`
+        gives them to stage 1 (the RAE σ-noise that `forward` adds stands in for sampling); the
+        KL of the posterior is the compressor's loss term when it is trained jointly."""
+        _, mean, logvar = self.compressor(batch["semantic"])
+        kl = self.compressor.kl(mean, logvar) if self.compressor.training and self.compressor.config.dim is not None else mean.new_zeros(())
+        return self.compressor.normalize(mean), kl
 
     def forward(self, batch: dict, generator: torch.Generator):
         from semgen_cli.flow import interpolate, noise_condition, sample_timesteps, velocity_target
@@ -273,6 +352,44 @@ class LatentStep(nn.Module):
             metrics["weighted_mse"] = float(mse.detach())
         loss = mse + self.kl_weight * kl
         return loss, {**metrics, "kl": float(kl.detach())}
+
+
+class CompressorStats:
+    """Before every checkpoint of a run that trains the compressor: the statistics of its space
+    follow it. The per-channel mean/std of the posterior means are recomputed from the EMA
+    compressor over the whole data set (`posterior_stats`, streamed) and stored in the model's
+    and the EMA's compressor buffers, so the checkpoint's compressor and statistics agree; stage
+    2 and `generate` read them from there.
+
+    The DiT keeps its response to the compressed tokens: it saw ``(z - m0) / s0`` and will see
+    ``(z - m1) / s1``, so its input projection is re-expressed in the new units,
+    ``W' = W·diag(s1/s0)``, ``b' = b + W·(m1 - m0)/s0`` (exact for the tokens, model and EMA
+    alike; only the σ-noise added in the normalised space changes scale with them)."""
+
+    def __init__(self, data: Dataset, features: str, layout=None, reporter: Reporter = NULL) -> None:
+        self.data, self.features, self.layout, self.reporter = data, features, layout, reporter
+
+    @torch.no_grad()
+    def __call__(self, model: "LatentStep", ema: dict[str, torch.Tensor] | None) -> None:
+        import copy
+
+        from semgen_cli.steps.fit_compressor import posterior_stats
+
+        source = copy.deepcopy(model.compressor).eval()
+        if ema is not None:
+            source.load_state_dict({k[len("compressor."):]: v for k, v in ema.items() if k.startswith("compressor.")})
+        mean, std = posterior_stats(source, self.data, self.features, self.layout)
+        std = std.clamp_min(1e-6)
+        live = dict(model.named_parameters(), **dict(model.named_buffers()))
+        for state in (live,) if ema is None else (live, ema):
+            m0, s0 = state["compressor.stats_mean"].clone(), state["compressor.stats_std"].clone()
+            W, b = state["dit.semantic_embed.weight"], state["dit.semantic_embed.bias"]  # (D, C), (D,)
+            m1, s1 = mean.to(m0), std.to(s0)
+            b.add_((W.float() @ ((m1 - m0) / s0).float()).to(b.dtype))
+            W.mul_((s1 / s0).to(W.dtype)[None, :])
+            state["compressor.stats_mean"].copy_(m1)
+            state["compressor.stats_std"].copy_(s1)
+        self.reporter.info(f"compressor statistics recomputed: channel means {mean.min():+.3g}..{mean.max():+.3g}, stds {std.min():.3g}..{std.max():.3g}")
 
 
 def motion_weights(z0: torch.Tensor, alpha: float, cap: float = 10.0) -> torch.Tensor:
@@ -430,6 +547,7 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     seconds = cfg.clip_seconds or shortest
     n_lat = latent_frames_for(seconds, fps)
     n_tok = semantic_tokens_for(seconds, sfps)
+    cfg.window = resolve_window(cfg, fps, sfps, seconds, _recorded_window(cfg, resume))
     fields = ("latents", "text") + (("semantic",) if cfg.condition == "semantic" else ())
     dataset = LatentWindows(data, n_lat, n_tok, fields, vae_layout)
     sample = dataset[_first_key()]
@@ -467,13 +585,20 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         _check_same_architecture(out, config)
     write_json_atomic(out / "config.json", config)
     step = LatentStep(dit, compressor, cfg, semantic_times, shift)
-    reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
+    swin = f"swin window T_w = {cfg.window} latent frames; " if cfg.attention == "swin" else ""
+    reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; {swin}window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
     sampler = None
     if train_cfg.sample_every:
         sampler = ValidationSampler(dataset, data.components["vae"]["spec"], fps, shift, sample_steps, reporter, text.get("length"))
     batcher = functools.partial(collate, text_length=text.get("length"))
+    stats = None
+    if compressor is not None and not cfg.freeze_compressor and compressor.config.dim is not None:
+        if fsdp:
+            reporter.warn("--fsdp: the compressor's statistics are not recomputed at checkpoints (sharded weights); stage 2 reads fit-compressor's")
+        else:
+            stats = CompressorStats(data, cfg.condition, vae_layout, reporter)
     result = train(step, dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
-                   on_checkpoint=sampler,
+                   on_checkpoint=sampler, before_save=stats,
                    fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
 
@@ -513,6 +638,17 @@ class ValidationSampler:
         frames = self.vae.decode(z[0].float().cpu())
         write_video(ckpt_dir / "sample.mp4", frames, fps=self.fps, metadata={"step": step, "prompt": self.caption, "steps": self.steps})
         self.reporter.info(f"sample: {ckpt_dir / 'sample.mp4'} ({self.caption})")
+
+
+def _recorded_window(cfg: TrainLatentConfig, resume: bool) -> int | None:
+    """The window the DiT was trained with: this run's (--resume), else --init RUN's."""
+    from semgen_cli.io.shards import read_json
+
+    own = Path(cfg.out) / "config.json"
+    run = own if resume and own.is_file() else (Path(cfg.init_run) / "config.json" if cfg.init_run else None)
+    if run is None or not run.is_file():
+        return None
+    return (read_json(run).get("dit") or {}).get("window")
 
 
 def _first_key():
