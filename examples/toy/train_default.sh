@@ -80,7 +80,9 @@ resume() { [[ -f "$1/checkpoints/latest" ]] && echo --resume || true; }
 STAGE_THREADS=$(( THREADS > 1 ? THREADS / 2 : 1 ))
 # flags every run of a stage shares (the first runs and the fine-tunes)
 COMMON=(--batch-size "$BATCH" --schedule cosine --ema-decay 0.995 --save-every 250)
-LATENT_FLAGS=(--freeze-compressor --preset toy --attention swin --window 4 "${COMMON[@]}")
+# the swin window comes from the data's rates (train-latent picks the smallest in which every window
+# holds a plan frame: 6 latent frames at 8 fps and 3.2 semantic fps); the bundled stage 1 records T_w = 4
+LATENT_FLAGS=(--freeze-compressor --preset toy --attention swin "${COMMON[@]}")
 SEMANTIC_FLAGS=(--latent-run "$W/latent" --preset toy --shift 4 "${COMMON[@]}")
 OMP_NUM_THREADS=$STAGE_THREADS semgen train-latent "$W/data" --compressor "$W/compressor" "${LATENT_FLAGS[@]}" \
     --steps "$LATENT_STEPS" --lr 3e-4 --warmup 200 --out "$W/latent" $(resume "$W/latent") > "$W/latent.log" 2>&1 &
