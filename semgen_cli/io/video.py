@@ -246,7 +246,10 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         import ffmpeg
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot create its folder {self.path.parent} ({e.strerror})") from None
         out_kwargs = {
             "vcodec": "libx264",
             "pix_fmt": self.pix_fmt,
@@ -274,23 +277,44 @@ class VideoWriter:
         if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
             raise ValueError(f"expected (F, {self.height}, {self.width}, 3) uint8, got {frames.shape} {frames.dtype}")
         assert self._proc is not None, "use VideoWriter as a context manager"
-        self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError:  # ffmpeg stopped (it could not write): __exit__ says why
+            self._broken = True
+            raise
         self.frames_written += len(frames)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.stdin.close()
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
         err = proc.stderr.read()
         code = proc.wait()
         if exc_type is not None or code != 0:
             self._tmp.unlink(missing_ok=True)
-            if exc_type is None:
-                tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-                raise InputError(f"{self.path}: ffmpeg failed ({tail[0]})")
+            if exc_type is None or (code != 0 and getattr(self, "_broken", False)):
+                raise InputError(f"{self.path}: ffmpeg could not write it ({_ffmpeg_reason(err)})") from None
             return
-        os.replace(self._tmp, self.path)
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self._tmp.unlink(missing_ok=True)
+            raise InputError(f"{self.path}: cannot write ({e.strerror})") from None
+
+
+def _ffmpeg_reason(stderr: bytes) -> str:
+    """The line of ffmpeg's log that says why it failed: an OS error where there is one (its
+    last line is only "Conversion failed!"), else the last line."""
+    lines = [l.strip() for l in stderr.decode(errors="replace").splitlines() if l.strip()]
+    for cause in ("No space left", "Read-only file system", "Permission denied", "File too large", "Disk quota", "No such file"):
+        for line in lines:
+            if cause in line:
+                return line[-200:]
+    return lines[-1][-200:] if lines else "no message"
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, metadata: dict | None = None, crf: int = 17, pix_fmt: str = "yuv420p") -> Path:

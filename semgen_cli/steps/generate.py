@@ -45,6 +45,11 @@ from semgen_cli.reporting import NULL, Reporter
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MAX_PROMPT_CHARS = 8192
+"""Longest prompt: it goes into the mp4's metadata on ffmpeg's command line, where one argument
+holds at most 128 KiB."""
+MAX_PROMPTS_FILE_BYTES = 16 << 20
+"""Largest --prompts-file read (16 MiB)."""
 SIGMA_FRACTION = 0.5
 """Default ``--semantic-noise``: this fraction of the latent run's training maximum σ."""
 
@@ -105,6 +110,12 @@ class GenerateConfig:
             self.prompts = [self.prompts]
         if not self.prompts:
             raise ConfigError("no prompt given: pass a prompt or --prompts-file with one prompt per line")
+        for i, prompt in enumerate(self.prompts):
+            which = "the prompt" if len(self.prompts) == 1 else f"prompt {i + 1}"
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ConfigError(f"{which} has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS} (the text encoder reads a few hundred tokens)")
+            if "\x00" in prompt:
+                raise ConfigError(f"{which} holds a NUL character; give plain text")
         if self.seconds is not None:
             if not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds) or self.seconds <= 0:
                 raise ConfigError(f"--seconds must be a positive number of seconds, got {self.seconds:g}")
@@ -744,6 +755,8 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     for w in r.warnings:
         reporter.warn(w)
     device, dtype = pick_device(cfg.device, cfg.dtype)
+    paths = output_paths(cfg.out, len(cfg.prompts))
+    check_writable(paths)
     stages = _Stages(device)
     stages.begin("load")
     reporter.info(f"loading the runs and components on {device} ({str(dtype).removeprefix('torch.')})…")
@@ -752,7 +765,6 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     load_seconds, load_memory = stages.seconds.pop("load"), stages.memory.pop("load")
     # the VAE that decodes may have another decoder than the runs' own (the encoder may not differ)
     loaded = {**{role: c.get("fingerprint") for role, c in r.components.items()}, "vae": pipe.vae.fingerprint}
-    paths = output_paths(cfg.out, len(cfg.prompts))
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("prompts", "out")}
     videos = []
     many = len(cfg.prompts) > 1
@@ -796,36 +808,93 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
                 "pipeline": r.pipeline,
                 "components": loaded,
             }
-            sem_path = None
-            if cfg.save_semantics:
-                sem_path = semantics_path(path)
-                _save_plan(sem_path, plan[0], meta, pipe.compressor_fingerprint, r)
-
-            stages.begin("decode")
-            name = f"{tag}decode"
-            reporter.start(name, total=r.frames, unit="frames")
-            with VideoWriter(path, fps=r.fps, width=r.size[1], height=r.size[0], metadata=meta) as writer:
-                for part in decoded_frames(pipe.vae, latents, r.frames, cfg.decode_chunk):
-                    writer.write(part)
-                    reporter.advance(name, len(part))
-            reporter.finish(name)
-            stages.end()
-            if writer.frames_written != r.frames:  # cannot happen unless the VAE returns too few frames
-                raise InputError(f"{path}: decoded {writer.frames_written} frames, expected {r.frames}")
-
+            # the plan, the mp4 and the sidecar are written under temp names and renamed together
+            # once the video is complete (sidecar last), so a kill never pairs old and new files
+            sem_path = semantics_path(path) if cfg.save_semantics else None
             sidecar = sidecar_path(path)
-            write_json_atomic(sidecar, {
-                **meta, "mp4": str(path), "semantics": str(sem_path) if sem_path else None, "warnings": r.warnings,
-                "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                "seconds_per_stage": stages.seconds, "load_seconds": load_seconds,
-                "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
-            })
+            with _Commit([p for p in (sem_path, path, sidecar) if p is not None]) as staged:
+                if sem_path is not None:
+                    _save_plan(staged[sem_path], plan[0], meta, pipe.compressor_fingerprint, r)
+
+                stages.begin("decode")
+                name = f"{tag}decode"
+                reporter.start(name, total=r.frames, unit="frames")
+                with VideoWriter(staged[path], fps=r.fps, width=r.size[1], height=r.size[0], metadata=meta) as writer:
+                    for part in decoded_frames(pipe.vae, latents, r.frames, cfg.decode_chunk):
+                        writer.write(part)
+                        reporter.advance(name, len(part))
+                reporter.finish(name)
+                stages.end()
+                if writer.frames_written != r.frames:  # cannot happen unless the VAE returns too few frames
+                    raise InputError(f"{path}: decoded {writer.frames_written} frames, expected {r.frames}")
+
+                write_json_atomic(staged[sidecar], {
+                    **meta, "mp4": str(path), "semantics": str(sem_path) if sem_path else None, "warnings": r.warnings,
+                    "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                    "seconds_per_stage": stages.seconds, "load_seconds": load_seconds,
+                    "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
+                })
             videos.append(VideoOut(path, sidecar, sem_path, prompt, r.seconds, r.frames, r.fps, seed, stages.seconds, stages.memory))
     return GenerateResult(
         videos=videos, load_seconds=load_seconds, load_memory=load_memory, memory_kind=stages.meter.kind,
         pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,
         device=str(device), dtype=str(dtype).removeprefix("torch."), warnings=r.warnings, components=loaded,
     )
+
+
+class _Commit:
+    """Temp names for files that appear together: ``staged[final]`` is where to write ``final``;
+    a clean exit renames every temp over its final name in the order given (the last one is the
+    commit marker; its old version is removed first, so an interrupted commit never leaves an old
+    marker describing new files); any failure removes the temps and leaves the old files as they
+    were. An OSError becomes one line naming the file."""
+
+    def __init__(self, finals: list[Path]) -> None:
+        self.tmp = {f: f.with_name(f".{f.name}.tmp-{os.getpid()}") for f in finals}
+
+    def __getitem__(self, final: Path) -> Path:
+        return self.tmp[final]
+
+    def __enter__(self) -> "_Commit":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                *files, marker = self.tmp
+                _replace(marker, None)
+                for final in (*files, marker):
+                    _replace(final, self.tmp[final])
+        finally:
+            for tmp in self.tmp.values():
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+
+def _replace(final: Path, tmp: Path | None) -> None:
+    """Rename `tmp` over `final` (remove `final` if `tmp` is None), with a one-line error."""
+    try:
+        if tmp is None:
+            final.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as err:
+        raise InputError(f"{final}: cannot write ({err.strerror})") from None
+
+
+def check_writable(paths: list[Path]) -> None:
+    """Refuse, before any model loads, outputs whose folder cannot be created or written (a file
+    in the way, a read-only file system, no permission), with one line naming the folder."""
+    for folder in sorted({p.parent for p in paths}):
+        probe = folder / f".semgen-write-test-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise InputError(f"--out {paths[0]}: cannot write in {folder} ({err.strerror})") from None
 
 
 def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Resolved) -> None:
@@ -844,9 +913,19 @@ def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Res
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """Prompts of a --prompts-file: one per line; blank lines and lines starting with # are skipped."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"--prompts-file {path}: no such file")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if not path.is_file():
+        raise InputError(f"--prompts-file {path}: not a regular file (a text file with one prompt per line is)")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_PROMPTS_FILE_BYTES + 1)
+    if len(raw) > MAX_PROMPTS_FILE_BYTES:
+        raise InputError(f"--prompts-file {path}: larger than {MAX_PROMPTS_FILE_BYTES >> 20} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"--prompts-file {path}: not UTF-8 text (byte {err.start}); give one prompt per line") from None
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise InputError(f"--prompts-file {path}: no prompts (one per line)")
