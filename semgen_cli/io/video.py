@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -297,7 +298,8 @@ class VideoWriter:
         if exc_type is not None or code != 0:
             self._tmp.unlink(missing_ok=True)
             if exc_type is None or (code != 0 and getattr(self, "_broken", False)):
-                raise InputError(f"{self.path}: ffmpeg could not write it ({_ffmpeg_reason(err)})") from None
+                reason = f"stopped by {signal.Signals(-code).name}" if code < 0 else _ffmpeg_reason(err)
+                raise InputError(f"{self.path}: ffmpeg could not write it ({reason})") from None
             return
         try:
             os.replace(self._tmp, self.path)

@@ -225,6 +225,11 @@ class Resolved:
     """'stage 2', 'reference video' or 'saved plan'."""
     components: dict
     warnings: list[str] = field(default_factory=list)
+    memory_bytes: int = 0
+    """Estimated memory that grows with the length (both stages' tokens, activations, latents),
+    on top of the loaded models and the VAE's fixed per-chunk decode memory."""
+    tokens: tuple[int, int] = (0, 0)
+    """Tokens stage 2 and stage 1 attend over (stage 2 with full attention: cost ∝ its square)."""
 
     def settings(self, cfg: GenerateConfig) -> dict[str, Any]:
         """The rows of the settings table (and the `settings` of the mp4 metadata)."""
@@ -245,6 +250,8 @@ class Resolved:
             "stage 1": f"{cfg.latent_steps} steps, cfg {cfg.latent_cfg:g}, {attention} attention, σ {self.sigma:g} (trained ≤ {self.sigma_max:g})",
             "decode": f"{cfg.decode_chunk} latent frames per chunk, causal cache kept" + (f", VAE {cfg.vae} (not the runs' own)" if cfg.vae else ""),
             "seed": cfg.seed,
+            "cost": f"estimated peak memory {_gib(self.memory_bytes)} for the length (beyond the models); "
+                    f"{self.tokens[0]} tokens in stage 2 (full attention), {self.tokens[1]} in stage 1, per step",
             "device": f"{cfg.device}, {cfg.dtype}",
             # what the runs' data was extracted with; the summary after loading names what decoded
             "trained on": ", ".join(f"{role} {c.get('fingerprint')}" for role, c in comps.items()),
@@ -342,13 +349,74 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     if sigma > sigma_max + 1e-9:
         warnings.append(f"--semantic-noise {sigma:g} is above the {sigma_max:g} the latent model was trained with")
 
+    # 5. what the length costs (memory before any of it is allocated)
+    n1 = (T // pt) * (size[0] // s_stride // ph) * (size[1] // s_stride // pw) + Ts * hs * ws  # latent + in-context semantic tokens
+    n2 = 0
+    memory = _length_memory(C * T * (size[0] // s_stride) * (size[1] // s_stride), n1, lat["dit"], cfg.latent_cfg != 1)
+    if plan_source == "stage 2":
+        sp = sem["dit"]["patch"]
+        n2 = (Ts // int(sp[0])) * (hs // int(sp[1])) * (ws // int(sp[2]))
+        memory = max(memory, _length_memory(channels * Ts * hs * ws, n2, sem["dit"], cfg.semantic_cfg != 1))
+    if max_seconds is not None and seconds > 10 * max_seconds:
+        warnings.append(
+            f"--seconds {seconds:g} is {seconds / max_seconds:.0f}× the trained length: stage 2 attends over {n2} tokens at once "
+            f"(its time grows with the square of the length), estimated peak memory {_gib(memory)} beyond the models"
+        )
+
     return Resolved(
+        memory_bytes=memory, tokens=(n2, n1),
         latent_run=latent_run, semantic_run=semantic_run, pipeline=pipeline, lat=lat, sem=sem, seconds=float(seconds),
         fps=fps, trained_fps=trained_fps, size=(int(size[0]), int(size[1])), frames=frames, latent_frames=T,
         latent_shape=(C, T, size[0] // s_stride, size[1] // s_stride), semantic_fps=sfps, semantic_size=ssize,
         semantic_tokens=Ts, semantic_grid=(hs, ws), channels=channels, sigma=sigma, sigma_max=sigma_max,
         max_seconds=max_seconds, plan_source=plan_source, components=comps, warnings=warnings,
     )
+
+
+ACTIVATION_FACTOR = 2.5
+"""Measured peak / counted bytes of one DiT block's tensors (toy presets on CPU, 20–480 s)."""
+
+
+def _length_memory(elements: int, tokens: int, dit: dict, cfg: bool) -> int:
+    """Bytes one sampling stage holds that grow with the length: the latents of the Euler loop
+    (state, noise, a CFG batch and its velocities: 8 copies) and one block's activations for the
+    CFG batch (residual, q, k, v, attention out and norms: 6·dim; feed-forward: 2·ffn_dim), as
+    float32. Attention runs through a fused kernel (no token × token matrix)."""
+    batch = 2 if cfg else 1
+    block = batch * tokens * (6 * int(dit["dim"]) + 2 * int(dit["ffn_dim"]))
+    return int(4 * (8 * elements + ACTIVATION_FACTOR * block))
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def available_memory(device) -> tuple[int, str]:
+    """(bytes, what) a generation on `device` may use: the GPU's total memory, or the memory
+    Linux reports available (MemAvailable) on the CPU; (0, "") where it cannot be told."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"{device} total"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available RAM"
+    except OSError:
+        pass
+    return 0, ""
+
+
+def check_memory(r: "Resolved", device) -> None:
+    """Refuse, before any model loads, a length whose estimated memory exceeds the device's."""
+    have, what = available_memory(device)
+    if have and r.memory_bytes > have:
+        raise ConfigError(
+            f"--seconds {r.seconds:g}: needs an estimated {_gib(r.memory_bytes)} of memory beyond the models, more than the "
+            f"{_gib(have)} of {what}; ask for fewer seconds"
+        )
 
 
 def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> None:
@@ -755,6 +823,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     for w in r.warnings:
         reporter.warn(w)
     device, dtype = pick_device(cfg.device, cfg.dtype)
+    check_memory(r, device)
     paths = output_paths(cfg.out, len(cfg.prompts))
     check_writable(paths)
     stages = _Stages(device)
@@ -865,6 +934,11 @@ class _Commit:
                 _replace(marker, None)
                 for final in (*files, marker):
                     _replace(final, self.tmp[final])
+            elif isinstance(exc, InputError):  # name the file the user asked for, not its temp name
+                message = str(exc)
+                for final, tmp in self.tmp.items():
+                    message = message.replace(str(tmp), str(final))
+                raise InputError(message) from None
         finally:
             for tmp in self.tmp.values():
                 try:
