@@ -332,3 +332,21 @@ def test_full_disk_is_one_line_and_leaves_no_temp(runs, tmp_path):
     # Python's own writes fail with EFBIG; ffmpeg, whose SIGXFSZ Popen restores, is stopped by it
     assert "File too large" in r.stderr or "SIGXFSZ" in r.stderr, r.stderr
     assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.slow
+def test_sigterm_during_generate_removes_its_temp_files(runs, tmp_path):
+    import time
+
+    out = tmp_path / "o.mp4"
+    args = [str(a) for a in _gen_args(runs, out, 1)]
+    proc = subprocess.Popen([sys.executable, "-m", "semgen_cli.cli.app", *args, "--seconds", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".*tmp-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before a temp file was seen"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert snapshot(tmp_path) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -88,8 +89,13 @@ def command(
     rows = resolved.settings(config)
     rows = {"prompt" if len(config.prompts) == 1 else "prompts": config.prompts[0] if len(config.prompts) == 1 else f"{len(config.prompts)} from {prompts_file}", **rows}
     settings_table("semgen generate", rows)
-    with RichReporter() as reporter:
-        result = generate(config, reporter, resolved)
+    # SIGTERM unwinds like an error, so that the temp files of an unfinished video are removed
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with RichReporter() as reporter:
+            result = generate(config, reporter, resolved)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
     mib = 1024 * 1024
     rows = {}
@@ -105,6 +111,10 @@ def command(
     rows["components"] = ", ".join(f"{role} {fp}" for role, fp in result.components.items())
     rows["device"] = f"{result.device}, {result.dtype}"
     summary("generated", rows, next_command=result.drift_command)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _pick(specific, both, default):
