@@ -10,7 +10,8 @@ always holds the same inputs. A shard is finished when its commit marker `.progr
 exists (written after the shard's tensors and records), so a rerun after a crash keeps finished
 shards and redoes the rest, ending with the same bytes as an uninterrupted run. Under torchrun,
 rank r does shards k ≡ r (mod world size); after a barrier rank 0 writes failures.jsonl and then
-index.json, last and atomically.
+index.json, last and atomically, after checking that every shard's records and tensors name the
+same sample ids (see `sample_id`: one per source path, extension included).
 """
 
 from __future__ import annotations
