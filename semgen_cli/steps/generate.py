@@ -393,6 +393,8 @@ def _length_memory(elements: int, tokens: int, dit: dict, cfg: bool) -> int:
 
 
 def _gib(nbytes: int) -> str:
+    if nbytes >= 2**40:
+        return f"{nbytes / 2**40:.4g} TiB"
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.0f} MiB"
 
 
