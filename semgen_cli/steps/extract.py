@@ -32,6 +32,8 @@ from semgen_cli.io.video import list_videos, probe, read_video
 from semgen_cli.reporting import NULL, Reporter
 
 DTYPES = ("float32", "float16", "bfloat16")
+MAX_FPS = 1000.0
+"""Highest --fps / --semantic-fps taken (far above any camera's rate: a larger value is a mistyped flag)."""
 
 
 @dataclass
@@ -71,10 +73,10 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         # written `not x > 0` so that NaN, which compares false with everything, is refused too
-        if not 0 < self.fps < math.inf:
-            raise ConfigError(f"--fps must be a positive finite number, got {self.fps}")
-        if not 0 < self.semantic_fps < math.inf:
-            raise ConfigError(f"--semantic-fps must be a positive finite number, got {self.semantic_fps}")
+        if not 0 < self.fps <= MAX_FPS:
+            raise ConfigError(f"--fps must be a positive number of at most {MAX_FPS:g}, got {self.fps}")
+        if not 0 < self.semantic_fps <= MAX_FPS:
+            raise ConfigError(f"--semantic-fps must be a positive number of at most {MAX_FPS:g}, got {self.semantic_fps}")
         if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:
             raise ConfigError(f"--max-seconds must be a positive finite number, got {self.max_seconds}")
         if self.shard_size < 1:
