@@ -249,6 +249,8 @@ def test_generate_states_the_cost_and_refuses_what_cannot_fit(runs, tmp_path):
     small, long = resolve(GenerateConfig(**base, seconds=2)), resolve(GenerateConfig(**base, seconds=600))
     assert 0 < small.memory_bytes < long.memory_bytes
     assert "estimated peak memory" in small.settings(GenerateConfig(**base))["cost"]
+    assert any("the trained length" in w and "estimated peak memory" in w for w in long.warnings)  # a long request says what it costs
+    assert not any("the trained length" in w for w in small.warnings)
     r = run_inproc("generate", PROMPT, "--seconds", "1e9", "--latent-run", runs / "lat", "--semantic-run", runs / "sem", "--out", tmp_path / "o.mp4")
     one_line_error(r, "--seconds 1e+09", "memory")
     assert list(tmp_path.iterdir()) == []
@@ -350,3 +352,19 @@ def test_sigterm_during_generate_removes_its_temp_files(runs, tmp_path):
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert "Traceback" not in proc.stderr.read().decode()
     assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.parametrize("err", [
+    MemoryError("Unable to allocate 7.28 TiB for an array with shape (1000000000000,)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 8000000000000 bytes."),
+])
+def test_an_allocation_failure_is_one_line(tmp_path, monkeypatch, err):
+    """What a flag too large for this machine ends in (fit-compressor --hidden 10**12 did so)."""
+    from semgen_cli.toy import dataset
+
+    def too_big(*a, **k):
+        raise err
+
+    monkeypatch.setattr(dataset, "write_toy_dataset", too_big)
+    r = run_inproc("toy-data", tmp_path / "v", "--count", "1")
+    one_line_error(r, "out of memory", str(err).split(":")[0][:20])

@@ -33,7 +33,9 @@ from semgen_cli.reporting import NULL, Reporter
 
 DTYPES = ("float32", "float16", "bfloat16")
 MAX_FPS = 1000.0
-"""Highest --fps / --semantic-fps taken (far above any camera's rate: a larger value is a mistyped flag)."""
+MAX_WORKERS = 256
+"""Highest --fps / --semantic-fps and --num-workers taken: far above any camera's rate and any
+machine's cores, so a larger value is a mistyped flag."""
 
 
 @dataclass
@@ -72,7 +74,7 @@ class ExtractConfig:
     """Device for the encoders: auto, cpu, cuda, cuda:N."""
 
     def __post_init__(self) -> None:
-        # written `not x > 0` so that NaN, which compares false with everything, is refused too
+        # `not 0 < x <= most` refuses NaN too, which compares false with everything
         if not 0 < self.fps <= MAX_FPS:
             raise ConfigError(f"--fps must be a positive number of at most {MAX_FPS:g}, got {self.fps}")
         if not 0 < self.semantic_fps <= MAX_FPS:
@@ -81,8 +83,8 @@ class ExtractConfig:
             raise ConfigError(f"--max-seconds must be a positive finite number, got {self.max_seconds}")
         if self.shard_size < 1:
             raise ConfigError(f"--shard-size must be at least 1, got {self.shard_size}")
-        if self.num_workers < 0:
-            raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}")
+        if not 0 <= self.num_workers <= MAX_WORKERS:
+            raise ConfigError(f"--num-workers must be from 0 to {MAX_WORKERS}, got {self.num_workers}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("size", "semantic_size"):
@@ -132,7 +134,7 @@ def sample_id(rel: str, scheme: str = ID_SCHEME) -> str:
     return rel.replace("%", "%25").replace("/", "%2F")
 
 
-def _id_scheme(out: Path, producer: dict, sources: list[str]) -> str:
+def _id_scheme(out: Path, sources: list[str]) -> str:
     """The id scheme of this folder: `ID_SCHEME`, or "legacy" for a folder an older semgen
     started (its progress marker records no scheme), refused where legacy ids would collide."""
     marker = out / ".progress" / "config.json"
@@ -179,11 +181,11 @@ def extract(cfg: ExtractConfig, reporter: Reporter = NULL) -> ExtractResult:
     progress.mkdir(exist_ok=True)
 
     if cfg.size is None:
-        cfg.size = _default_size(videos)
+        cfg.size = _default_size([v for v in videos if escapes(v, root) is None], root)
     if cfg.semantic_size is None:
         cfg.semantic_size = cfg.size
     producer = cfg.producer()
-    scheme = _id_scheme(out, producer, [v.relative_to(root).as_posix() for v in videos])
+    scheme = _id_scheme(out, [v.relative_to(root).as_posix() for v in videos])
     if scheme != ID_SCHEME:
         del producer["ids"]  # the folder's own settings, so that the resume check compares like with like
     _check_resume(out, producer)
@@ -241,7 +243,7 @@ def _wait_for_all_ranks() -> None:
         dist.destroy_process_group()
 
 
-def _default_size(videos: list[Path]) -> tuple[int, int]:
+def _default_size(videos: list[Path], root: Path) -> tuple[int, int]:
     for v in videos:
         try:
             info = probe(v)
@@ -250,7 +252,7 @@ def _default_size(videos: list[Path]) -> tuple[int, int]:
         h, w = info.height // 16 * 16, info.width // 16 * 16
         if h and w:
             return (h, w)
-    raise InputError(f"{videos[0].parent}: no readable video to take --size from; pass --size")
+    raise InputError(f"{root}: no readable video to take --size from; pass --size")
 
 
 def _check_resume(out: Path, producer: dict) -> None:
