@@ -227,10 +227,15 @@ def test_config_file_null_where_the_option_is_optional_is_fine(tmp_path):
     (["generate", PROMPT, "--seconds", "inf"], ["--seconds"]),
     (["generate", "x" * 9000], ["9000 characters", "8192"]),
     (["drift", "V", "--segment", "nan"], ["--segment nan"]),
+    (["extract", "V", "--num-workers", "1000000000000"], ["--num-workers", "256"]),
+    (["extract", "V", "--fps", "1e12"], ["--fps", "at most 1000"]),
+    (["toy-data", "V", "--size", "1000000000000"], ["--size", "4096"]),
+    (["toy-data", "V", "--count", "1000000000000"], ["--count", "1000000"]),
+    (["toy-data", "V", "--seconds", "1e12"], ["--seconds", "3600"]),
 ])
 def test_numbers_are_checked_before_work_starts(tmp_path, args, words):
     args = [str(tmp_path / "v") if a == "V" else a for a in args]
-    out = [] if args[0] == "drift" else ["--out", str(tmp_path / ("o.mp4" if args[0] == "generate" else "o"))]
+    out = [] if args[0] in ("drift", "toy-data") else ["--out", str(tmp_path / ("o.mp4" if args[0] == "generate" else "o"))]
     r = run_inproc(*args, *out)
     one_line_error(r, *words)
     assert list(tmp_path.iterdir()) == []
