@@ -229,6 +229,8 @@ def test_config_file_null_where_the_option_is_optional_is_fine(tmp_path):
     (["drift", "V", "--segment", "nan"], ["--segment nan"]),
     (["extract", "V", "--num-workers", "1000000000000"], ["--num-workers", "256"]),
     (["extract", "V", "--fps", "1e12"], ["--fps", "at most 1000"]),
+    (["train-latent", "V", "--condition", "none", "--batch-size", "1000000000000"], ["--batch-size", "at most 1048576"]),
+    (["fit-compressor", "V", "--num-workers", "1000000000000"], ["--num-workers", "at most 256"]),
     (["toy-data", "V", "--size", "1000000000000"], ["--size", "4096"]),
     (["toy-data", "V", "--count", "1000000000000"], ["--count", "1000000"]),
     (["toy-data", "V", "--seconds", "1e12"], ["--seconds", "3600"]),

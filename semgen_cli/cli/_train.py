@@ -25,8 +25,18 @@ Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU).")]
 
 
+MAX_BATCH, MAX_WORKERS = 1 << 20, 256
+"""Upper bounds of --batch-size / --grad-accum and --num-workers: beyond them the flag is mistyped
+(a batch of 10^12 samples never fills, 10^12 loader processes never start)."""
+
+
 def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every: int = 0):
+    from semgen_cli.errors import ConfigError
     from semgen_cli.training import TrainConfig
+
+    for flag, value, most in (("--batch-size", batch_size, MAX_BATCH), ("--grad-accum", grad_accum, MAX_BATCH), ("--num-workers", num_workers, MAX_WORKERS)):
+        if value > most:
+            raise ConfigError(f"{flag} {value}: at most {most}")
 
     return TrainConfig(
         steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
