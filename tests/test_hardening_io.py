@@ -223,6 +223,8 @@ def test_config_file_null_where_the_option_is_optional_is_fine(tmp_path):
     (["generate", PROMPT, "--seed", str(2**64)], ["--seed 18446744073709551616", "out of range"]),
     (["generate", PROMPT, "--seed", "-1"], ["--seed -1", "from 0"]),
     (["generate", PROMPT, "--cfg", "nan"], ["--cfg nan"]),
+    (["generate", PROMPT, "--steps", "1000000000000"], ["--steps", "from 1 to 10000"]),
+    (["generate", PROMPT, "--latent-steps", "10001"], ["--latent-steps", "from 1 to 10000"]),
     (["generate", PROMPT, "--seconds", "nan"], ["--seconds"]),
     (["generate", PROMPT, "--seconds", "inf"], ["--seconds"]),
     (["generate", "x" * 9000], ["9000 characters", "8192"]),

@@ -51,6 +51,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 MAX_PROMPT_CHARS = 8192
 """Longest prompt: it goes into the mp4's metadata on ffmpeg's command line, where one argument
 holds at most 128 KiB."""
+MAX_STEPS = 10_000
+"""Most Euler steps of a stage (the paper samples with tens)."""
 MAX_PROMPTS_FILE_BYTES = 16 << 20
 """Largest --prompts-file read (16 MiB)."""
 SIGMA_FRACTION = 0.5
@@ -124,8 +126,8 @@ class GenerateConfig:
                 raise ConfigError(f"--seconds must be a positive number of seconds, got {self.seconds:g}")
         for name, flag in (("semantic_steps", "--semantic-steps"), ("latent_steps", "--latent-steps")):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
+            if not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
+                raise ConfigError(f"{flag} must be from 1 to {MAX_STEPS}, got {value}")
         for name, flag in (("semantic_cfg", "--semantic-cfg"), ("latent_cfg", "--latent-cfg")):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -421,7 +423,7 @@ def check_memory(r: "Resolved", device) -> None:
     have, what = available_memory(device)
     if have and r.memory_bytes > have:
         raise ConfigError(
-            f"--seconds {r.seconds:g}: needs an estimated {_gib(r.memory_bytes)} of memory beyond the models, more than the "
+            f"--seconds {r.seconds:g} at {r.fps:g} fps and {r.size[0]}x{r.size[1]}: needs an estimated {_gib(r.memory_bytes)} of memory beyond the models, more than the "
             f"{_gib(have)} of {what}; ask for fewer seconds"
         )
 
