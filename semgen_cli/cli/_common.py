@@ -25,13 +25,22 @@ console = Console(highlight=False, soft_wrap=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def printable(text: Any) -> str:
+    """`text` with control characters written as escapes (`\\x1b`, `\\u202e`): captions, file names
+    and prompts come from others, and an escape sequence in one must not drive the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def settings_table(title: str, rows: dict[str, Any] | Iterable[tuple[str, Any]]) -> None:
     """Print the resolved settings of a command as a compact two-column table."""
     table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
     table.add_column(style="cyan", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in rows.items() if isinstance(rows, dict) else rows:
-        table.add_row(str(key), escape(_fmt(value)))
+        table.add_row(escape(printable(key)), escape(printable(_fmt(value))))
     console.print(table)
 
 
@@ -39,7 +48,7 @@ def summary(title: str, rows: dict[str, Any], next_command: str | None = None) -
     """Print what was written where and how long it took, then the command to run next."""
     settings_table(title, rows)
     if next_command:
-        console.print(f"[bold]next:[/] {escape(next_command)}")
+        console.print(f"[bold]next:[/] {escape(printable(next_command))}")
 
 
 def _fmt(value: Any) -> str:
@@ -95,7 +104,7 @@ class RichReporter(Reporter):
             self.durations[task] = time.perf_counter() - self.started[task]
 
     def info(self, message: str) -> None:
-        self.progress.console.print(escape(message))
+        self.progress.console.print(escape(printable(message)))
 
     def warn(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")
+        self.progress.console.print(f"[yellow]warning:[/] {escape(printable(message))}")

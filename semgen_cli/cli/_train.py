@@ -28,8 +28,18 @@ Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU).")]
 
 
+MAX_BATCH, MAX_WORKERS = 1 << 20, 256
+"""Upper bounds of --batch-size / --grad-accum and --num-workers: beyond them the flag is mistyped
+(a batch of 10^12 samples never fills, 10^12 loader processes never start)."""
+
+
 def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every: int = 0):
+    from semgen_cli.errors import ConfigError
     from semgen_cli.training import TrainConfig
+
+    for flag, value, most in (("--batch-size", batch_size, MAX_BATCH), ("--grad-accum", grad_accum, MAX_BATCH), ("--num-workers", num_workers, MAX_WORKERS)):
+        if value > most:
+            raise ConfigError(f"{flag} {value}: at most {most}")
 
     return TrainConfig(
         steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
@@ -58,14 +68,15 @@ def resume_hint(argv: list[str]) -> str:
     return "semgen " + " ".join(shlex.quote(a) for a in args) + " --resume"
 
 
-CONFIG_LIMIT = 1 << 20
-"""Largest --config file read, in bytes."""
+CONFIG_MAX_BYTES = 1 << 20
+"""Largest --config file read (1 MiB)."""
 
 
 def _load_config_file(ctx: typer.Context, param, value):
     """Eager callback of --config: a JSON file of option values becomes the defaults that flags
     then override (defaults ← file ← flags). Keys are option names (`batch_size` or `batch-size`);
-    an unknown key is an error naming the file."""
+    an unknown key, or a value of another type than the option's, is an error naming the file.
+    The file must be a regular file of at most CONFIG_MAX_BYTES (never a device or a pipe)."""
     if value is None:
         return value
     import json
@@ -74,14 +85,16 @@ def _load_config_file(ctx: typer.Context, param, value):
 
     if not value.exists():
         raise InputError(f"--config {value}: no such file")
-    if not value.is_file():  # a folder, /dev/zero, a pipe: never read without end
-        raise InputError(f"--config {value}: not a regular file; give a JSON file of option values")
-    if value.stat().st_size > CONFIG_LIMIT:
-        raise InputError(f"--config {value}: {value.stat().st_size} bytes; a config file is at most {CONFIG_LIMIT} bytes")
+    if not value.is_file():
+        raise InputError(f"--config {value}: not a regular file (a JSON file of option values is)")
+    with open(value, "rb") as f:
+        raw = f.read(CONFIG_MAX_BYTES + 1)
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise InputError(f"--config {value}: larger than {CONFIG_MAX_BYTES // 1024} KiB; a config is a small JSON file of option values")
     try:
-        data = json.loads(value.read_bytes()[:CONFIG_LIMIT].decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise InputError(f"--config {value}: not a UTF-8 text file; give a JSON file of option values") from None
+        raise InputError(f"--config {value}: not UTF-8 text (a JSON file of option values)") from None
     except json.JSONDecodeError as err:
         raise InputError(f"--config {value}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict):
@@ -91,29 +104,49 @@ def _load_config_file(ctx: typer.Context, param, value):
     unknown = sorted(set(clean) - names)
     if unknown:
         raise ConfigError(f"--config {value}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    defaults = {p.name: p.default for p in ctx.command.params}
+    hints = _option_types(ctx)
     for key, v in clean.items():
-        kind, ok = _config_value_ok(defaults.get(key), v)
-        if not ok:
-            raise ConfigError(f"--config {value}: {key} is {json.dumps(v)}, expected {kind}")
+        problem = _type_problem(hints.get(key), v)
+        if problem:
+            raise ConfigError(f"--config {value}: {key} must be {problem}, got {json.dumps(v)[:60]}")
     ctx.default_map = {**(ctx.default_map or {}), **clean}
     return value
 
 
-def _config_value_ok(default, v) -> tuple[str, bool]:
-    """(what the option takes, whether `v` is that), judged by the option's default: a bool is
-    not a number, null only stands for an option whose default is null."""
-    from pathlib import PurePath
+def _option_types(ctx: typer.Context) -> dict:
+    """Parameter name → its Python type, from the command function's annotations."""
+    import inspect
+    import typing
 
-    if isinstance(default, bool):
-        return "true or false", isinstance(v, bool)
-    if isinstance(default, int):
-        return "a whole number", isinstance(v, int) and not isinstance(v, bool)
-    if isinstance(default, float):
-        return "a number", isinstance(v, (int, float)) and not isinstance(v, bool)
-    if isinstance(default, (str, PurePath)):
-        return "a string", isinstance(v, str)
-    return "a number, string or null", v is None or isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    try:
+        return typing.get_type_hints(inspect.unwrap(ctx.command.callback))
+    except Exception:  # a callback whose hints cannot be resolved: values are then checked by the flags' own parsers
+        return {}
+
+
+def _type_problem(hint, v) -> str | None:
+    """What `v` (a JSON value) should be for an option of type `hint`, or None if it is that."""
+    import math
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and type(None) in args:
+        if v is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        hint = inner[0] if len(inner) == 1 else None
+    elif v is None:
+        return "a value (null is not allowed here)"
+    if hint is bool:
+        return None if isinstance(v, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(v, int) and not isinstance(v, bool) else "a whole number"
+    if hint is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return None if ok else "a finite number"
+    if hint is str or hint is Path:
+        return None if isinstance(v, str) else "a string"
+    return None
 
 
 ConfigFile = Annotated[

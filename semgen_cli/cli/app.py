@@ -3,6 +3,7 @@ into one red line and exit code 2 (`SEMGEN_DEBUG=1` shows the traceback)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -48,9 +49,22 @@ def _root(
     """SemanticGen (arXiv 2512.20619): video generation in semantic space, one stage per command."""
 
 
+def _numbers_checked(command):
+    """`command` preceded by the check of its numbers (finite, in range) before any work starts."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from semgen_cli.cli.options import check_numbers
+
+        check_numbers(kwargs)
+        return command(*args, **kwargs)
+
+    return run
+
+
 for _name, _module, _help in COMMANDS:
     _mod = importlib.import_module(f"semgen_cli.cli.{_module}")
-    app.command(name=_name, help=_mod.command.__doc__ or _help, short_help=_help)(_mod.command)
+    app.command(name=_name, help=_mod.command.__doc__ or _help, short_help=_help)(_numbers_checked(_mod.command))
 
 
 def main() -> None:
@@ -70,6 +84,8 @@ def main() -> None:
         raise
     except Exception as err:  # click usage errors, from whichever click typer brings
         kind = _click_kind(err)
+        if kind is None and _out_of_memory(err) and os.environ.get("SEMGEN_DEBUG") != "1":
+            _fail(f"out of memory ({_out_of_memory(err)}); ask for less: a smaller size, batch, length or width", 2)
         if kind is None:
             raise
         if kind == "Abort":
@@ -79,6 +95,17 @@ def main() -> None:
         _show_usage_error(err)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _out_of_memory(err: BaseException) -> str | None:
+    """The first line of an allocation failure (numpy's MemoryError, torch's CPU allocator or
+    CUDA out of memory), or None for any other error."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+    ):
+        return text[:200]
+    return None
 
 
 def _click_kind(err: BaseException) -> str | None:
@@ -108,7 +135,9 @@ def _fail(message: str, code: int) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+    from semgen_cli.cli._common import printable
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(printable(message))}")
     sys.exit(code)
 
 

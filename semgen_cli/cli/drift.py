@@ -107,7 +107,9 @@ def _str(p: Path | None) -> str | None:
 def _escape(text: str) -> str:
     from rich.markup import escape
 
-    return escape(text)
+    from semgen_cli.cli._common import printable
+
+    return escape(printable(text))
 
 
 def _num(x: float | None) -> str:

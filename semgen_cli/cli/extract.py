@@ -34,7 +34,9 @@ def command(
 
     Exit code 0 when every video was extracted, 1 when some failed (listed in failures.jsonl), 2 on a usage error.
     """
-    from semgen_cli.cli._common import RichReporter, console, settings_table, summary
+    from rich.markup import escape
+
+    from semgen_cli.cli._common import RichReporter, console, printable, settings_table, summary
     from semgen_cli.cli.options import parse_size
     from semgen_cli.components.semantic_encoder import default_pixel_bounds
     from semgen_cli.steps.extract import ExtractConfig, extract
@@ -73,5 +75,5 @@ def command(
     rows.update({f"time {k}": f"{v:.1f} s" for k, v in result.timings.items()})
     summary("extracted", rows, next_command=f"semgen fit-compressor {out} --out runs/compressor")
     if result.failed:
-        console.print(f"[yellow]{result.failed} input(s) could not be used; see {out / 'failures.jsonl'}[/]")
+        console.print(f"[yellow]{result.failed} input(s) could not be used; see {escape(printable(out / 'failures.jsonl'))}[/]")
         raise typer.Exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,16 +48,17 @@ def command(
     """
     from semgen_cli.cli.options import parse_size
     from semgen_cli.errors import ConfigError
-    from semgen_cli.steps.generate import read_prompts, resolve
+    from semgen_cli.steps.generate import MAX_STEPS, read_prompts, resolve
 
     # 1. flags -> config, refused before anything loads (one line, exit 2)
     if prompt is not None and prompts_file is not None:
         raise ConfigError("give a prompt or --prompts-file, not both")
     if prompt is None and prompts_file is None:
         raise ConfigError('no prompt: semgen generate "a red circle moving left on a black background" --out out.mp4 (or --prompts-file)')
-    for flag, value in (("--steps", steps), ("--cfg", cfg)):
-        if value is not None and not value >= (1 if flag == "--steps" else 0):
-            raise ConfigError(f"{flag} must be {'at least 1' if flag == '--steps' else '>= 0 (1 = no guidance)'}, got {value}")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps must be from 1 to {MAX_STEPS}, got {steps}")
+    if cfg is not None and not cfg >= 0:
+        raise ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {cfg}")
     config = GenerateConfig(
         prompts=read_prompts(prompts_file) if prompts_file is not None else [prompt],
         out=str(out),
@@ -90,8 +92,13 @@ def command(
     rows = resolved.settings(config)
     rows = {"prompt" if len(config.prompts) == 1 else "prompts": config.prompts[0] if len(config.prompts) == 1 else f"{len(config.prompts)} from {prompts_file}", **rows}
     settings_table("semgen generate", rows)
-    with RichReporter() as reporter:
-        result = generate(config, reporter, resolved)
+    # SIGTERM unwinds like an error, so that the temp files of an unfinished video are removed
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with RichReporter() as reporter:
+            result = generate(config, reporter, resolved)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
     mib = 1024 * 1024
     rows = {}
@@ -107,6 +114,10 @@ def command(
     rows["components"] = ", ".join(f"{role} {fp}" for role, fp in result.components.items())
     rows["device"] = f"{result.device}, {result.dtype}"
     summary("generated", rows, next_command=result.drift_command)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _pick(specific, both, default):

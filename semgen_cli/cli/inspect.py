@@ -17,7 +17,7 @@ def command(
     from rich.markup import escape
     from rich.table import Table
 
-    from semgen_cli.cli._common import console, settings_table
+    from semgen_cli.cli._common import console, printable, settings_table
     from semgen_cli.errors import InputError
     from semgen_cli.io.shards import Dataset
 
@@ -41,14 +41,14 @@ def command(
     for col in ("role", "spec", "fingerprint"):
         table.add_column(col)
     for role, c in ds.components.items():
-        table.add_row(role, escape(str(c.get("spec"))), escape(str(c.get("fingerprint"))))
+        table.add_row(role, escape(printable(c.get("spec"))), escape(printable(c.get("fingerprint"))))
     console.print(table)
     if samples > 0 and len(ds):
         table = Table(title=f"first {min(samples, len(ds))} samples", title_justify="left")
         for col in ("id", "seconds", "frames", "latent T", "semantic T", "caption"):
             table.add_column(col)
         for r in ds.records[:samples]:
-            table.add_row(escape(r["id"]), f"{r['duration']:.2f}", str(r["frames"]), str(r["latent_frames"]), str(r["semantic_tokens_t"]), escape(r["caption"][:60]))
+            table.add_row(escape(printable(r["id"])), f"{r['duration']:.2f}", str(r["frames"]), str(r["latent_frames"]), str(r["semantic_tokens_t"]), escape(printable(r["caption"][:60])))
         console.print(table)
     if verify:
         bad = 0

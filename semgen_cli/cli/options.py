@@ -1,8 +1,33 @@
-"""Option parsers shared by several commands (sizes like 480x832, device names)."""
+"""Option parsers shared by several commands (sizes like 480x832, device names), and the check
+every command's numbers pass before its work starts."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from semgen_cli.errors import ConfigError
+
+INT_LIMIT = 2**63
+"""Whole-number flags lie in [-INT_LIMIT, INT_LIMIT) (seeds in [0, INT_LIMIT)): what torch and
+numpy take without overflowing."""
+
+
+def check_numbers(values: dict[str, Any]) -> None:
+    """Refuse, by flag, a non-finite number (`--fps nan`, `--lr inf`) or a whole number out of
+    range (`--seed 18446744073709551616`) among a command's parsed parameters; the command's
+    config then checks each value's own range. Lists and tuples are checked element by element."""
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{flag} {v}: expected a finite number")
+            if isinstance(v, int):
+                low = 0 if name == "seed" or name.endswith("_seed") else -INT_LIMIT
+                if not low <= v < INT_LIMIT:
+                    raise ConfigError(f"{flag} {v}: out of range; expected a whole number from {low} to {INT_LIMIT - 1}")
 
 
 def parse_size(text: str | None, flag: str = "--size") -> tuple[int, int] | None:

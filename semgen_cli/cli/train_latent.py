@@ -64,9 +64,9 @@ def command(
         init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight, patch=_patch(patch),
         text_padding=text_padding,
     )
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     shift_used, shift_rule = resolve_shift(cfg, resume=resume)
     text_used = resolve_text(cfg, resume=resume)
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     settings_table("semgen train-latent", {
         "data": data, "compressor": compressor or (f"that of {init}" if init and condition != "none" else "—"), "out": out, "preset": preset,
         "attention": f"{attention} (T_w={window or 'from the data'})" if attention == "swin" else attention, "condition": condition,

@@ -16,6 +16,7 @@ MDS pattern): a folder without index.json is not a dataset yet.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,11 +116,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _removed_on_failure(tmp, path):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
@@ -130,9 +132,33 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[s
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    follow_umask(tmp)
-    os.replace(tmp, path)
+    with _removed_on_failure(tmp, path):
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        follow_umask(tmp)
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, path: Path):
+    """Remove `tmp` if the block fails in any way; an OSError (a read-only file system, a full
+    disk, a folder that is not one) becomes one line naming `path` and the system's reason."""
+    try:
+        yield
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":  # safetensors reports I/O errors as its own
+            raise InputError(f"{path}: cannot write ({write_problem(err)})") from None
+        raise
+
+
+def write_problem(err: BaseException) -> str:
+    """The system's words for a failed write: "No space left on device", "Read-only file system", …"""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip().splitlines()
+    text = text[0].split("I/O error: ")[-1] if text else type(err).__name__  # safetensors: "Error while serializing: I/O error: …"
+    return text[:160]
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -252,6 +278,13 @@ class Dataset:
                         out.append(rec)
             if len(out) != len(self):
                 raise InputError(f"{self.root / INDEX}: lists {len(self)} samples but the shard records hold {len(out)}")
+            seen: dict[tuple[str, str], dict] = {}
+            for rec in out:  # extracted before ids kept the extension: one clip's caption over another's tensors
+                if (other := seen.setdefault((rec["shard"], rec["id"]), rec)) is not rec:
+                    raise InputError(
+                        f"{self.root / rec['shard']}.safetensors: {other.get('source')} and {rec.get('source')} share the sample id "
+                        f"{rec['id']!r}, so it holds the tensors of one of them only; extract the videos again into a new folder"
+                    )
             self._records = out
         return self._records
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -249,7 +250,10 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         import ffmpeg
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot create its folder {self.path.parent} ({e.strerror})") from None
         out_kwargs = {
             "vcodec": "libx264",
             "pix_fmt": self.pix_fmt,
@@ -279,19 +283,19 @@ class VideoWriter:
         assert self._proc is not None, "use VideoWriter as a context manager"
         try:
             self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
-        except BrokenPipeError:  # ffmpeg stopped (a full disk, an unwritable folder): say why
-            proc, self._proc = self._proc, None
-            self._tmp.unlink(missing_ok=True)
-            raise InputError(self._failure(proc.stderr.read(), proc.wait())) from None
+        except BrokenPipeError:  # ffmpeg stopped (it could not write): __exit__ says why
+            self._broken = True
+            raise
         self.frames_written += len(frames)
 
     def _failure(self, err: bytes, code: int) -> str:
-        """One line on why ffmpeg failed, naming the cause it reports where it is a known one."""
-        text = err.decode(errors="replace")
-        if "No space left on device" in text:
+        """One line on why ffmpeg failed: a full disk said as such, else the OS error ffmpeg
+        reports (its last line is only "Conversion failed!") or the signal that stopped it."""
+        if code < 0:
+            return f"{self.path}: ffmpeg could not write it (stopped by {signal.Signals(-code).name})"
+        if "No space left on device" in err.decode(errors="replace"):
             return f"{self.path}: the disk is full (ffmpeg: No space left on device); free space or write elsewhere"
-        tail = text.strip().splitlines()[-1:] or [f"exit code {code}"]
-        return f"{self.path}: ffmpeg failed ({tail[0]})"
+        return f"{self.path}: ffmpeg could not write it ({_ffmpeg_reason(err)})"
 
     def __exit__(self, exc_type, exc, tb) -> None:
         proc, self._proc = self._proc, None
@@ -305,10 +309,25 @@ class VideoWriter:
         code = proc.wait()
         if exc_type is not None or code != 0:
             self._tmp.unlink(missing_ok=True)
-            if exc_type is None:
-                raise InputError(self._failure(err, code))
+            if exc_type is None or (code != 0 and getattr(self, "_broken", False)):
+                raise InputError(self._failure(err, code)) from None
             return
-        os.replace(self._tmp, self.path)
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self._tmp.unlink(missing_ok=True)
+            raise InputError(f"{self.path}: cannot write ({e.strerror})") from None
+
+
+def _ffmpeg_reason(stderr: bytes) -> str:
+    """The line of ffmpeg's log that says why it failed: an OS error where there is one (its
+    last line is only "Conversion failed!"), else the last line."""
+    lines = [l.strip() for l in stderr.decode(errors="replace").splitlines() if l.strip()]
+    for cause in ("No space left", "Read-only file system", "Permission denied", "File too large", "Disk quota", "No such file"):
+        for line in lines:
+            if cause in line:
+                return line[-200:]
+    return lines[-1][-200:] if lines else "no message"
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, metadata: dict | None = None, crf: int = 17, pix_fmt: str = "yuv420p") -> Path:

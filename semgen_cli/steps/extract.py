@@ -12,12 +12,14 @@ always holds the same inputs. A shard is finished when its commit marker `.progr
 exists (written after the shard's tensors and records), so a rerun after a crash keeps finished
 shards and redoes the rest, ending with the same bytes as an uninterrupted run. Under torchrun,
 rank r does shards k ≡ r (mod world size); after a barrier rank 0 writes failures.jsonl and then
-index.json, last and atomically.
+index.json, last and atomically, after checking that every shard's records and tensors name the
+same sample ids (see `sample_id`: one per source path, extension included).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -27,11 +29,15 @@ from pathlib import Path
 
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io import shards as S
-from semgen_cli.io.captions import caption_for, load_captions
+from semgen_cli.io.captions import caption_for, escapes, load_captions
 from semgen_cli.io.video import list_videos, probe, read_video
 from semgen_cli.reporting import NULL, Reporter
 
 DTYPES = ("float32", "float16", "bfloat16")
+MAX_FPS = 1000.0
+MAX_WORKERS = 256
+"""Highest --fps / --semantic-fps and --num-workers taken: far above any camera's rate and any
+machine's cores, so a larger value is a mistyped flag."""
 
 
 @dataclass
@@ -75,16 +81,17 @@ class ExtractConfig:
     """Device for the encoders: auto, cpu, cuda, cuda:N."""
 
     def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise ConfigError(f"--fps must be positive, got {self.fps}")
-        if self.semantic_fps <= 0:
-            raise ConfigError(f"--semantic-fps must be positive, got {self.semantic_fps}")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ConfigError(f"--max-seconds must be positive, got {self.max_seconds}")
+        # `not 0 < x <= most` refuses NaN too, which compares false with everything
+        if not 0 < self.fps <= MAX_FPS:
+            raise ConfigError(f"--fps must be a positive number of at most {MAX_FPS:g}, got {self.fps}")
+        if not 0 < self.semantic_fps <= MAX_FPS:
+            raise ConfigError(f"--semantic-fps must be a positive number of at most {MAX_FPS:g}, got {self.semantic_fps}")
+        if self.max_seconds is not None and not 0 < self.max_seconds < math.inf:
+            raise ConfigError(f"--max-seconds must be a positive finite number, got {self.max_seconds}")
         if self.shard_size < 1:
             raise ConfigError(f"--shard-size must be at least 1, got {self.shard_size}")
-        if self.num_workers < 0:
-            raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}")
+        if not 0 <= self.num_workers <= MAX_WORKERS:
+            raise ConfigError(f"--num-workers must be from 0 to {MAX_WORKERS}, got {self.num_workers}")
         for name in ("min_pixels", "max_pixels"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -107,7 +114,7 @@ class ExtractConfig:
         keys = ("semantic", "vae", "text", "size", "fps", "semantic_fps", "semantic_size", "min_pixels", "max_pixels",
                 "max_seconds", "shard_size", "dtype", "allow_uncaptioned")
         d = asdict(self)
-        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keys}
+        return {**{k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keys}, "ids": ID_SCHEME}
 
 
 @dataclass
@@ -126,8 +133,37 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _sample_id(rel: str) -> str:
-    return rel.rsplit(".", 1)[0].replace("/", "__")
+ID_SCHEME = "path"
+"""How sample ids are made (recorded in the producer settings). "path": the relative path with its
+extension, `%` written `%25` and `/` written `%2F`, so two sources never share an id (`same.mp4`
+and `same.mov`, `a/b.mp4` and `a__b.mp4`). Folders started before the producer recorded a scheme
+used the legacy id (extension dropped, `/` as `__`); a resume of one keeps it where it is unique."""
+
+
+def sample_id(rel: str, scheme: str = ID_SCHEME) -> str:
+    """The id of the video at `rel` (posix, relative to the videos folder); no `/` in it, as
+    tensor keys are "<id>/<field>"."""
+    if scheme == "legacy":
+        return rel.rsplit(".", 1)[0].replace("/", "__")
+    return rel.replace("%", "%25").replace("/", "%2F")
+
+
+def _id_scheme(out: Path, sources: list[str]) -> str:
+    """The id scheme of this folder: `ID_SCHEME`, or "legacy" for a folder an older semgen
+    started (its progress marker records no scheme), refused where legacy ids would collide."""
+    marker = out / ".progress" / "config.json"
+    if not marker.is_file() or "ids" in S.read_json(marker):
+        return ID_SCHEME
+    seen: dict[str, str] = {}
+    for rel in sources:
+        sid = sample_id(rel, "legacy")
+        if sid in seen:
+            raise MismatchError(
+                f"{out}: was started by an older semgen whose sample ids drop the extension, and {seen[sid]} and {rel} "
+                f"would share the id {sid!r}; extract into a new --out"
+            )
+        seen[sid] = rel
+    return "legacy"
 
 
 def _decode(path: str, fps: float, size, semantic_fps: float, semantic_size, max_seconds) -> dict:
@@ -172,10 +208,13 @@ def _extract(cfg: ExtractConfig, reporter: Reporter) -> ExtractResult:
     progress.mkdir(exist_ok=True)
 
     if cfg.size is None:
-        cfg.size = _default_size(videos)
+        cfg.size = _default_size([v for v in videos if escapes(v, root) is None], root)
     if cfg.semantic_size is None:
         cfg.semantic_size = cfg.size
     producer = cfg.producer()
+    scheme = _id_scheme(out, [v.relative_to(root).as_posix() for v in videos])
+    if scheme != ID_SCHEME:
+        del producer["ids"]  # the folder's own settings, so that the resume check compares like with like
     _check_resume(out, producer)
 
     plan = [videos[i : i + cfg.shard_size] for i in range(0, len(videos), cfg.shard_size)]
@@ -202,7 +241,7 @@ def _extract(cfg: ExtractConfig, reporter: Reporter) -> ExtractResult:
         t0 = time.perf_counter()
         with _Decoder(cfg) as decoder:
             for k in todo:
-                seconds = _extract_shard(cfg, out, root, k, plan[k], captions, encoders, decoder, reporter, seconds)
+                seconds = _extract_shard(cfg, out, root, k, plan[k], captions, encoders, decoder, reporter, seconds, scheme)
         reporter.finish("extract")
         timings["extract"] = time.perf_counter() - t0
 
@@ -231,7 +270,7 @@ def _wait_for_all_ranks() -> None:
         dist.destroy_process_group()
 
 
-def _default_size(videos: list[Path]) -> tuple[int, int]:
+def _default_size(videos: list[Path], root: Path) -> tuple[int, int]:
     for v in videos:
         try:
             info = probe(v)
@@ -240,7 +279,7 @@ def _default_size(videos: list[Path]) -> tuple[int, int]:
         h, w = info.height // 16 * 16, info.width // 16 * 16
         if h and w:
             return (h, w)
-    raise InputError(f"{videos[0].parent}: no readable video to take --size from; pass --size")
+    raise InputError(f"{root}: no readable video to take --size from; pass --size")
 
 
 def _check_resume(out: Path, producer: dict) -> None:
@@ -376,31 +415,36 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _extract_shard(cfg, out, root, k, paths, captions, encoders, decoder, reporter, seconds) -> float:
+def _extract_shard(cfg, out, root, k, paths, captions, encoders, decoder, reporter, seconds, scheme=ID_SCHEME) -> float:
     import torch
 
     dtype = getattr(torch, cfg.dtype)
     tensors: dict[str, torch.Tensor] = {}
     records: list[dict] = []
     failures: list[dict] = []
-    for path, decoded in zip(paths, decoder.map(paths)):
+    # a file that resolves outside the videos folder (a symlink out of it) is never read
+    outside = {p: escapes(p, root) for p in paths}
+    decoded_all = decoder.map([p for p in paths if not outside[p]])
+    for path in paths:
         rel = path.relative_to(root).as_posix()
-        caption = caption_for(path, root, captions)
-        if "error" in decoded:
-            failures.append({"source": rel, "reason": decoded["error"]})
-        elif caption is None and not cfg.allow_uncaptioned:
-            failures.append({"source": rel, "reason": f"{path}: no caption (add it to {root / 'metadata.jsonl'} or {path.with_suffix('.txt')}, or pass --allow-uncaptioned)"})
+        try:
+            if outside[path]:
+                raise InputError(f"{path}: resolves to {outside[path]}, outside {root}; semgen reads only files inside the videos folder")
+            decoded = next(decoded_all)
+            caption = caption_for(path, root, captions)
+            if "error" in decoded:
+                raise InputError(decoded["error"])
+            if caption is None and not cfg.allow_uncaptioned:
+                raise InputError(f"{path}: no caption (add it to {root / 'metadata.jsonl'} or {path.with_suffix('.txt')}, or pass --allow-uncaptioned)")
+            sample, record = _encode_one(cfg, rel, decoded, caption, encoders, sample_id(rel, scheme))
+        except InputError as err:
+            failures.append({"source": rel, "reason": str(err)})
         else:
-            try:
-                sample, record = _encode_one(cfg, rel, decoded, caption, encoders)
-            except InputError as err:
-                failures.append({"source": rel, "reason": str(err)})
-            else:
-                sid = record["id"]
-                for name, value in sample.items():
-                    tensors[f"{sid}/{name}"] = value.to(dtype) if value.is_floating_point() else value
-                records.append(record)
-                seconds += record["duration"]
+            sid = record["id"]
+            for name, value in sample.items():
+                tensors[f"{sid}/{name}"] = value.to(dtype) if value.is_floating_point() else value
+            records.append(record)
+            seconds += record["duration"]
         reporter.advance("extract", 1, video_s=round(seconds, 1), failed=len(failures))
     name = S.shard_name(k)
     nbytes, digest = 0, None
@@ -423,7 +467,7 @@ def _extract_shard(cfg, out, root, k, paths, captions, encoders, decoder, report
     return seconds
 
 
-def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: dict):
+def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: dict, sid: str):
     import torch
 
     info = decoded["info"]
@@ -444,7 +488,7 @@ def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: di
             raise InputError(f"{info.path}: the {name} encoder gave NaN or inf values (as {cfg.dtype}); not stored")
     duration = used / cfg.fps
     record = {
-        "id": _sample_id(rel),
+        "id": sid,
         "source": rel,
         "caption": text,
         "duration": duration,
@@ -467,6 +511,7 @@ def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: di
 def _write_index(cfg: ExtractConfig, out: Path, root: Path, plan, producer: dict, result: ExtractResult) -> None:
     shards, failures = [], []
     total, seconds, truncated = 0, 0.0, 0
+    owner: dict[str, str] = {}  # sample id -> shard that holds it
     for k, paths in enumerate(plan):
         marker_path = out / ".progress" / f"{S.shard_name(k)}.json"
         if not marker_path.is_file():
@@ -475,6 +520,7 @@ def _write_index(cfg: ExtractConfig, out: Path, root: Path, plan, producer: dict
         failures.extend(marker["failures"])
         truncated += marker.get("truncated", 0)
         if marker["samples"]:
+            _check_shard_ids(out, marker, owner)
             shards.append({"name": marker["name"], "samples": marker["samples"], "bytes": marker["bytes"], "sha256": marker["sha256"], "seconds": marker["seconds"]})
             total += marker["samples"]
             seconds += marker["seconds"]
@@ -498,6 +544,27 @@ def _write_index(cfg: ExtractConfig, out: Path, root: Path, plan, producer: dict
     }
     S.write_json_atomic(out / S.INDEX, index)
     result.samples, result.failed, result.seconds_of_video, result.truncated = total, len(failures), seconds, truncated
+
+
+def _check_shard_ids(out: Path, marker: dict, owner: dict[str, str]) -> None:
+    """The index counts a shard's samples only if its records and its tensors name the same ids,
+    as many as its marker says, none of them held by another shard."""
+    from safetensors import safe_open
+
+    name = marker["name"]
+    records = out / f"{name}.jsonl"
+    ids = [json.loads(line)["id"] for line in records.read_text().splitlines() if line.strip()]
+    with safe_open(str(out / f"{name}.safetensors"), framework="pt") as f:
+        held = {key.rsplit("/", 1)[0] for key in f.keys()}
+    if len(ids) != marker["samples"] or set(ids) != held or len(set(ids)) != len(ids):
+        raise InputError(
+            f"{records}: {len(ids)} records ({len(set(ids))} distinct ids) for {len(held)} tensor sets, its marker says {marker['samples']}; "
+            "extract into a new --out"
+        )
+    for sid in ids:
+        if sid in owner:
+            raise InputError(f"{out}: sample id {sid!r} is held by both {owner[sid]} and {name}; extract into a new --out")
+        owner[sid] = name
 
 
 def _fields(out: Path, shards: list[dict], components: dict, cfg: ExtractConfig) -> dict:

@@ -35,7 +35,10 @@ saved with ``--save-semantics`` and given back with ``--semantic-from plan.safet
 same seed replays the very same video, and a reference plan sees the same latent noise.
 
 Everything a flag can get wrong is checked in :class:`GenerateConfig` and :func:`resolve`
-(which reads only the runs' config.json files) before any weight is loaded.
+(which reads only the runs' config.json files) before any weight is loaded, and so are the memory
+the length will take (refused where it exceeds the device's) and the output folder's writability.
+The plan, the mp4 and its sidecar are written under temporary names and renamed together once the
+video is complete (:class:`_Commit`), so an interrupted run never pairs old and new files.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ from semgen_cli.reporting import NULL, Reporter
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MAX_PROMPT_CHARS = 8192
+"""Longest prompt: it goes into the mp4's metadata on ffmpeg's command line, where one argument
+holds at most 128 KiB."""
+MAX_STEPS = 10_000
+"""Most Euler steps of a stage (the paper samples with tens)."""
+MAX_PROMPTS_FILE_BYTES = 16 << 20
+"""Largest --prompts-file read (16 MiB)."""
 SIGMA_FRACTION = 0.5
 """Default ``--semantic-noise``: this fraction of the latent run's training maximum σ."""
 
@@ -115,13 +125,19 @@ class GenerateConfig:
             self.prompts = [self.prompts]
         if not self.prompts:
             raise ConfigError("no prompt given: pass a prompt or --prompts-file with one prompt per line")
+        for i, prompt in enumerate(self.prompts):
+            which = "the prompt" if len(self.prompts) == 1 else f"prompt {i + 1}"
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ConfigError(f"{which} has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS} (the text encoder reads a few hundred tokens)")
+            if "\x00" in prompt:
+                raise ConfigError(f"{which} holds a NUL character; give plain text")
         if self.seconds is not None:
             if not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds) or self.seconds <= 0:
                 raise ConfigError(f"--seconds must be a positive number of seconds, got {self.seconds:g}")
         for name, flag in (("semantic_steps", "--semantic-steps"), ("latent_steps", "--latent-steps")):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
+            if not isinstance(value, int) or not 1 <= value <= MAX_STEPS:
+                raise ConfigError(f"{flag} must be from 1 to {MAX_STEPS}, got {value}")
         for name, flag in (("semantic_cfg", "--semantic-cfg"), ("latent_cfg", "--latent-cfg")):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -231,6 +247,11 @@ class Resolved:
     warnings: list[str] = field(default_factory=list)
     stage1_tokens: int = 0
     """Tokens of one stage-1 forward pass (video + in-context plan): what full attention squares."""
+    memory_bytes: int = 0
+    """Estimated memory that grows with the length (both stages' tokens, activations, latents),
+    on top of the loaded models and the VAE's fixed per-chunk decode memory."""
+    tokens: tuple[int, int] = (0, 0)
+    """Tokens stage 2 and stage 1 attend over (stage 2 with full attention: cost ∝ its square)."""
 
     def settings(self, cfg: GenerateConfig) -> dict[str, Any]:
         """The rows of the settings table (and the `settings` of the mp4 metadata)."""
@@ -254,6 +275,8 @@ class Resolved:
                        + ("" if baseline else f", σ {self.sigma:g} (trained ≤ {self.sigma_max:g})"),
             "decode": f"{cfg.decode_chunk} latent frames per chunk, causal cache kept" + (f", VAE {cfg.vae} (not the runs' own)" if cfg.vae else ""),
             "seed": cfg.seed,
+            "cost": f"estimated peak memory {_gib(self.memory_bytes)} for the length (beyond the models); "
+                    f"{self.tokens[0]} tokens in stage 2 (full attention), {self.tokens[1]} in stage 1, per step",
             "device": f"{cfg.device}, {cfg.dtype}",
             # what the runs' data was extracted with; the summary after loading names what decoded
             "trained on": ", ".join(f"{role} {c.get('fingerprint')}" for role, c in comps.items()),
@@ -353,17 +376,30 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     if sigma > sigma_max + 1e-9:
         warnings.append(f"--semantic-noise {sigma:g} is above the {sigma_max:g} the latent model was trained with")
 
-    # 5. full attention grows with the square of the length: say what this length costs
-    tokens = T // pt * (size[0] // s_stride // ph) * (size[1] // s_stride // pw) + Ts * hs * ws
+    # 5. what the length costs (memory before any of it is allocated); full attention grows with
+    #    the square of the length: say so
+    n1 = (T // pt) * (size[0] // s_stride // ph) * (size[1] // s_stride // pw) + Ts * hs * ws  # latent + in-context semantic tokens
+    n2 = 0
+    memory = _length_memory(C * T * (size[0] // s_stride) * (size[1] // s_stride), n1, lat["dit"], cfg.latent_cfg != 1)
+    if plan_source == "stage 2":
+        sp = sem["dit"]["patch"]
+        n2 = (Ts // int(sp[0])) * (hs // int(sp[1])) * (ws // int(sp[2]))
+        memory = max(memory, _length_memory(channels * Ts * hs * ws, n2, sem["dit"], cfg.semantic_cfg != 1))
+    if max_seconds is not None and seconds > 10 * max_seconds:
+        warnings.append(
+            f"--seconds {seconds:g} is {seconds / max_seconds:.0f}× the trained length: stage 2 attends over {n2} tokens at once "
+            f"(its time grows with the square of the length), estimated peak memory {_gib(memory)} beyond the models"
+        )
     if (cfg.attention or lat["dit"]["attention"]) == "full":
-        warnings += _full_attention_cost(lat, tokens)
+        warnings += _full_attention_cost(lat, n1)
 
     return Resolved(
+        memory_bytes=memory, tokens=(n2, n1),
         latent_run=latent_run, semantic_run=semantic_run, pipeline=pipeline, lat=lat, sem=sem, seconds=float(seconds),
         fps=fps, trained_fps=trained_fps, size=(int(size[0]), int(size[1])), frames=frames, latent_frames=T,
         latent_shape=(C, T, size[0] // s_stride, size[1] // s_stride), semantic_fps=sfps, semantic_size=ssize,
         semantic_tokens=Ts, semantic_grid=(hs, ws), channels=channels, sigma=sigma, sigma_max=sigma_max,
-        max_seconds=max_seconds, plan_source=plan_source, components=comps, warnings=warnings, stage1_tokens=tokens,
+        max_seconds=max_seconds, plan_source=plan_source, components=comps, warnings=warnings, stage1_tokens=n1,
     )
 
 
@@ -393,6 +429,56 @@ def _full_attention_cost(lat: dict, tokens: int) -> list[str]:
     return [f"full attention over {tokens} tokens per layer, {(tokens / trained) ** 2:.3g}× the attention cost of the "
             f"{trained} tokens of a {float(window.get('seconds', 0)):g} s training window (it grows with the square of the length; "
             "swin attention grows linearly)"]
+
+
+ACTIVATION_FACTOR = 2.5
+"""Peak memory per counted byte of one DiT block's tensors, chosen so that the estimate is at or
+above what the bundled toy pipeline grew by on CPU (float32): 20 s, stage 1 41 MiB estimated /
+39 measured, stage 2 17 / 17; 120 s, stage 1 244 / 212, stage 2 105 / 51."""
+
+
+def _length_memory(elements: int, tokens: int, dit: dict, cfg: bool) -> int:
+    """Bytes one sampling stage holds that grow with the length: the latents of the Euler loop
+    (state, noise, a CFG batch and its velocities: 8 copies) and one block's activations for the
+    CFG batch (residual, q, k, v, attention out and norms: 6·dim; feed-forward: 2·ffn_dim), as
+    float32. Attention runs through a fused kernel (no token × token matrix)."""
+    batch = 2 if cfg else 1
+    block = batch * tokens * (6 * int(dit["dim"]) + 2 * int(dit["ffn_dim"]))
+    return int(4 * (8 * elements + ACTIVATION_FACTOR * block))
+
+
+def _gib(nbytes: int) -> str:
+    if nbytes >= 2**40:
+        return f"{nbytes / 2**40:.4g} TiB"
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def available_memory(device) -> tuple[int, str]:
+    """(bytes, what) a generation on `device` may use: the GPU's total memory, or the memory
+    Linux reports available (MemAvailable) on the CPU; (0, "") where it cannot be told."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"{device} total"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available RAM"
+    except OSError:
+        pass
+    return 0, ""
+
+
+def check_memory(r: "Resolved", device) -> None:
+    """Refuse, before any model loads, a length whose estimated memory exceeds the device's."""
+    have, what = available_memory(device)
+    if have and r.memory_bytes > have:
+        raise ConfigError(
+            f"--seconds {r.seconds:g} at {r.fps:g} fps and {r.size[0]}x{r.size[1]}: needs an estimated {_gib(r.memory_bytes)} of memory beyond the models, more than the "
+            f"{_gib(have)} of {what}; ask for fewer seconds"
+        )
 
 
 def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> None:
@@ -823,8 +909,10 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
 
     from semgen_cli.io.lock import hold
 
+    paths = output_paths(cfg.out, len(cfg.prompts))
+    check_writable(paths)  # an unwritable place is named as such, not as a lock that cannot be taken
     with ExitStack() as stack:
-        for path in output_paths(cfg.out, len(cfg.prompts)):
+        for path in paths:
             stack.enter_context(hold(path, "output file", folder=False))
         return _generate(cfg, reporter, resolved, references, seeds)
 
@@ -859,6 +947,9 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     for w in r.warnings:
         reporter.warn(w)
     device, dtype = pick_device(cfg.device, cfg.dtype)
+    check_memory(r, device)
+    paths = output_paths(cfg.out, len(cfg.prompts))
+    check_writable(paths)
     stages = _Stages(device)
     stages.begin("load")
     reporter.info(f"loading the runs and components on {device} ({str(dtype).removeprefix('torch.')})…")
@@ -867,7 +958,6 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     load_seconds, load_memory = stages.seconds.pop("load"), stages.memory.pop("load")
     # the VAE that decodes may have another decoder than the runs' own (the encoder may not differ)
     loaded = {**{role: c.get("fingerprint") for role, c in r.components.items()}, "vae": pipe.vae.fingerprint}
-    paths = output_paths(cfg.out, len(cfg.prompts))
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("prompts", "out")}
     videos = []
     many = len(cfg.prompts) > 1
@@ -924,30 +1014,32 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
                 "pipeline": r.pipeline,
                 "components": loaded,
             }
-            sem_path = None
-            if cfg.save_semantics:
-                sem_path = semantics_path(path)
-                _save_plan(sem_path, plan[0], meta, pipe.compressor_fingerprint, r)
-
-            stages.begin("decode")
-            name = f"{tag}decode"
-            reporter.start(name, total=r.frames, unit="frames")
-            with VideoWriter(path, fps=r.fps, width=r.size[1], height=r.size[0], metadata=meta) as writer:
-                for part in decoded_frames(pipe.vae, latents, r.frames, cfg.decode_chunk):
-                    writer.write(part)
-                    reporter.advance(name, len(part))
-            reporter.finish(name)
-            stages.end()
-            if writer.frames_written != r.frames:  # cannot happen unless the VAE returns too few frames
-                raise InputError(f"{path}: decoded {writer.frames_written} frames, expected {r.frames}")
-
+            # the plan, the mp4 and the sidecar are written under temp names and renamed together
+            # once the video is complete (sidecar last), so a kill never pairs old and new files
+            sem_path = semantics_path(path) if cfg.save_semantics else None
             sidecar = sidecar_path(path)
-            write_json_atomic(sidecar, {
-                **meta, "mp4": str(path), "semantics": str(sem_path) if sem_path else None, "warnings": r.warnings,
-                "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                "seconds_per_stage": stages.seconds, "load_seconds": load_seconds,
-                "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
-            })
+            with _Commit([p for p in (sem_path, path, sidecar) if p is not None]) as staged:
+                if sem_path is not None:
+                    _save_plan(staged[sem_path], plan[0], meta, pipe.compressor_fingerprint, r)
+
+                stages.begin("decode")
+                name = f"{tag}decode"
+                reporter.start(name, total=r.frames, unit="frames")
+                with VideoWriter(staged[path], fps=r.fps, width=r.size[1], height=r.size[0], metadata=meta) as writer:
+                    for part in decoded_frames(pipe.vae, latents, r.frames, cfg.decode_chunk):
+                        writer.write(part)
+                        reporter.advance(name, len(part))
+                reporter.finish(name)
+                stages.end()
+                if writer.frames_written != r.frames:  # cannot happen unless the VAE returns too few frames
+                    raise InputError(f"{path}: decoded {writer.frames_written} frames, expected {r.frames}")
+
+                write_json_atomic(staged[sidecar], {
+                    **meta, "mp4": str(path), "semantics": str(sem_path) if sem_path else None, "warnings": r.warnings,
+                    "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                    "seconds_per_stage": stages.seconds, "load_seconds": load_seconds,
+                    "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
+                })
             videos.append(VideoOut(path, sidecar, sem_path, prompt, r.seconds, r.frames, r.fps, seed, stages.seconds, stages.memory))
     return GenerateResult(
         videos=videos, load_seconds=load_seconds, load_memory=load_memory, memory_kind=stages.meter.kind,
@@ -961,6 +1053,66 @@ def _out_of_memory(err: BaseException) -> bool:
     import torch
 
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
+
+
+class _Commit:
+    """Temp names for files that appear together: ``staged[final]`` is where to write ``final``;
+    a clean exit renames every temp over its final name in the order given (the last one is the
+    commit marker; its old version is removed first, so an interrupted commit never leaves an old
+    marker describing new files); any failure removes the temps and leaves the old files as they
+    were. An OSError becomes one line naming the file."""
+
+    def __init__(self, finals: list[Path]) -> None:
+        self.tmp = {f: f.with_name(f".{f.name}.tmp-{os.getpid()}") for f in finals}
+
+    def __getitem__(self, final: Path) -> Path:
+        return self.tmp[final]
+
+    def __enter__(self) -> "_Commit":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                *files, marker = self.tmp
+                _replace(marker, None)
+                for final in (*files, marker):
+                    _replace(final, self.tmp[final])
+            elif isinstance(exc, InputError):  # name the file the user asked for, not its temp name
+                message = str(exc)
+                for final, tmp in self.tmp.items():
+                    message = message.replace(str(tmp), str(final))
+                raise InputError(message) from None
+        finally:
+            for tmp in self.tmp.values():
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+
+def _replace(final: Path, tmp: Path | None) -> None:
+    """Rename `tmp` over `final` (remove `final` if `tmp` is None), with a one-line error."""
+    try:
+        if tmp is None:
+            final.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as err:
+        raise InputError(f"{final}: cannot write ({err.strerror})") from None
+
+
+def check_writable(paths: list[Path]) -> None:
+    """Refuse, before any model loads, outputs whose folder cannot be created or written (a file
+    in the way, a read-only file system, no permission), with one line naming the folder."""
+    for folder in sorted({p.parent for p in paths}):
+        probe = folder / f".semgen-write-test-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise InputError(f"--out {paths[0]}: cannot write in {folder} ({err.strerror})") from None
 
 
 def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Resolved) -> None:
@@ -979,9 +1131,19 @@ def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Res
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """Prompts of a --prompts-file: one per line; blank lines and lines starting with # are skipped."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"--prompts-file {path}: no such file")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if not path.is_file():
+        raise InputError(f"--prompts-file {path}: not a regular file (a text file with one prompt per line is)")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_PROMPTS_FILE_BYTES + 1)
+    if len(raw) > MAX_PROMPTS_FILE_BYTES:
+        raise InputError(f"--prompts-file {path}: larger than {MAX_PROMPTS_FILE_BYTES >> 20} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"--prompts-file {path}: not UTF-8 text (byte {err.start}); give one prompt per line") from None
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise InputError(f"--prompts-file {path}: no prompts (one per line)")

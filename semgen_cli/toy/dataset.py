@@ -33,6 +33,11 @@ CONFIG = "toy_config.json"
 CLIP_NAME = "clip-{:06d}.mp4"
 
 
+MAX_COUNT, MAX_SECONDS, MAX_FPS, MAX_FRAME = 1_000_000, 3600.0, 240.0, 4096
+"""Upper bounds of --count, --seconds / --long-seconds, --fps and --size: beyond them a toy data
+set is a mistyped flag, not a data set (a 10^12-pixel frame, a year-long clip)."""
+
+
 @dataclass(frozen=True)
 class ToyDataConfig:
     """Settings of one `semgen toy-data` run; `__post_init__` rejects bad values naming the flag."""
@@ -57,19 +62,19 @@ class ToyDataConfig:
     """H.264 constant rate factor; 0 is lossless in YUV (--crf)."""
 
     def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ConfigError(f"--count must be at least 1, got {self.count}")
-        for flag, value in (("--seconds", self.seconds), ("--fps", self.fps), ("--long-seconds", self.long_seconds)):
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{flag} must be a positive number, got {value}")
+        if not 1 <= self.count <= MAX_COUNT:
+            raise ConfigError(f"--count must be from 1 to {MAX_COUNT}, got {self.count}")
+        for flag, value, most in (("--seconds", self.seconds, MAX_SECONDS), ("--fps", self.fps, MAX_FPS), ("--long-seconds", self.long_seconds, MAX_SECONDS)):
+            if not 0 < value <= most:  # NaN fails this too
+                raise ConfigError(f"{flag} must be a positive number of at most {most:g}, got {value}")
         if round(self.seconds * self.fps) < 1:
             raise ConfigError(f"--seconds {self.seconds} at --fps {self.fps} gives no frames; use a longer clip")
         if round(self.long_seconds * self.fps) < 1:
             raise ConfigError(f"--long-seconds {self.long_seconds} at --fps {self.fps} gives no frames")
         if not 0.0 <= self.long_fraction <= 1.0:
             raise ConfigError(f"--long-fraction must be between 0 and 1, got {self.long_fraction}")
-        if self.size < 2 * MAX_SIZE or self.size % 2:
-            raise ConfigError(f"--size must be an even number of at least {2 * MAX_SIZE} px, got {self.size}")
+        if not 2 * MAX_SIZE <= self.size <= MAX_FRAME or self.size % 2:
+            raise ConfigError(f"--size must be an even number of {2 * MAX_SIZE} to {MAX_FRAME} px, got {self.size}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"--crf must be between 0 and 51, got {self.crf}")
         if len(set(self.exclude)) >= len(all_combos()):
