@@ -56,9 +56,10 @@ def _fake_out(out: Path, *, partial: bool = False) -> Path:
     ks = [1, 2, 3, 4, 5]
     _write(out / "settings.json", {"profile": "quick", "device": "cpu", "seeds": [0, 1], "semantic_checkpoints": ks,
                                    "long_seconds": 12, "eval_count": 2, "cpus": 2, "threads": "2"})
-    # claim 1 / 4: caption-d8 beats vae-d8 by 6 points (mean over checkpoints) on both seeds; ssl-d8 beats it on the mean only
+    # claim 1 / 4: caption-d8 beats vae-d8 by 6 points (mean over checkpoints) on both seeds; ssl-d8 (first
+    # seed only) beats it by less than the margin
     levels = {("caption-d8", 0): 0.60, ("caption-d8", 1): 0.62, ("vae-d8", 0): 0.50, ("vae-d8", 1): 0.52,
-              ("ssl-d8", 0): 0.58, ("ssl-d8", 1): 0.50}
+              ("ssl-d8", 0): 0.52}
     for (arm, seed), lv in levels.items():
         if partial and arm != "caption-d8":
             continue
@@ -109,10 +110,10 @@ def test_report_from_synthetic_results(report, tmp_path):
     report.main([str(out)])
     text = (out / "reproduction.md").read_text()
     assert text.startswith("# SemanticGen's claims at toy scale") and "prove nothing" in text.split("## Settings")[0]
-    assert "**Verdict (Fig. 9): reproduced** (caption-d8 − vae-d8 = +6.0 points" in text
+    assert "**Verdict (Fig. 9): reproduced** (caption-d8 − vae-d8 = +6.0 points on seeds [0, 1]" in text
     assert "**Verdict (Table 3): not reproduced**" in text
     assert "**Verdict (Table 2): reproduced**" in text
-    assert "**Verdict (Fig. 9 with the self-supervised tower): partly reproduced**" in text
+    assert "**Verdict (Fig. 9 with the self-supervised tower): partly reproduced** (ssl-d8 − vae-d8 = +1.2 points on seeds [0]" in text
     # Table 2 shape: first, last and |first − last| per attribute, in points, mean [range] over seeds
     row = next(line for line in text.splitlines() if line.startswith("| SemanticGen"))
     assert "90.0 [90.0–90.0] | 85.0 [85.0–85.0] | 5.0 [5.0–5.0]" in row

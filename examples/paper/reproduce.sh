@@ -15,7 +15,7 @@
 #                      Base-CT on 60 s clips, sampled at 60 s: first/last 15 % accuracy, drift, and
 #                      `semgen drift`'s Δ; 2 seeds
 #   claim 4, encoders  claim 1 with a third arm: a tower of the same Qwen2.5-VL class trained with no
-#                      labels and no captions (examples/toy/train_ssl_encoder.py); 2 seeds
+#                      labels and no captions (examples/toy/train_ssl_encoder.py); the first seed
 #
 # Every arm of one comparison gets the same data, steps, batch, learning rate and seeds (the values
 # below; OUT/settings.json records them). The settings are the bundled pipeline's recipe
@@ -25,8 +25,7 @@
 # continues unfinished training runs with semgen's --resume (exact on the CPU), and extract resumes
 # its shards. Kill it at any point and run the same command again.
 #
-# Budget of the full CPU run (2 cores, OMP_NUM_THREADS=2): see "budget" below; every number there
-# was measured by the commands in docs/reproduction.md ("How the budget was set").
+# Budget of the full CPU run (2 cores, OMP_NUM_THREADS=2): about 9 h; see "Budget" below.
 set -euo pipefail
 
 usage() { echo "usage: bash examples/paper/reproduce.sh OUT [--quick] [--device cuda]" >&2; exit 2; }
@@ -59,8 +58,20 @@ fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 # ---- sizes and steps per profile -------------------------------------------------------------------
-# budget (full CPU profile): measured s/step x steps per arm; the total is in OUT/reproduction.md.
-SEEDS=(0 1)                 # claims 1, 3 and 4; claim 2 uses the first
+# Budget of the full CPU profile, from costs measured on the 2-core machine with one torch thread as
+# CPU seconds (user + sys of /usr/bin/time, two step counts subtracted; examples/paper/README.md):
+#   train-latent 4 s clips, batch 16: 0.63 s/step (semantic and vae conditions alike);
+#   train-semantic 4 s clips: 0.25 s/step; fit-compressor: 0.14 s/step; SSL tower, batch 32: 0.55 s/step;
+#   train-latent on 8 s windows: swin with plan 1.71 s/step, full attention without plan 0.68 s/step;
+#   train-semantic on whole 60 s clips: 8.35 s/step; toy-eval 3.4 s per 4 s prompt, 45.6 s per 60 s
+#   prompt; extract 0.2 s per second of video; each semgen command ~5-7 s to start.
+# Per 4 s arm (x7: caption-d8 x2, vae-d8 x2, ssl-d8, caption-d64, caption-raw):
+#   compressor 140 s + stage 1 1260 s + stage 2 375 s + 6 toy-evals 370 s + starts ~60 s = ~37 min -> 4.3 h
+# Per claim-3 seed (x2): SemanticGen 140 + 1370 + 3340 + 370 s, Base-CT-Swin 1370 + 370 s,
+#   Base-CT 545 + 370 s = ~2.2 h -> 4.4 h
+# Data, extracts (3), SSL tower, probes: ~0.5 h.  Total ~9.2 h of one-thread CPU time; two threads on
+# an idle machine finish sooner, a machine shared with other jobs later.
+SEEDS=(0 1)                 # claims 1 and 3 (claim 2 and the SSL arm of claim 4 use the first)
 BATCH=16 LR=3e-4 SHIFT=4
 EMA=0.99                    # half-life ~70 steps: the EMA at the first stage-2 checkpoint holds little of the random init
 EVAL_STEPS=30               # Euler steps per stage in every toy-eval (generate's default)
@@ -73,12 +84,12 @@ case $PROFILE in
     EVAL_COUNT=2 EVAL_SECONDS=4 LONG_EVAL_COUNT=2 PROBE_COUNT=2 PROBE_REFS=1
     SSL_STEPS=3 SSL_BATCH=4 PROBE_CLIPS=4 ;;
   full)
-    CLIPS=400 LONG_CLIPS=48 LONG_SECONDS=60 LONG_WINDOW=8
-    COMP_STEPS=1500 LAT_STEPS=3000 SEM_CHECKPOINTS=(200 500 1000 1500 2000) LONG_LAT_STEPS=1500 LONG_SEM_STEPS=1000
+    CLIPS=400 LONG_CLIPS=32 LONG_SECONDS=60 LONG_WINDOW=8
+    COMP_STEPS=1000 LAT_STEPS=2000 SEM_CHECKPOINTS=(150 300 600 1000 1500) LONG_LAT_STEPS=800 LONG_SEM_STEPS=400
     WARMUP=100
-    EVAL_COUNT=24 EVAL_SECONDS=4 LONG_EVAL_COUNT=12 PROBE_COUNT=24 PROBE_REFS=8
-    SSL_STEPS=400 SSL_BATCH=32 PROBE_CLIPS=96 ;;
-  gpu)  # the same experiment at a larger scale; only on --device cuda
+    EVAL_COUNT=16 EVAL_SECONDS=4 LONG_EVAL_COUNT=8 PROBE_COUNT=16 PROBE_REFS=8
+    SSL_STEPS=800 SSL_BATCH=32 PROBE_CLIPS=96 ;;
+  gpu)  # the same experiment at a larger scale; only on --device cuda (not yet run)
     CLIPS=2000 LONG_CLIPS=400 LONG_SECONDS=60 LONG_WINDOW=16
     COMP_STEPS=3000 LAT_STEPS=20000 SEM_CHECKPOINTS=(1000 2500 5000 10000 20000) LONG_LAT_STEPS=10000 LONG_SEM_STEPS=10000
     BATCH=32 WARMUP=200
@@ -169,6 +180,8 @@ step data/extract-caption semgen extract "$OUT/videos/short" --out "$OUT/data/ca
 step data/extract-ssl semgen extract "$OUT/videos/short" --out "$OUT/data/ssl" --semantic "qwen2.5-vl:$OUT/ssl-tower" "${EXTRACT[@]}" --device "$DEVICE"
 step data/extract-long semgen extract "$OUT/videos/long" --out "$OUT/data/long" --semantic toy "${EXTRACT[@]}" --device "$DEVICE"
 
+S0=${SEEDS[0]}
+
 # ---- claims 1, 2, 4: two-stage pipelines on 4 s clips ---------------------------------------------
 # arm NAME SEED DATA COMPRESSOR_FLAGS... -- LATENT_FLAGS...: compressor, stage 1, then stage 2 in
 # segments ending at each of SEM_CHECKPOINTS (one run continued with --resume: with a constant
@@ -202,15 +215,14 @@ plan_probe() {
       --seconds "$EVAL_SECONDS" --count "$PROBE_COUNT" --references "$PROBE_REFS" --steps "$EVAL_STEPS" --json
 }
 
-S0=${SEEDS[0]}
 for seed in "${SEEDS[@]}"; do
   # claim 1 / 4: the caption-aligned tower, dim 8 (also claim 2's dim-8 arm on the first seed)
   arm caption-d8 "$seed" "$OUT/data/caption" --dim 8 --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3 --
   # claim 1 / 4: compressed VAE latents, dim 8, pooled to the semantic token budget (paper Fig. 9)
   arm vae-d8 "$seed" "$OUT/data/caption" --features vae --dim 8 --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3 -- --condition vae
-  # claim 4: the self-supervised tower, dim 8
-  arm ssl-d8 "$seed" "$OUT/data/ssl" --dim 8 --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3 --
 done
+# claim 4: the self-supervised tower, dim 8, first seed (compared with claim 1's arms on that seed)
+arm ssl-d8 "$S0" "$OUT/data/ssl" --dim 8 --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3 --
 # claim 2: dim 64 and none (raw features) beside caption-d8, first seed
 arm caption-d64 "$S0" "$OUT/data/caption" --dim 64 --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3 --
 arm caption-raw "$S0" "$OUT/data/caption" --dim none --
