@@ -4,7 +4,7 @@
 #   bash examples/paper/reproduce.sh OUT [--quick] [--device cuda]
 #
 # writes OUT/reproduction.md (tables, verdicts, the rule behind each verdict) and OUT/*.png, and
-# prints a summary. docs/reproduction.md is a full run's report.
+# prints a summary (examples/paper/README.md: the arms, the layout of OUT, the budget).
 #
 #   claim 1, Fig. 9    two-stage pipeline on the caption-aligned toy tower (compressed to dim 8) vs the
 #                      same pipeline on compressed VAE latents (dim 8, same token budget); stage 2
@@ -25,7 +25,7 @@
 # continues unfinished training runs with semgen's --resume (exact on the CPU), and extract resumes
 # its shards. Kill it at any point and run the same command again.
 #
-# Budget of the full CPU run (2 cores, OMP_NUM_THREADS=2): about 9 h; see "Budget" below.
+# Budget of the full CPU run (2 cores, OMP_NUM_THREADS=2): about 9 h; see "sizes and steps" below.
 set -euo pipefail
 
 usage() { echo "usage: bash examples/paper/reproduce.sh OUT [--quick] [--device cuda]" >&2; exit 2; }
