@@ -77,11 +77,11 @@ EMA=0.99                    # half-life ~70 steps: the EMA at the first stage-2 
 EVAL_STEPS=30               # Euler steps per stage in every toy-eval (generate's default)
 case $PROFILE in
   quick)
-    CLIPS=8 LONG_CLIPS=4 LONG_SECONDS=12 LONG_WINDOW=4
+    CLIPS=8 LONG_CLIPS=4 LONG_SECONDS=8 LONG_WINDOW=4
     SEEDS=(0)                 # one seed and two checkpoints: quick mode checks the plumbing, nothing else
     COMP_STEPS=10 LAT_STEPS=4 SEM_CHECKPOINTS=(2 4) LONG_LAT_STEPS=3 LONG_SEM_STEPS=3
     BATCH=2 WARMUP=0 EMA=0 EVAL_STEPS=2
-    EVAL_COUNT=2 EVAL_SECONDS=4 LONG_EVAL_COUNT=2 PROBE_COUNT=2 PROBE_REFS=1
+    EVAL_COUNT=2 EVAL_SECONDS=4 LONG_EVAL_COUNT=1 PROBE_COUNT=2 PROBE_REFS=1
     SSL_STEPS=3 SSL_BATCH=4 PROBE_CLIPS=4 ;;
   full)
     CLIPS=400 LONG_CLIPS=32 LONG_SECONDS=60 LONG_WINDOW=8
