@@ -98,7 +98,11 @@ case $PROFILE in
 esac
 SEM_STEPS=${SEM_CHECKPOINTS[-1]}
 HELD_OUT=$(python -c "from semgen_cli.toy.prompts import held_out_flag; print(held_out_flag())")
-EXTRACT=(--vae toy --text minilm --fps 8 --size 64 --semantic-size 112 --semantic-fps 3.2 --num-workers 1 --shard-size 64)
+# both towers see 112x112 frames under Qwen's image-path pixel bounds (56² to 1280·28², the toy
+# tower's default), so they give the same 4x4 token grid; `qwen2.5-vl:PATH` alone would default to
+# the video bounds and upscale the self-supervised tower's input to 12x12 tokens
+EXTRACT=(--vae toy --text minilm --fps 8 --size 64 --semantic-size 112 --semantic-fps 3.2 --num-workers 1 --shard-size 64
+         --min-pixels 3136 --max-pixels 1003520)
 COMMON=(--preset toy --batch-size "$BATCH" --lr "$LR" --warmup "$WARMUP" --ema-decay "$EMA" --keep-last 2)
 # (the trainers draw data order, timesteps and noise from --seed; toy-eval's seed is fixed at 0 for every arm)
 

@@ -229,8 +229,11 @@ def train(args) -> dict:
 def probe_features(spec: str, seed: int, n: int, fps: float):
     """Loader features of n held-out 4 s clips sampled at `fps`: (N_patches, 4, 4, d) and targets."""
     from semgen_cli.components import load_semantic_encoder
+    from semgen_cli.components.semantic_encoder import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 
-    enc = load_semantic_encoder(spec, fps=fps)
+    # Qwen's image-path bounds, as the toy tower is loaded and reproduce.sh extracts: a 112x112 frame
+    # stays 112x112 (4x4 tokens); `qwen2.5-vl:PATH` alone defaults to the video bounds (12x12)
+    enc = load_semantic_encoder(spec, fps=fps, min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS)
     feats, tgt = [], {k: [] for k in ("colour", "shape", "background", "motion", "motion_valid", "cells")}
     for i in range(n):
         s = sample_spec(np.random.default_rng([PROBE_SEED, seed, i]), seconds=4.0, fps=FPS)
