@@ -278,7 +278,9 @@ def test_train_semantic_init_wan_trains_and_generates(runs, wan_stage2, tmp_path
     _, folder = wan_stage2
     r = run_inproc("train-semantic", runs / "data", "--latent-run", runs / "lat", "--init", f"wan:{folder}", *TRAIN, "--out", tmp_path / "s")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert json.loads((tmp_path / "s" / "config.json").read_text())["dit"]["dim"] == 24
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["dit"]["dim"] == 24
+    assert config["text"] == {"padding": "wan", "length": 64}  # fed as Wan's pipeline feeds UMT5
     r = run_inproc("generate", PROMPT, "--latent-run", runs / "lat", "--semantic-run", tmp_path / "s", "--seconds", "1", "--steps", "1", "--out", tmp_path / "o.mp4")
     assert r.returncode == 0, r.stdout + r.stderr
 

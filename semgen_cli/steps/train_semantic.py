@@ -25,6 +25,8 @@ embedder, with a fresh patch embedding and output head for the compressed channe
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,11 +121,12 @@ class WholeClips(torch.utils.data.Dataset):
         return {"semantic": sem, "text": x["text"].float()}
 
 
-def collate(items: list[dict]) -> dict:
-    """Pad semantic tokens along time (with `frame_mask`) and text (with `text_mask`)."""
+def collate(items: list[dict], text_length: int | None = None) -> dict:
+    """Pad semantic tokens along time (with `frame_mask`) and text (with `text_mask`, or, with
+    `text_length`, Wan's way: zero-padded to that many tokens and no mask)."""
     from semgen_cli.steps.train_latent import pad_text
 
-    text, text_mask = pad_text([it["text"] for it in items])
+    text, text_mask = pad_text([it["text"] for it in items], text_length)
     Ts = max(it["semantic"].shape[0] for it in items)
     shape = items[0]["semantic"].shape[1:]
     sem = torch.zeros(len(items), Ts, *shape)
@@ -297,6 +300,7 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
         "max_seconds": min(longest, cfg.max_seconds or longest),
         "shift": shift,
         "text_dropout": cfg.text_dropout,
+        "text": stage2_text(cfg, data),
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data)},
     }
@@ -312,6 +316,21 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     write_json_atomic(out / "config.json", config)
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
     reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
-    result = train(step, dataset, collate, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
+    batcher = functools.partial(collate, text_length=config["text"].get("length"))
+    result = train(step, dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
                    fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
+
+
+def stage2_text(cfg: TrainSemanticConfig, data: Dataset) -> dict:
+    """How captions reach stage 2's cross-attention: started from Wan (--init wan:PATH), as Wan's
+    pipeline feeds UMT5 (zero-padded to the encoder's length, no mask: {"padding": "wan",
+    "length": L}), so the blocks start from Wan's behaviour; else real tokens and a mask. Recorded
+    in the run; `generate` follows it (`run_text`)."""
+    if cfg.init_wan is None:
+        return {"padding": "mask"}
+    length = (data.components.get("text") or {}).get("max_length")
+    if not length:
+        raise InputError(f"{cfg.data}: index.json does not record the text encoder's max_length, which --init wan: pads "
+                         "captions to; re-extract the data with this semgen")
+    return {"padding": "wan", "length": int(length)}
