@@ -82,7 +82,7 @@ def _fake_out(out: Path, *, partial: bool = False) -> Path:
         for arm, (f, l) in (("semanticgen", (0.9, 0.85)), ("base-ct-swin", (0.9, 0.6)), ("base-ct", (0.8, 0.6))):
             _write(out / "eval" / arm / f"s{seed}" / "long.json", _toy_eval(0.7, f, l))
             _write(out / "eval" / arm / f"s{seed}" / "drift.json", {"mean": {"metrics": {
-                "temporal_flickering": {"delta": 0.012, "delta_pct": 1.2}, "sharpness": {"delta": 3.0, "delta_pct": 7.5}}}})
+                "temporal_flickering": {"delta": 0.012, "delta_points": 1.2, "relative_change_pct": 1.3}, "sharpness": {"delta": 3.0, "delta_points": None, "relative_change_pct": 7.5}}}})
     _write(out / "eval" / "encoder-probe.json", {"probe": [
         {"spec": "toy", **{k: 0.9 for k in ("colour_acc", "shape_acc", "background_acc", "motion_acc", "objectness_iou")}},
         {"spec": f"qwen2.5-vl:{out}/ssl-tower", **{k: 0.5 for k in ("colour_acc", "shape_acc", "background_acc", "motion_acc", "objectness_iou")}}]})

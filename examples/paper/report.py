@@ -454,7 +454,8 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
             for d in docs:
                 m = (d or {}).get("mean", {}).get("metrics", {}).get(name)
                 if m:
-                    vals.append(100 * m["delta"] if name in UNIT_METRICS else m["delta_pct"])
+                    # semgen drift's own columns: Δ in points for 0–1 metrics, else the relative change
+                    vals.append(m["delta_points"] if m.get("delta_points") is not None else m["relative_change_pct"])
             cells.append(spread(vals))
         rows.append([ARM_LABEL[arm]] + cells)
     L += ["", "`semgen drift` on the same videos (weight-free metrics; Δ = |M(first 15 %) − M(last 15 %)|, mean over videos; "
