@@ -82,19 +82,11 @@ def _load_config_file(ctx: typer.Context, param, value):
     import json
 
     from semgen_cli.errors import ConfigError, InputError
+    from semgen_cli.io.small_files import read_small_text
 
-    if not value.exists():
-        raise InputError(f"--config {value}: no such file")
-    if not value.is_file():
-        raise InputError(f"--config {value}: not a regular file (a JSON file of option values is)")
-    with open(value, "rb") as f:
-        raw = f.read(CONFIG_MAX_BYTES + 1)
-    if len(raw) > CONFIG_MAX_BYTES:
-        raise InputError(f"--config {value}: larger than {CONFIG_MAX_BYTES // 1024} KiB; a config is a small JSON file of option values")
+    text = read_small_text(value, "--config", CONFIG_MAX_BYTES, "a JSON file of option values")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"--config {value}: not UTF-8 text (a JSON file of option values)") from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"--config {value}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict):

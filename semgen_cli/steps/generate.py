@@ -1130,19 +1130,10 @@ def _save_plan(path: Path, plan, meta: dict, compressor_fingerprint: str, r: Res
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """Prompts of a --prompts-file: one per line; blank lines and lines starting with # are skipped."""
+    from semgen_cli.io.small_files import read_small_text
+
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"--prompts-file {path}: no such file")
-    if not path.is_file():
-        raise InputError(f"--prompts-file {path}: not a regular file (a text file with one prompt per line is)")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_PROMPTS_FILE_BYTES + 1)
-    if len(raw) > MAX_PROMPTS_FILE_BYTES:
-        raise InputError(f"--prompts-file {path}: larger than {MAX_PROMPTS_FILE_BYTES >> 20} MiB")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"--prompts-file {path}: not UTF-8 text (byte {err.start}); give one prompt per line") from None
+    text = read_small_text(path, "--prompts-file", MAX_PROMPTS_FILE_BYTES, "a text file with one prompt per line")
     prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
