@@ -25,3 +25,14 @@ class ConfigError(SemgenError):
 
 class MismatchError(SemgenError):
     """Two artifacts do not belong together (different encoder, compressor, preset...)."""
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """The first line of an allocation failure (numpy's MemoryError, torch's CPU allocator or
+    CUDA's OutOfMemoryError), or None for any other error."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    ):
+        return text[:200]
+    return None

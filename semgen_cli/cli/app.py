@@ -69,7 +69,7 @@ for _name, _module, _help in COMMANDS:
 
 def main() -> None:
     """Console-script entry: run the app; known errors become one red line and exit 2."""
-    from semgen_cli.errors import SemgenError
+    from semgen_cli.errors import SemgenError, out_of_memory
 
     try:
         # standalone_mode=False makes click *return* the code of a typer.Exit instead of exiting
@@ -84,8 +84,8 @@ def main() -> None:
         raise
     except Exception as err:  # click usage errors, from whichever click typer brings
         kind = _click_kind(err)
-        if kind is None and _out_of_memory(err) and os.environ.get("SEMGEN_DEBUG") != "1":
-            _fail(f"out of memory ({_out_of_memory(err)}); ask for less: a smaller size, batch, length or width", 2)
+        if kind is None and out_of_memory(err) and os.environ.get("SEMGEN_DEBUG") != "1":
+            _fail(f"out of memory ({out_of_memory(err)}); ask for less: a smaller size, batch, length or width", 2)
         if kind is None:
             raise
         if kind == "Abort":
@@ -95,17 +95,6 @@ def main() -> None:
         _show_usage_error(err)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def _out_of_memory(err: BaseException) -> str | None:
-    """The first line of an allocation failure (numpy's MemoryError, torch's CPU allocator or
-    CUDA out of memory), or None for any other error."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
-        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
-    ):
-        return text[:200]
-    return None
 
 
 def _click_kind(err: BaseException) -> str | None:

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from semgen_cli.errors import ConfigError, InputError, MismatchError
+from semgen_cli.errors import ConfigError, InputError, MismatchError, out_of_memory
 from semgen_cli.reporting import NULL, Reporter
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -997,7 +997,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             try:
                 latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n: reporter.advance(name))
             except (torch.OutOfMemoryError, RuntimeError) as err:
-                if not _out_of_memory(err):
+                if not out_of_memory(err):
                     raise
                 raise ConfigError(f"--seconds {r.seconds:g}: stage 1 ran out of memory on {device} ({r.stage1_tokens} tokens, "
                                   f"{cfg.attention or r.lat['dit']['attention']} attention); ask for fewer --seconds or a smaller --size") from None
@@ -1046,13 +1046,6 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
         pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,
         device=str(device), dtype=str(dtype).removeprefix("torch."), warnings=r.warnings, components=loaded,
     )
-
-
-def _out_of_memory(err: BaseException) -> bool:
-    """True for CUDA's OutOfMemoryError and the CPU allocator's failure (a RuntimeError)."""
-    import torch
-
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
 
 
 class _Commit:
