@@ -24,7 +24,7 @@ COMP_STEPS=${COMP_STEPS:-1500}
 LATENT_STEPS=${LATENT_STEPS:-16000}   # the bundled stage 1 got 16000 (in pieces), then the fine-tune below
 SEMANTIC_STEPS=${SEMANTIC_STEPS:-4000}  # the bundled stage 2: 4000 from nothing at shift 4, then the fine-tune below
 # Fine-tunes at a lower lr (0 skips them). The bundled runs got them in pieces, each with its own
-# warm-up and cosine (examples/toy/README.md): stage 1, on this VAE's latents, 66000 steps with the
+# warm-up and cosine (docs/toy-default.md): stage 1, on this VAE's latents, 66000 steps with the
 # plain loss in pieces of 6000-9000 (the first at lr 2e-4, the rest at 1e-4; shape rose with every
 # piece); stage 2 1500 + 3000 steps at 1e-4. Here each is one run.
 LATENT_FT_STEPS=${LATENT_FT_STEPS:-66000}
@@ -34,14 +34,14 @@ THREADS=${THREADS:-2}
 export OMP_NUM_THREADS=$THREADS
 
 if [[ ${RETRAIN_COMPONENTS:-0} == 1 || ! -f semgen_cli/assets/toy/vae/config.json ]]; then
-  # three phases (examples/toy/README.md, "Streamed windows"): single 64x64 frames (half of the steps
+  # three phases (docs/toy-default.md): single 64x64 frames (half of the steps
   # on 32x32 crops) with object pixels weighted 16x, long enough that the shapes come out (colour
   # and place are learnt first, the triangle last); then the temporal path on 9-frame windows of
   # streams up to 60 s long, the causal caches carried from one step to the next (truncated
   # backprop through time) in 8 groups that take turns, so every window is trained in the state
   # it has deep inside a long clip; then the decoder alone, longer, on whole 64x64 frames of the
   # same streams (the encoder, so the latents, stay as phase 2 left them), in three runs: 2400 steps,
-  # then twice 1200 more at a lower lr (each lifted stage 1's generated shapes: examples/toy/README.md).
+  # then twice 1200 more at a lower lr (each lifted stage 1's generated shapes: docs/toy-default.md).
   python examples/toy/train_vae.py --out "$W/vae-frames" --base-dim 16 --frames 1 --steps "${VAE_STEPS1:-8000}" \
       --batch 8 --lr 3e-4 --full-frac 0.5 --obj-weight 16 --noise 0 --threads "$THREADS" --save-every 1000 --seed 21
   python examples/toy/train_vae.py --init "$W/vae-frames" --out "$W/vae-stream" --frames 9 \
@@ -94,7 +94,7 @@ done
 # stage 2 uses shift 4, not RAE's sqrt(elements/4096) rule (~0.4 for a space this small): the direction
 # the object moves in is settled at high noise (t ≈ 0.7–0.9, plan_probe.py --text-band), where
 # logit-normal with shift 1 puts 8 % of the training steps above t = 0.8 (shift 4: 50 %); with shift 1
-# the plans' direction followed the noise more than the prompt (examples/toy/README.md).
+# the plans' direction followed the noise more than the prompt (docs/toy-default.md).
 OMP_NUM_THREADS=$STAGE_THREADS semgen train-semantic "$W/data" "${SEMANTIC_FLAGS[@]}" \
     --steps "$SEMANTIC_STEPS" --lr 3e-4 --warmup 200 --out "$W/semantic" $(resume "$W/semantic") > "$W/semantic.log" 2>&1
 wait "$LATENT_PID" || { echo "train-latent failed: see $W/latent.log" >&2; exit 1; }

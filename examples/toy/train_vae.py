@@ -27,7 +27,7 @@ What it does:
    decoded with `iter_decode`, plus how far decoded flat regions land from the exact palette.
    The numbers go to `<out>/train_report.json` and stdout.
 
-Runs on one CPU thread by default (`--threads`); see examples/toy/README.md for wall times.
+Runs on one CPU thread by default (`--threads`); see docs/toy-default.md for the recipe.
 """
 
 from __future__ import annotations

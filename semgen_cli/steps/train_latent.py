@@ -400,7 +400,7 @@ def motion_weights(z0: torch.Tensor, alpha: float, cap: float = 10.0) -> torch.T
     so a near-still batch does not blow noise up; the weight is 1 + alpha·m. Still regions (the
     background, and a VAE's fixed border pattern) keep weight about 1; an object that moves gets
     more. Why: in small toy runs the loss is spent on the flat background, and stage 1 renders a
-    moving object in one surge per latent frame (examples/toy/README.md)."""
+    moving object in one surge per latent frame."""
     if z0.shape[2] < 2:
         return torch.ones_like(z0[:, :1])
     d = (z0[:, :, 1:] - z0[:, :, :-1]).norm(dim=1, keepdim=True)  # (B, 1, T-1, h, w)
