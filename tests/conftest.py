@@ -88,6 +88,18 @@ def run_inproc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["semgen", *args], code, out.getvalue(), err.getvalue())
 
 
+def tiny_data(root: Path, count: int, compressor_steps: int, batch: int) -> Path:
+    """`root/data`: `count` toy clips of 4 s (seed 5) extracted at 8 fps with the tiny components,
+    and `root/comp`, a compressor fitted on them, all through the CLI in this process."""
+    assert run_inproc("toy-data", str(root / "videos"), "--count", str(count), "--seconds", "4", "--seed", "5").returncode == 0
+    r = run_inproc("extract", str(root / "videos"), "--out", str(root / "data"), "--fps", "8", "--num-workers", "0")
+    assert r.returncode == 0, r.stderr
+    r = run_inproc("fit-compressor", str(root / "data"), "--out", str(root / "comp"), "--steps", str(compressor_steps),
+                   "--batch-size", str(batch))
+    assert r.returncode == 0, r.stderr
+    return root / "data"
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """Tiny runs built through the library: toy-data → extract → fit-compressor → train-latent → train-semantic."""

@@ -26,6 +26,7 @@ from semgen_cli.steps.train_latent import (
     window_gap,
 )
 from tests.conftest import run_inproc as run_cli
+from tests.conftest import tiny_data
 
 # ----------------------------------------------------------------------------- the window rule
 
@@ -76,13 +77,7 @@ def test_resolve_window_keeps_a_recorded_window_and_refuses_an_empty_one():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Tiny toy data: 3 clips of 4 s at 8 fps, tiny components, and a compressor."""
-    root = tmp_path_factory.mktemp("faithful")
-    assert run_cli("toy-data", str(root / "videos"), "--count", "3", "--seconds", "4", "--seed", "5").returncode == 0
-    r = run_cli("extract", str(root / "videos"), "--out", str(root / "data"), "--fps", "8", "--num-workers", "0")
-    assert r.returncode == 0, r.stderr
-    r = run_cli("fit-compressor", str(root / "data"), "--out", str(root / "comp"), "--steps", "10", "--batch-size", "4")
-    assert r.returncode == 0, r.stderr
-    return root / "data"
+    return tiny_data(tmp_path_factory.mktemp("faithful"), count=3, compressor_steps=10, batch=4)
 
 
 def test_train_latent_refuses_a_window_with_empty_windows(data, tmp_path):

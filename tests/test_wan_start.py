@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_inproc
+from tests.conftest import run_inproc, tiny_data
 from tests.test_dit import WAN_INIT
 
 PROMPT = "a red circle moving left on a black background"
@@ -40,13 +40,7 @@ def wan_dir(wan) -> Path:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("wan-data")
-    assert run_inproc("toy-data", str(root / "videos"), "--count", "4", "--seconds", "4", "--seed", "5").returncode == 0
-    r = run_inproc("extract", str(root / "videos"), "--out", str(root / "data"), "--fps", "8", "--num-workers", "0")
-    assert r.returncode == 0, r.stderr
-    r = run_inproc("fit-compressor", str(root / "data"), "--out", str(root / "comp"), "--steps", "5", "--batch-size", "2")
-    assert r.returncode == 0, r.stderr
-    return root / "data"
+    return tiny_data(tmp_path_factory.mktemp("wan-data"), count=4, compressor_steps=5, batch=2)
 
 
 def _wan_pipeline_embeds(encoder, prompt: str, length: int) -> torch.Tensor:
