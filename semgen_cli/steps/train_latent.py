@@ -718,11 +718,9 @@ def resolve_text(cfg: TrainLatentConfig, data: Dataset | None = None, resume: bo
 
 
 def _check_same_architecture(out: Path, config: dict) -> None:
-    from semgen_cli.io.shards import read_json
+    from semgen_cli.runs import read_run
 
-    before = read_json(out / "config.json")
-    if not isinstance(before, dict) or before.get("step") != "train-latent" or "dit" not in before:
-        raise InputError(f"{out / 'config.json'}: not a train-latent run config (emptied or replaced?); restore it or use a new --out")
+    before = read_run(out, "train-latent", "--out")  # its shape checked: an emptied config is named as such
     for key in ("dit", "compressor", "latent_shape"):
         if before.get(key) != config.get(key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")

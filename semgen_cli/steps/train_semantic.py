@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from semgen_cli.errors import ConfigError, InputError, MismatchError
-from semgen_cli.io.shards import Dataset, read_json, write_json_atomic
+from semgen_cli.io.shards import Dataset, write_json_atomic
 from semgen_cli.reporting import NULL, Reporter
 
 
@@ -305,9 +305,9 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data)},
     }
     if resume and (out / "config.json").is_file():
-        before = read_json(out / "config.json")
-        if not isinstance(before, dict) or before.get("step") != "train-semantic" or "dit" not in before:
-            raise InputError(f"{out / 'config.json'}: not a train-semantic run config (emptied or replaced?); restore it or use a new --out")
+        from semgen_cli.runs import read_run
+
+        before = read_run(out, "train-semantic", "--out")  # its shape checked: an emptied config is named as such
         if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
     if cfg.init is not None and cfg.init_wan is None and resume_from is None:
