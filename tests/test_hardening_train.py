@@ -276,7 +276,7 @@ def test_checkpoint_temp_folders_are_per_process_and_stale_ones_go(tmp_path):
         seen.append(Path(a).name)
         return real(a, b)
 
-    import semgen_cli.training as T
+    import semgen_cli.training.state as T  # the module that renames a checkpoint folder into place
 
     T.os.replace = spy
     try:

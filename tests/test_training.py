@@ -444,9 +444,9 @@ def test_config_round_trip_and_unknown_keys():
 
 
 def test_batch_must_split_over_ranks_and_micro_steps(tmp_path, monkeypatch):
-    from semgen_cli import training
+    from semgen_cli.training import _Dist, loop
 
-    monkeypatch.setattr(training, "_init_distributed", lambda: training._Dist(0, 3, 0))
+    monkeypatch.setattr(loop, "_init_distributed", lambda: _Dist(0, 3, 0))
     with pytest.raises(ConfigError, match=r"--batch-size 4.*3 processes"):
         train(make_net(), NoisyPoints(), collate, loss_fn, cfg(), tmp_path)
 
