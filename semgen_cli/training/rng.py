@@ -1,6 +1,6 @@
 """Every RNG a training step can touch, as JSON-encodable state.
 
-Owns the python, numpy, torch (CPU and CUDA) RNG states and the step's `torch.Generator`: read
+Owns the python, numpy, torch (CPU and CUDA) RNG states and the step's `torch.Generator`: written
 into `state.json` with each checkpoint, restored on resume (so N steps + resume + M steps replays
 N+M steps exactly), seeded at the start of a run, and kept still around callbacks that sample.
 """

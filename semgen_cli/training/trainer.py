@@ -90,6 +90,7 @@ class _Trainer:
         self._build_optimiser()
 
         self.step, self.elapsed_before = 0, 0.0
+        self.t0 = time.perf_counter()  # reset when the run starts
         seeded = bool(getattr(dataset, "takes_seed", False))
         lengths = getattr(dataset, "lengths", None)
         if lengths is not None and len(lengths) != len(dataset):
@@ -281,9 +282,10 @@ class _Trainer:
         """Forward/backward over the step's micro-batches, then clip, update, schedule and EMA;
         the loss and the caller's fields come back averaged over micro-steps and ranks."""
         self.model.train()
+        # 1. Forward and backward over the micro-batches (gradients synchronised on the last one).
         loss_sum, field_sums, culprits = self._accumulate(batches)
 
-        # 3. Clip (the norm is logged either way), step, schedule, EMA.
+        # 2. Clip (the norm is logged either way), step, schedule, EMA.
         lr = self.optimizer.param_groups[0]["lr"]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -297,12 +299,14 @@ class _Trainer:
         if self.ema:
             self.ema.update(self.raw)
         self.step += 1
+
+        # 3. Loss and fields averaged over micro-steps and ranks; a Ctrl-C on any rank stops all.
         loss, fields = self._average(loss_sum, field_sums)
         return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), **fields}
 
     def _accumulate(self, batches: Iterator[Any]) -> tuple[torch.Tensor, dict[str, float], list[str] | None]:
-        """1.-2. Each micro-batch forward and backward (gradients summed, synchronised on the last
-        one); returns the summed loss and fields, and the samples to blame at a non-finite loss."""
+        """Each micro-batch forward and backward (gradients summed, synchronised on the last one);
+        returns the summed loss and fields, and the samples to blame at a non-finite loss."""
         cfg = self.cfg
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         field_sums: dict[str, float] = {}
@@ -322,7 +326,7 @@ class _Trainer:
         return loss_sum, field_sums, culprits
 
     def _average(self, loss_sum: torch.Tensor, field_sums: dict[str, float]) -> tuple[float, dict[str, float]]:
-        """4. Loss and fields averaged over micro-steps and ranks; a Ctrl-C on any rank stops all."""
+        """Loss and fields averaged over micro-steps and ranks; `stop_requested` if any rank asked."""
         names = sorted(field_sums)
         packed = torch.tensor(
             [loss_sum.item(), *(field_sums[n] for n in names), float(self.stop_requested)],
