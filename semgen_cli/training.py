@@ -780,9 +780,10 @@ class _Trainer:
     """State of one run; `train()` is its only public face."""
 
     def __init__(self, d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint,
-                 fsdp, fsdp_modules, device, before_save=None):
+                 fsdp, fsdp_modules, device, before_save=None, trackers=(), validate=None):
         self.cfg, self.out = cfg, Path(out_dir)
         self.before_save = before_save
+        self.trackers, self.validate = trackers, validate
         self.loss_fn, self.collate, self.dataset = loss_fn, collate, dataset
         self.reporter = reporter or NULL
         self.on_checkpoint, self.resume_hint = on_checkpoint, resume_hint
@@ -1027,9 +1028,10 @@ class _Trainer:
             m.load_state_dict({k: v.to(dtype=ref[k].dtype) for k, v in full.items()})
         return m.to(self.device).eval().requires_grad_(False)
 
-    def _callback(self, ckpt: Path) -> None:
+    def _callback(self, ckpt: Path) -> dict[str, Any] | None:
         if self.on_checkpoint is None:
-            return
+            return None
+        row = None
         # Full weights for the copy; gathering FSDP shards is collective, so every rank joins.
         if self.ema:
             full_ema = {k: _full(v) for k, v in self.ema.state.items()}
@@ -1040,10 +1042,27 @@ class _Trainer:
         if self.d.main:
             with _rng_preserved(self.generator), torch.no_grad():
                 ema_model = self._ema_model(full_ema)
-                self.on_checkpoint(self.step, ckpt, ema_model)
+                row = self.on_checkpoint(self.step, ckpt, ema_model)
                 del ema_model
         if self.d.active:
             dist.barrier()
+        return row if self.d.main and isinstance(row, dict) else None
+
+    def _held_out(self, step: int) -> dict[str, float]:
+        """`validate(step, model)` on every rank (an FSDP forward is collective), in eval mode under the
+        training precision, the RNGs untouched; {} when there is none or it is not due."""
+        if self.validate is None:
+            return {}
+        self.raw.eval()
+        with _rng_preserved(self.generator), torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.validate(step, self.raw)
+
+    def _write_row(self, metrics, rec: dict[str, Any]) -> None:
+        """One metrics.jsonl line (the source of truth), then the same row to every tracker."""
+        metrics.write(json.dumps(rec) + "\n")
+        metrics.flush()
+        for tracker in self.trackers:
+            tracker.log(rec, rec["step"])
 
     # ---- one optimiser step
 
@@ -1199,16 +1218,16 @@ class _Trainer:
                 dt = time.perf_counter() - t_step
                 last_loss = row["loss"]
                 s = self.step
+                held_out = self._held_out(s)  # {"val_loss": …} at a --val-every step
                 if self.d.main:
-                    if s % cfg.log_every == 0 or s == cfg.steps:
+                    if s % cfg.log_every == 0 or s == cfg.steps or held_out:
                         rec = {
                             "step": s, "loss": row["loss"], "lr": row["lr"], "grad_norm": row["grad_norm"],
                             "samples_per_s": cfg.batch_size / dt,
                             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t0),
-                            **{k: v for k, v in row.items() if k not in ("loss", "lr", "grad_norm")},
+                            **{k: v for k, v in row.items() if k not in ("loss", "lr", "grad_norm")}, **held_out,
                         }
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
+                        self._write_row(metrics, rec)
                     self.reporter.advance("train", 1, loss=row["loss"], lr=row["lr"], **{"it/s": 1.0 / dt})
                 if self.stop_requested:
                     break
@@ -1219,7 +1238,10 @@ class _Trainer:
                     self.phase = "save"
                     path = self.save()
                     if sample_due or (cfg.sample_every == 0 and self.on_checkpoint is not None):
-                        self._callback(path)
+                        sampled = self._callback(path)  # e.g. {"sample_seconds": …}: a row of its own
+                        if sampled and metrics:
+                            elapsed = self.elapsed_before + (time.perf_counter() - self.t0)
+                            self._write_row(metrics, {"step": s, **sampled, "elapsed_s": elapsed})
                     self.phase = "done"
         except KeyboardInterrupt:
             # Ctrl-C outside the SIGINT handler (a second Ctrl-C, a non-main thread, a callback).
@@ -1301,6 +1323,8 @@ def train(
     fsdp_modules: Callable[[nn.Module], list[nn.Module]] | None = None,
     device: str | torch.device | None = None,
     before_save: Callable[[nn.Module, dict[str, torch.Tensor] | None], None] | None = None,
+    trackers: Sequence[Any] = (),
+    validate: Callable[[int, nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train `model` for `cfg.steps` optimiser steps on `dataset`, writing into `out_dir`.
 
@@ -1317,6 +1341,12 @@ def train(
     before_save:   (model, ema_state or None) on every rank before each checkpoint is written; it
                    may change both in place (what must be saved with the weights, e.g. statistics
                    of a trained part). Not with fsdp (the weights are sharded).
+    trackers:      objects with `log(row, step)` (`semgen_cli.tracking`): rank 0 hands each one every
+                   metrics.jsonl row as it is written. A dict returned by on_checkpoint (e.g.
+                   {"sample_seconds": s}) becomes a row of its own at that step (with elapsed_s).
+    validate:      (step, model) -> {} or {"val_loss": …}, after every optimiser step on every rank
+                   (eval mode, no grad, the training precision, RNGs restored); what it returns joins
+                   that step's metrics row (written even off the log_every cadence).
     fsdp:          shard with FSDP2 `fully_shard`, per module of `fsdp_modules(model)` (default: the
                    entries of every nn.ModuleList), then the root. Needs a torchrun launch.
     device:        default cuda:LOCAL_RANK when CUDA is available, else cpu.
@@ -1326,11 +1356,11 @@ def train(
     out_dir = Path(out_dir)
     with hold(out_dir, "run folder"):  # a no-op when the step calling us holds it already
         return _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint,
-                             resume_hint, fsdp, fsdp_modules, device, before_save)
+                             resume_hint, fsdp, fsdp_modules, device, before_save, trackers, validate)
 
 
 def _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint, resume_hint, fsdp,
-                  fsdp_modules, device, before_save) -> TrainResult:
+                  fsdp_modules, device, before_save, trackers=(), validate=None) -> TrainResult:
     ckpt = check_run_dir(out_dir, resume)
     if resume and ckpt is None and reporter is not None:
         reporter.warn(f"{out_dir}: no complete checkpoint (the run stopped during its first save); starting from step 0")
@@ -1338,7 +1368,7 @@ def _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, report
     try:
         trainer = _Trainer(
             d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint, fsdp,
-            fsdp_modules, device, before_save=before_save,
+            fsdp_modules, device, before_save=before_save, trackers=trackers, validate=validate,
         )
         result = trainer.run(ckpt)
     except BaseException:
