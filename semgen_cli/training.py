@@ -1054,8 +1054,14 @@ class _Trainer:
         if self.validate is None:
             return {}
         self.raw.eval()
-        with _rng_preserved(self.generator), torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.validate(step, self.raw)
+        if self.fsdp:  # the root's own parameters (those outside the blocks) are gathered for calls that bypass its forward
+            self.raw.unshard()
+        try:
+            with _rng_preserved(self.generator), torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                return self.validate(step, self.raw)
+        finally:
+            if self.fsdp:
+                self.raw.reshard()
 
     def _write_row(self, metrics, rec: dict[str, Any]) -> None:
         """One metrics.jsonl line (the source of truth), then the same row to every tracker."""
