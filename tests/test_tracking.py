@@ -167,3 +167,13 @@ def test_fit_compressor_reports_to_tensorboard(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "c2" / "metrics.jsonl").read_text().splitlines()]
     assert scalars(tmp_path / "c2" / "tracking" / "tensorboard", "loss") == {r["step"]: pytest.approx(r["loss"]) for r in rows}
     assert torch.isfinite(torch.tensor([r["loss"] for r in rows])).all()
+
+
+def test_config_file_report_to_takes_a_list(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"report-to": "tensorboard"}))
+    r = run_inproc("train-latent", str(tmp_path / "data"), "--compressor", str(tmp_path / "c"), "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "report_to must be a list of strings" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "c.json").write_text(json.dumps({"report-to": ["tensorbord"]}))
+    r = run_inproc("train-latent", str(tmp_path / "data"), "--compressor", str(tmp_path / "c"), "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "--report-to 'tensorbord'" in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -151,6 +151,8 @@ def _type_problem(hint, v) -> str | None:
         return None if ok else "a finite number"
     if hint is str or hint is Path:
         return None if isinstance(v, str) else "a string"
+    if typing.get_origin(hint) is list:  # a repeatable option: --report-to
+        return None if isinstance(v, list) and all(isinstance(x, str) for x in v) else 'a list of strings (e.g. ["tensorboard"])'
     return None
 
 
