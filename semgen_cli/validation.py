@@ -132,8 +132,6 @@ class Without(torch.utils.data.Dataset):
     Keys pass through (a `Sample` keeps its seed, with the index mapped), as do `lengths`."""
 
     def __init__(self, dataset, clip_of: Callable[[int], int], held: list[int]) -> None:
-        from semgen_cli.errors import ConfigError
-
         self.dataset = dataset
         gone = set(held)
         self.keep = [k for k in range(len(dataset)) if clip_of(k) not in gone]
