@@ -339,7 +339,7 @@ class LatentStep(nn.Module):
         if self.condition != "none":
             sem, kl = self.condition_tokens(batch, generator)
             sem, sigma = noise_condition(sem, self.semantic_noise, generator)
-            cond.update(semantic=sem, semantic_t=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
+            cond.update(semantic=sem, semantic_sigma=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
         v = self.dit(interpolate(z0, eps, t), t, **cond)
@@ -632,7 +632,7 @@ class ValidationSampler:
         cond: dict = {"text": batch["text"], "text_mask": batch.get("text_mask")}
         if model.condition != "none":
             sem, _ = model.condition_tokens(batch)
-            cond.update(semantic=sem, semantic_t=torch.full((1,), model.semantic_noise / 2, device=dev),
+            cond.update(semantic=sem, semantic_sigma=torch.full((1,), model.semantic_noise / 2, device=dev),
                         semantic_times=model.semantic_times if model.semantic_times.numel() else None)
         z = euler_sample(lambda x, t, **c: model.dit(x, t, **c), noise, self.steps, shift=self.shift, cond=cond)
         frames = self.vae.decode(z[0].float().cpu())
