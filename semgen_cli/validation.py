@@ -197,7 +197,7 @@ def latent_val_loss(model, batch: dict, t: torch.Tensor, g: torch.Generator) -> 
     if model.condition != "none":
         sem, _ = model.condition_tokens(batch)
         sigma = model.semantic_noise / 2
-        cond.update(semantic=sem + sigma * _randn(sem, g), semantic_t=torch.full((1,), sigma, device=z0.device),
+        cond.update(semantic=sem + sigma * _randn(sem, g), semantic_sigma=torch.full((1,), sigma, device=z0.device),
                     semantic_times=model.semantic_times if model.semantic_times.numel() else None)
     v = model.dit(interpolate(z0, eps, t), t, **cond)
     return (v.float() - velocity_target(z0, eps).float()).square().mean()

@@ -339,7 +339,7 @@ class LatentStep(nn.Module):
         if self.condition != "none":
             sem, kl = self.condition_tokens(batch, generator)
             sem, sigma = noise_condition(sem, self.semantic_noise, generator)
-            cond.update(semantic=sem, semantic_t=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
+            cond.update(semantic=sem, semantic_sigma=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
         v = self.dit(interpolate(z0, eps, t), t, **cond)
