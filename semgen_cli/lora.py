@@ -32,7 +32,13 @@ from semgen_cli.errors import ConfigError, InputError, MismatchError
 
 DEFAULT_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
                    "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.fc1", "ffn.fc2")
-"""The linear layers of each transformer block that get adapters by default: attention and FFN."""
+"""The linear layers of each transformer block that get adapters by default: attention and FFN
+(every linear layer of a `semgen_cli.models.blocks.DiTBlock`)."""
+
+
+def _matches(name: str, target: str) -> bool:
+    """Whether layer `name` is one `target` names: its end (`q`, `ffn.fc1`) or a part of it (`self_attn`)."""
+    return name == target or name.endswith("." + target) or f".{target}." in f".{name}."
 
 
 @dataclass
@@ -53,6 +59,9 @@ class LoraSpec:
         self.targets = tuple(t.strip() for t in self.targets if t.strip())
         if not self.targets:
             raise ConfigError("--lora-targets: no layer named; leave the flag out for the attention and FFN projections")
+        for target in self.targets:  # checked again on the model (`target_modules`); here before anything is written
+            if not any(_matches(n, target) for n in DEFAULT_TARGETS):
+                raise ConfigError(f"--lora-targets {target!r} matches no linear layer of the DiT's blocks (they are: {', '.join(DEFAULT_TARGETS)})")
 
     @classmethod
     def from_flags(cls, rank: int | None, alpha: float | None, targets: str | None) -> "LoraSpec | None":
@@ -79,7 +88,7 @@ def target_modules(dit: nn.Module, targets: tuple[str, ...]) -> list[str]:
     names = block_linears(dit)
     chosen: list[str] = []
     for target in targets:
-        hits = [n for n in names if n.endswith("." + target) or f".{target}." in n + "."]
+        hits = [n for n in names if _matches(n, target)]
         if not hits:
             within = sorted({n.split(".", 2)[2] for n in names})
             raise ConfigError(f"--lora-targets {target!r} matches no linear layer of the DiT's blocks (they are: {', '.join(within)})")
@@ -264,3 +273,27 @@ def merge_run(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"run": str(run), "out": str(out), "checkpoint": ckpt.name, "files": sorted(files)}
+
+
+# ----------------------------------------------------------------------------- wiring into the trainers
+
+def setup(dit: nn.Module, spec: LoraSpec, base: str | None, fully_trained: tuple[str, ...]) -> dict[str, Any]:
+    """Adapters on `dit`, whose base weights are loaded: with `base` (wan:PATH or a run folder) its
+    fingerprint is taken first and the frozen weights are left out of the run; without one (a DiT
+    trained from its own initialisation) the run's checkpoints hold them. Returns the `lora` record."""
+    fingerprint = base_fingerprint(dit, fully_trained) if base else None
+    modules = apply_lora(dit, spec, fully_trained, external=base is not None)
+    return record(spec, modules, fully_trained, base, fingerprint)
+
+
+def check_resumed(out: str | os.PathLike, before: dict | None, now: dict | None) -> None:
+    """On --resume: the same adapters on the same base as the run was trained with."""
+    if before == now:
+        return
+    b, n = (before or {}).get("base") or {}, (now or {}).get("base") or {}
+    if before and now and b.get("source") == n.get("source") and b.get("fingerprint") != n.get("fingerprint"):
+        where = n["source"][4:] if n["source"].startswith("wan:") else n["source"]
+        raise MismatchError(f"--init {where}: holds other weights ({n['fingerprint']}) than {out} was trained on "
+                            f"({b['fingerprint']}); restore the original base or choose a new --out")
+    said = (lambda r: f"LoRA rank {r['rank']} on {(r.get('base') or {}).get('source') or 'its own initialisation'}" if r else "without LoRA")
+    raise MismatchError(f"{out}: the run was trained {said(before)}, not {said(now)}; pass the same --init and --lora-* flags or choose a new --out")

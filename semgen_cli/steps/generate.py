@@ -671,15 +671,15 @@ class Pipeline:
 
         from semgen_cli.models.compressor import Compressor, CompressorConfig
         from semgen_cli.models.dit import DiT, DiTConfig
+        from semgen_cli.lora import sampling_weights
         from semgen_cli.runs import split_state, tensors_fingerprint
-        from semgen_cli.training import load_sampling_weights
 
         self.cfg, self.r = cfg, r
         self.device, self.dtype = pick_device(cfg.device, cfg.dtype)
         comps = r.components
 
         # 1. stage 1 weights; the semantic run must have been trained on this compressor
-        lat_state = load_sampling_weights(r.latent_run)
+        lat_state = sampling_weights(r.latent_run, "--latent-run")  # a LoRA run's adapters merged into its base
         comp_state = split_state(lat_state, "compressor")
         fp = tensors_fingerprint(comp_state, "compressor:")
         if r.sem is not None and r.plan_source == "stage 2" and r.sem["latent_run"]["compressor_fingerprint"] != fp:
@@ -703,7 +703,7 @@ class Pipeline:
         # 2. stage 2
         self.semantic_dit = None
         if r.plan_source == "stage 2":
-            sem_state = load_sampling_weights(r.semantic_run)
+            sem_state = sampling_weights(r.semantic_run, "--semantic-run")
             self.semantic_dit = _build(DiT, DiTConfig.from_dict(r.sem["dit"]), split_state(sem_state, "dit"), self.device, self.dtype, "--semantic-run", r.semantic_run)
             del sem_state
 

@@ -92,6 +92,13 @@ class TrainLatentConfig:
     patch: tuple[int, int, int] | None = None
     """DiT patch (t, h, w); None: the preset's (1, 2, 2). With --init RUN of a coarser patch the
     run's weights are resized to it (`semgen_cli.models.dit.resize_patch`)."""
+    lora_rank: int | None = None
+    """Train LoRA adapters of this rank on the --init DiT's block projections (`semgen_cli.lora`)
+    instead of the whole DiT; the semantic input layers and the compressor train fully."""
+    lora_alpha: float | None = None
+    """LoRA scale α (None: the rank)."""
+    lora_targets: str | None = None
+    """Comma-separated block layers to adapt (None: `lora.DEFAULT_TARGETS`, attention and FFN)."""
 
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
@@ -123,6 +130,15 @@ class TrainLatentConfig:
                 raise ConfigError("--patch cannot be combined with --init wan:PATH (Wan's patch is fixed)")
         if self.init is not None and not self.init.strip():
             raise ConfigError("--init: expected wan:PATH or a train-latent run folder, got an empty string")
+        if self.lora_spec is not None and not self.init:
+            raise ConfigError("--lora-rank needs --init wan:PATH or --init RUN: the base weights the adapters are trained on")
+
+    @property
+    def lora_spec(self):
+        """The LoRA adapters --lora-rank asks for (None: the whole DiT trains)."""
+        from semgen_cli.lora import LoraSpec
+
+        return LoraSpec.from_flags(self.lora_rank, self.lora_alpha, self.lora_targets)
 
     @property
     def init_run(self) -> str | None:
@@ -443,9 +459,9 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
     semantic features. The compressor continues from the state the run ended with (the same
     weights when that run kept it frozen). A DiT whose patch is finer than the run's gets the
     run's weights resized (`resize_patch`)."""
+    from semgen_cli.lora import sampling_weights
     from semgen_cli.models.dit import resize_patch
     from semgen_cli.runs import read_run, split_state
-    from semgen_cli.training import load_sampling_weights
 
     before = read_run(run, "train-latent", flag)
     theirs_dit, ours = dict(before.get("dit") or {}), dit.config.to_dict()
@@ -463,7 +479,7 @@ def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_f
     source = (before.get("compressor_source") or {}).get("fingerprint")
     if source != compressor_fingerprint:
         raise MismatchError(f"{flag} {run}: started from compressor {source}, not the --compressor given ({compressor_fingerprint}); pass the same --compressor")
-    state = load_sampling_weights(run) if state is None else state
+    state = sampling_weights(run, flag) if state is None else state
     dit_state = split_state(state, "dit")
     if old_patch != new_patch:
         dit_state = resize_patch(dit_state, old_patch, new_patch)
@@ -478,16 +494,16 @@ def compressor_of_run(run: str | Path, flag: str = "--init"):
     with, standing in for --compressor when fine-tuning a run whose fit-compressor folder is not at
     hand (a bundle such as semgen_cli/assets/toy/runs/latent keeps only the runs). The record names
     the fit-compressor run the compressor came from, so the new run has the same lineage."""
+    from semgen_cli.lora import sampling_weights
     from semgen_cli.models.compressor import Compressor, CompressorConfig
     from semgen_cli.runs import read_run, split_state
-    from semgen_cli.training import load_sampling_weights
 
     before = read_run(run, "train-latent", flag)
     source = before.get("compressor_source")
     if before.get("compressor") is None or source is None:
         raise MismatchError(f"{flag} {run}: trained without a compressor (--condition none); pass --compressor")
     compressor = Compressor(CompressorConfig.from_dict(before["compressor"]))
-    state = load_sampling_weights(run)
+    state = sampling_weights(run, flag)
     compressor.load_state_dict(split_state(state, "compressor"))
     record = {"fingerprint": source["fingerprint"], "features": source["features"], "path": source["path"],
               "data": {"components": before["data"]["components"]}, "vae_layout": before.get("vae_layout")}
@@ -567,8 +583,13 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run["fingerprint"] if comp_run else None, load_init=resume_from is None, init_state=init_state)
+    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run["fingerprint"] if comp_run else None, load_init=resume_from is None or cfg.lora_rank is not None, init_state=init_state)
     del init_state
+    lora = None  # adapters over the --init base: resuming reads the base again, the checkpoint holds what trained
+    if cfg.lora_spec is not None:
+        from semgen_cli import lora as lora_lib
+
+        lora = lora_lib.setup(dit, cfg.lora_spec, cfg.init, ("semantic_embed.", "sigma_embed."))
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     config = {
         "step": "train-latent",
@@ -585,6 +606,7 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data), "windows": len(dataset)},
         "validation": hooks.record,
+        "lora": lora,
     }
     if resume and (out / "config.json").is_file():
         _check_same_architecture(out, config)
@@ -592,6 +614,8 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     step = LatentStep(dit, compressor, cfg, semantic_times, shift)
     swin = f"swin window T_w = {cfg.window} latent frames; " if cfg.attention == "swin" else ""
     reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; {swin}window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
+    if lora is not None:
+        reporter.info(lora_lib.trainable_line(step, cfg.lora_spec))
     batcher = functools.partial(collate, text_length=text.get("length"))
     stats = None
     if compressor is not None and not cfg.freeze_compressor and compressor.config.dim is not None:
@@ -690,6 +714,9 @@ def _check_same_architecture(out: Path, config: dict) -> None:
     for key in ("dit", "compressor", "latent_shape"):
         if before.get(key) != config.get(key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")
+    from semgen_cli.lora import check_resumed
+
+    check_resumed(out, before.get("lora"), config.get("lora"))
     if before.get("text", {"padding": "mask"}) != config["text"]:
         raise MismatchError(f"{out}: the run was trained with text padding {before.get('text', {}).get('padding', 'mask')}, not "
                             f"{config['text']['padding']}; pass the same --text-padding or a new --out")

@@ -59,6 +59,14 @@ class TrainSemanticConfig:
     fresh optimiser and schedule, e.g. on new data. Same preset and compressor required; or
     wan:PATH, Wan2.1's blocks (diffusers WanTransformer3DModel folder; the preset is then Wan's).
     Ignored when --resume finds a checkpoint (that checkpoint's weights win)."""
+    lora_rank: int | None = None
+    """Train LoRA adapters of this rank on the DiT blocks' projections (`semgen_cli.lora`) over the
+    --init base (or the DiT's own initialisation, which the checkpoints then hold); the patch
+    embedding and head train fully."""
+    lora_alpha: float | None = None
+    """LoRA scale α (None: the rank)."""
+    lora_targets: str | None = None
+    """Comma-separated block layers to adapt (None: `lora.DEFAULT_TARGETS`, attention and FFN)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.text_dropout < 1:
@@ -72,6 +80,14 @@ class TrainSemanticConfig:
             raise ConfigError(f"--windows must be positive seconds, got {', '.join(f'{w:g}' for w in self.windows)}")
         if self.init is not None and not self.init.removeprefix("wan:").strip():
             raise ConfigError(f"--init {self.init!r}: expected a train-semantic run folder or wan:PATH")
+        self.lora_spec  # checks the --lora-* flags
+
+    @property
+    def lora_spec(self):
+        """The LoRA adapters --lora-rank asks for (None: the whole DiT trains)."""
+        from semgen_cli.lora import LoraSpec
+
+        return LoraSpec.from_flags(self.lora_rank, self.lora_alpha, self.lora_targets)
 
     @property
     def init_wan(self) -> str | None:
@@ -197,8 +213,8 @@ def build_semantic_dit(cfg: TrainSemanticConfig, channels: int, text_dim: int, l
 
 def init_from_run(dit, run: str | Path, compressor_fingerprint: str, flag: str = "--init") -> None:
     """Load the DiT weights of train-semantic `run` (EMA, else model) into `dit` in place."""
+    from semgen_cli.lora import sampling_weights
     from semgen_cli.runs import read_run, split_state
-    from semgen_cli.training import load_sampling_weights
 
     before = read_run(run, "train-semantic", flag)
     if before.get("dit") != dit.config.to_dict():
@@ -206,7 +222,7 @@ def init_from_run(dit, run: str | Path, compressor_fingerprint: str, flag: str =
         raise MismatchError(f"{flag} {run}: trained with another DiT (preset {theirs}); pass the same --preset")
     if before.get("latent_run", {}).get("compressor_fingerprint") != compressor_fingerprint:
         raise MismatchError(f"{flag} {run}: generates the space of another compressor; use a --latent-run with the same compressor")
-    dit.load_state_dict(split_state(load_sampling_weights(run), "dit"))
+    dit.load_state_dict(split_state(sampling_weights(run, flag), "dit"))
 
 
 def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
@@ -220,7 +236,7 @@ def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
         raise MismatchError(f"{flag} {latent_run}: trained without semantic tokens (--condition none, a text-to-video baseline that `semgen generate` samples alone); stage 2 needs a semantic or vae latent run")
     if cfg["settings"]["condition"] not in ("semantic", "vae"):
         raise MismatchError(f"{flag} {latent_run}: conditioned on {cfg['settings']['condition']} tokens, not semantic features or VAE latents")
-    comp_state = split_state(load_sampling_weights(latent_run), "compressor")
+    comp_state = split_state(load_sampling_weights(latent_run), "compressor")  # a LoRA run stores its compressor whole
     compressor = Compressor(CompressorConfig.from_dict(cfg["compressor"]))
     compressor.load_state_dict(comp_state)
     return compressor.eval(), tensors_fingerprint(comp_state, "compressor:"), cfg
@@ -292,7 +308,7 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     out = Path(cfg.out)
     resume_from = check_run_dir(out, resume)
     torch.manual_seed(train_cfg.seed)
-    dit = build_semantic_dit(cfg, c, text_dim, load=resume_from is None)
+    dit = build_semantic_dit(cfg, c, text_dim, load=resume_from is None or cfg.lora_rank is not None)
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "step": "train-semantic",
@@ -316,12 +332,24 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
         before = read_run(out, "train-semantic", "--out")  # its shape checked: an emptied config is named as such
         if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
-    if cfg.init is not None and cfg.init_wan is None and resume_from is None:
+    if cfg.init is not None and cfg.init_wan is None and (resume_from is None or cfg.lora_rank is not None):
         init_from_run(dit, cfg.init, comp_fp)
         reporter.info(f"weights from --init {cfg.init}")
+    config["lora"] = None
+    if cfg.lora_spec is not None:  # adapters over the --init base, read again on resume (the checkpoint holds what trained)
+        from semgen_cli import lora as lora_lib
+
+        config["lora"] = lora_lib.setup(dit, cfg.lora_spec, cfg.init, ("patch_embed.", "head."))
+    if resume and (out / "config.json").is_file():
+        from semgen_cli.lora import check_resumed
+        from semgen_cli.runs import read_run
+
+        check_resumed(out, read_run(out, "train-semantic", "--out").get("lora"), config["lora"])
     write_json_atomic(out / "config.json", config)
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
     reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
+    if config["lora"] is not None:
+        reporter.info(lora_lib.trainable_line(step, cfg.lora_spec))
     batcher = functools.partial(collate, text_length=config["text"].get("length"))
     with hooks.trackers(out, config, resume) as trackers:
         result = train(step, hooks.dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
