@@ -165,3 +165,39 @@ def test_train_semantic_lora_over_its_own_init_and_on_a_lora_latent_run(setup, t
     r = run_inproc("generate", PROMPT, "--latent-run", str(lat), "--semantic-run", str(out), "--seconds", "2", "--steps", "1",
                    "--out", str(tmp_path / "g.mp4"))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_and_fsdp_under_torchrun_train_lora_as_one_process(setup, tmp_path):
+    """2 ranks, gloo: DDP trains; FSDP2 trains, stores only what trains (as one process does) and,
+    stopped after a step and resumed, gives DDP's losses (the same ranks draw the same noise)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from semgen_cli.io.shards import load_tensors
+    from semgen_cli.training import latest_checkpoint
+
+    data, wan, lat, _ = setup
+
+    def torchrun(out: Path, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "semgen_cli.cli.app",
+               *latent_args(data, wan, out, *extra)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+
+    def losses(run: Path) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+    torchrun(tmp_path / "ddp", "--steps", "2")
+    torchrun(tmp_path / "fsdp", "--steps", "1", "--fsdp")
+    torchrun(tmp_path / "fsdp", "--steps", "2", "--fsdp", "--resume")
+    ddp, fsdp = losses(tmp_path / "ddp"), losses(tmp_path / "fsdp")
+    assert ddp.keys() == fsdp.keys() == {1, 2}
+    assert torch.allclose(torch.tensor(list(fsdp.values())), torch.tensor(list(ddp.values())), rtol=1e-4)
+    keys = set(load_tensors(latest_checkpoint(tmp_path / "fsdp") / "ema.safetensors"))
+    assert keys == set(load_tensors(latest_checkpoint(lat) / "ema.safetensors"))

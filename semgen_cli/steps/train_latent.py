@@ -590,6 +590,8 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         from semgen_cli import lora as lora_lib
 
         lora = lora_lib.setup(dit, cfg.lora_spec, cfg.init, ("semantic_embed.", "sigma_embed."))
+        if compressor is not None and getattr(compressor, "decoder", None) is not None:
+            compressor.decoder.requires_grad_(False)  # the stage-1 loss never reaches it; DDP needs every trained parameter used
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     config = {
         "step": "train-latent",

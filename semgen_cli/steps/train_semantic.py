@@ -80,7 +80,7 @@ class TrainSemanticConfig:
             raise ConfigError(f"--windows must be positive seconds, got {', '.join(f'{w:g}' for w in self.windows)}")
         if self.init is not None and not self.init.removeprefix("wan:").strip():
             raise ConfigError(f"--init {self.init!r}: expected a train-semantic run folder or wan:PATH")
-        self.lora_spec  # checks the --lora-* flags
+        _ = self.lora_spec  # checks the --lora-* flags
 
     @property
     def lora_spec(self):
