@@ -542,6 +542,8 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         compressor.train(not cfg.freeze_compressor)
         for param in compressor.parameters():
             param.requires_grad_(not cfg.freeze_compressor)
+        if compressor.config.dim is not None:  # the decoder is fit-compressor's; no stage-1 loss reaches it (DDP would
+            compressor.decoder.requires_grad_(False)  # stop on parameters that never get a gradient)
     # training window
     shortest = min(r["duration"] for r in data.records)
     seconds = cfg.clip_seconds or shortest
