@@ -100,7 +100,7 @@ def choice(flag: str, choices: tuple[str, ...], optional: bool = False):
         if value is None and optional:
             return value
         if value not in choices:
-            raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+            raise ConfigError(f"{flag} {value}: must be one of {', '.join(choices)}")
         return value
 
     return check
@@ -160,7 +160,7 @@ def _read_dataclass(module: str, cls: str) -> tuple[dict[str, Any], dict[str, st
     values: dict[str, Any] = {}
     docs: dict[str, str] = {}
     classvars: dict[str, Any] = {}
-    for node, after in zip(body, body[1:] + [None]):
+    for node, after in zip(body, body[1:] + [None], strict=True):
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             classvars[node.targets[0].id] = _literal(node.value, consts)  # a plain class attribute: not a field
             continue
@@ -187,7 +187,7 @@ def keyword_default(module: str, function: str, name: str) -> Any:
         raise LookupError(f"{module}: no function {function}")
     args = fn.args.args + fn.args.kwonlyargs
     defaults = [None] * (len(fn.args.args) - len(fn.args.defaults)) + fn.args.defaults + fn.args.kw_defaults
-    for arg, default in zip(args, defaults):
+    for arg, default in zip(args, defaults, strict=True):
         if arg.arg == name and default is not None:
             value = _literal(default, consts)
             if value is not _NOT_LITERAL:
