@@ -216,3 +216,18 @@ def test_bogus_attention_is_refused_before_anything_is_written(tmp_path, args):
     out = tmp_path / "o" / "out.mp4"
     r = run_inproc(*[str(tmp_path / "d") if a == "DATA" else a for a in args], str(out))
     _refused_before_anything(r, "--attention", ATTENTION_KINDS, out.parent)
+
+
+@pytest.mark.parametrize("case", ["no-compressor", "latent-run-is-a-compressor", "no-init", "no-data"])
+def test_wrong_input_folders_are_refused_before_the_settings(tmp_path, data, case):
+    """A run folder or data folder that is not what the flag needs: the library's one-line error,
+    before the settings table is printed and before --out is created."""
+    comp, out = data.parent / "comp", tmp_path / "run" / "out"
+    args, flag = {
+        "no-compressor": (("train-latent", data, "--compressor", tmp_path / "nope"), "--compressor"),
+        "latent-run-is-a-compressor": (("train-semantic", data, "--latent-run", comp), "--latent-run"),
+        "no-init": (("train-latent", data, "--compressor", comp, "--init", tmp_path / "nope"), "--init"),
+        "no-data": (("fit-compressor", tmp_path / "nodata"), str(tmp_path / "nodata")),
+    }[case]
+    r = run_inproc(*map(str, args), "--out", str(out))
+    _refused_before_anything(r, flag, (), out.parent)

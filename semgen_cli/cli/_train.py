@@ -61,6 +61,19 @@ def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_dec
     )
 
 
+def check_inputs(data: Path, runs: dict[str, tuple[str | Path | None, str]] | None = None) -> None:
+    """Open what the command reads first, the data index and each run folder a flag names
+    (flag → (path or None, the step that makes such runs)), with the library's own checks: a wrong
+    path is then refused in one line before the settings are printed and before --out exists."""
+    from semgen_cli.io.shards import Dataset
+    from semgen_cli.runs import read_run
+
+    Dataset(data)
+    for flag, (path, step) in (runs or {}).items():
+        if path is not None:
+            read_run(path, step, flag)
+
+
 def parse_seconds_list(text: str | None, flag: str) -> tuple[float, ...]:
     """``"10,20,40"`` → ``(10.0, 20.0, 40.0)``; None or empty → ``()``."""
     from semgen_cli.errors import ConfigError

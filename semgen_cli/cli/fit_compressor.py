@@ -58,6 +58,7 @@ def command(
             raise ConfigError(f"--dim {dim!r}: expected a positive integer or none") from None
     cfg = FitCompressorConfig(data=str(data), out=str(out), dim=dim_value, hidden=hidden, kl_weight=kl_weight, features=features, tokens_per_sample=tokens_per_sample)
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
+    T.check_inputs(data)
     settings_table("semgen fit-compressor", {"data": data, "out": out, "dim": dim, "features": features, "hidden": hidden, "kl weight": kl_weight, "steps": steps if dim_value else "none (stats only)", "batch": f"{batch_size} × {tokens_per_sample} tokens", "lr": lr})
     with RichReporter() as reporter:
         result = fit_compressor(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), allow_new_data=allow_new_data)
