@@ -178,7 +178,8 @@ def test_preset_and_attention_choices_come_from_the_registries():
 def _refused_before_anything(r, flag: str, choices, out: Path) -> None:
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} "), r.stderr
+    head = f"error: {flag}"
+    assert len(lines) == 1 and lines[0].startswith(head) and lines[0][len(head)] in " :", r.stderr
     assert all(c in lines[0] for c in choices), lines[0]
     assert r.stdout == "", "printed as if starting"
     assert not out.exists(), f"{out} was created"
