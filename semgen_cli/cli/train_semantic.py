@@ -52,7 +52,7 @@ def command(
 
     cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init)
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
-    T.check_inputs(data, {"--latent-run": (latent_run, "train-latent"), "--init": (None if init is None or cfg.init_wan else init, "train-semantic")})
+    T.check_inputs(data, {"--latent-run": (latent_run, "train-latent"), "--init": (None if resume or init is None or cfg.init_wan else init, "train-semantic")})
     settings_table("semgen train-semantic", {
         "data": data, "latent run": latent_run, "out": out, "preset": f"Wan's ({init})" if init and init.startswith("wan:") else preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
         "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
