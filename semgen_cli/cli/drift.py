@@ -10,10 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from semgen_cli.cli._common import console, err_console, settings_table
-from semgen_cli.cli.options import Defaults, choice, constant
+from semgen_cli.cli.options import Defaults
 
 D = Defaults("semgen_cli.steps.drift", "DriftConfig")
-AGGREGATES = constant("semgen_cli.steps.drift", "AGGREGATES")
 
 Folder = Annotated[Optional[Path], typer.Option(show_default=False, file_okay=False, dir_okay=True)]
 
@@ -45,7 +44,7 @@ def command(
     clip_l14: Annotated[Optional[Path], typer.Option("--clip-l14", help="Local folder of CLIP ViT-L/14 (e.g. openai/clip-vit-large-patch14) for aesthetic_quality.", show_default=False)] = D.clip_l14,
     aesthetic_head: Annotated[Optional[Path], typer.Option("--aesthetic-head", help="safetensors file of the LAION aesthetic head (linear 768→1 or the MLP).", dir_okay=False, show_default=False)] = D.aesthetic_head,
     device: Annotated[str, typer.Option(help="Device for model metrics: auto, cpu, cuda, cuda:N.")] = D.device,
-    aggregate: Annotated[str, typer.Option(callback=choice("--aggregate", AGGREGATES), help="ends: first vs last segment (FramePack's Δdrift, as the SemanticGen paper reports); vde: also LV-Bench's Video Drift Error over --chunks equal chunks.")] = D.aggregate,
+    aggregate: Annotated[str, typer.Option(help="ends: first vs last segment (FramePack's Δdrift, as the SemanticGen paper reports); vde: also LV-Bench's Video Drift Error over --chunks equal chunks.")] = D.aggregate,
     chunks: Annotated[int, typer.Option(help="N, the equal chunks of --aggregate vde.")] = D.chunks,
 ) -> None:
     """Measure quality drift: each metric on the first and the last 15 % of the frames, Δ = |first − last|

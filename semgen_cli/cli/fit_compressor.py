@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from semgen_cli.cli import _train as T
-from semgen_cli.cli.options import Defaults, choice, constant
+from semgen_cli.cli.options import Defaults, constant
 
 D = Defaults("semgen_cli.steps.fit_compressor", "FitCompressorConfig")
 FEATURES = constant("semgen_cli.steps.fit_compressor", "FEATURES")
@@ -21,7 +21,7 @@ def command(
     dim: Annotated[str, typer.Option(help="Compressed width (paper: 8; ablations 64 and none = raw features).")] = str(D.dim).lower(),
     hidden: Annotated[int, typer.Option(help="Hidden width of the MLP.")] = D.hidden,
     kl_weight: Annotated[float, typer.Option(help="Weight of the KL term.")] = D.kl_weight,
-    features: Annotated[str, typer.Option(callback=choice("--features", FEATURES), help=f"{' or '.join(FEATURES)}; vae: the compressed-VAE ablation (paper Fig. 9: VAE latents cut into the semantic tokens' grid and rate, one token per semantic token; docs/baselines.md).")] = D.features,
+    features: Annotated[str, typer.Option(help=f"{' or '.join(FEATURES)}; vae: the compressed-VAE ablation (paper Fig. 9: VAE latents cut into the semantic tokens' grid and rate, one token per semantic token; docs/baselines.md).")] = D.features,
     tokens_per_sample: Annotated[int, typer.Option(help="Feature tokens drawn per sample per batch item.")] = D.tokens_per_sample,
     steps: T.Steps = T.COMPRESSOR_TRAIN.steps,
     batch_size: T.BatchSize = T.COMPRESSOR_TRAIN.batch_size,

@@ -9,11 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from semgen_cli.cli.options import Defaults, choice, constant, keyword_default
+from semgen_cli.cli.options import Defaults, keyword_default
 
 D = Defaults("semgen_cli.steps.toy_eval", "ToyEvalConfig")
 COUNT = keyword_default("semgen_cli.toy.prompts", "default_prompts", "count")
-PLANS = constant("semgen_cli.steps.toy_eval", "PLANS")
 
 
 def command(
@@ -30,7 +29,7 @@ def command(
     semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: generate's).")] = D.semantic_noise,
     vae: Annotated[Optional[str], typer.Option(help="Decode with this VAE instead of the pipeline's own (it must share its encoder; see generate --vae).", show_default=False)] = D.vae,
     keep: Annotated[Optional[Path], typer.Option(help="Keep the mp4s in this folder.")] = D.keep,
-    plans: Annotated[str, typer.Option(callback=choice("--plans", PLANS), help="stage2: the whole pipeline; rendered: skip stage 2 and give stage 1 the plan of a rendered clip of each prompt (stage 1 and the VAE alone: the pipeline's ceiling for a perfect stage 2).")] = D.plans,
+    plans: Annotated[str, typer.Option(help="stage2: the whole pipeline; rendered: skip stage 2 and give stage 1 the plan of a rendered clip of each prompt (stage 1 and the VAE alone: the pipeline's ceiling for a perfect stage 2).")] = D.plans,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON only.")] = False,
 ) -> None:
     """Score a pipeline on the toy world: background colour, object colour, shape and motion direction, as accuracy over frames and over videos, plus drift between the first and last 15 %.

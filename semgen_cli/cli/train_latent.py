@@ -13,7 +13,6 @@ from semgen_cli.cli.options import Defaults, choice, constant, keyword_default
 
 D = Defaults("semgen_cli.steps.train_latent", "TrainLatentConfig")
 CONDITIONS = constant("semgen_cli.steps.train_latent", "CONDITIONS")
-TEXT_PADDINGS = constant("semgen_cli.steps.train_latent", "TEXT_PADDINGS")
 
 
 def command(
@@ -23,13 +22,13 @@ def command(
     preset: T.Preset = D.preset,
     attention: Annotated[str, typer.Option(help=f"{' or '.join(T.ATTENTION_KINDS)}; swin: shifted windows along time, linear in length.", callback=choice("--attention", T.ATTENTION_KINDS))] = D.attention,
     window: Annotated[Optional[int], typer.Option(help="Swin window T_w in latent frames (default: the smallest in which every window, plain and shifted, of every video holds a semantic frame at the data's rates; a fine-tune or resume keeps the run's).")] = D.window,
-    condition: Annotated[str, typer.Option(help=f"{', '.join(CONDITIONS)}: SemanticGen, the Fig. 9 ablation, Base-CT / Base-CT-Swin.", callback=choice("--condition", CONDITIONS))] = D.condition,
+    condition: Annotated[str, typer.Option(help=f"{', '.join(CONDITIONS)}: SemanticGen, the Fig. 9 ablation, Base-CT / Base-CT-Swin.")] = D.condition,
     freeze_compressor: Annotated[bool, typer.Option("--freeze-compressor", help="Do not fine-tune the compressor jointly.")] = D.freeze_compressor,
     clip_seconds: Annotated[Optional[float], typer.Option(help="Training window in seconds (default: the shortest sample).")] = D.clip_seconds,
     semantic_noise: Annotated[float, typer.Option(help="Max σ of the noise added to semantic tokens in training (RAE).")] = D.semantic_noise,
     text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = D.text_dropout,
     shift: Annotated[Optional[float], typer.Option(help="Timestep shift of training and sampling (default: Wan's 3.0 for 480p / 5.0 for 720p with --init wan:PATH, the init run's with --init RUN, else RAE's sqrt(elements/4096), at least 1).")] = D.shift,
-    text_padding: Annotated[Optional[str], typer.Option(help="mask: captions' real tokens and a mask; wan: zero-padded to the text encoder's length with no mask, as Wan's pipeline feeds UMT5 (default: wan with --init wan:PATH, the init run's with --init RUN, else mask).", callback=choice("--text-padding", TEXT_PADDINGS, optional=True))] = D.text_padding,
+    text_padding: Annotated[Optional[str], typer.Option(help="mask: captions' real tokens and a mask; wan: zero-padded to the text encoder's length with no mask, as Wan's pipeline feeds UMT5 (default: wan with --init wan:PATH, the init run's with --init RUN, else mask).")] = D.text_padding,
     motion_weight: Annotated[float, typer.Option(help="Weight α of moving latent positions in the loss: 1 + α·(their change between frames / its batch mean); 0: plain MSE.")] = D.motion_weight,
     init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = D.init,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = D.gradient_checkpointing,
