@@ -24,15 +24,16 @@ def _sources(name: str) -> list:
     from semgen_cli.steps import drift, extract, fit_compressor, generate, toy_eval, train_latent, train_semantic
     from semgen_cli.toy import dataset, prompts
     from semgen_cli.training import TrainConfig
+    from semgen_cli.validation import MonitorConfig
 
     return {
         "toy-data": [dataset.ToyDataConfig, dataset.write_toy_dataset],
         "extract": [extract.ExtractConfig],
         "inspect": [],
         "fit-compressor": [fit_compressor.FitCompressorConfig, fit_compressor.FitCompressorConfig.TRAIN_DEFAULTS, TrainConfig,
-                           fit_compressor.fit_compressor],
-        "train-latent": [train_latent.TrainLatentConfig, TrainConfig, train_latent.train_latent],
-        "train-semantic": [train_semantic.TrainSemanticConfig, TrainConfig, train_semantic.train_semantic],
+                           MonitorConfig, fit_compressor.fit_compressor],
+        "train-latent": [train_latent.TrainLatentConfig, TrainConfig, MonitorConfig, train_latent.train_latent],
+        "train-semantic": [train_semantic.TrainSemanticConfig, TrainConfig, MonitorConfig, train_semantic.train_semantic],
         "generate": [generate.GenerateConfig],
         "drift": [drift.DriftConfig],
         "toy-eval": [toy_eval.ToyEvalConfig, prompts.default_prompts],
@@ -150,6 +151,7 @@ def test_source_reader_matches_the_imported_dataclasses():
     from semgen_cli.steps.fit_compressor import FitCompressorConfig
     from semgen_cli.steps.train_latent import TrainLatentConfig
     from semgen_cli.training import TrainConfig
+    from semgen_cli.validation import MonitorConfig
 
     for cls in (TrainConfig, TrainLatentConfig, FitCompressorConfig):
         d = Defaults(cls.__module__, cls.__name__)

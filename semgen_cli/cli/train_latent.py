@@ -73,6 +73,8 @@ def command(
     )
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps)
+    if not resume:  # a resumed run needs neither: its checkpoint holds their weights
+        T.check_inputs(data, {"--compressor": (compressor if condition != "none" else None, "fit-compressor"), "--init": (cfg.init_run, "train-latent")})
     shift_used, shift_rule = resolve_shift(cfg, resume=resume)
     text_used = resolve_text(cfg, resume=resume)
     settings_table("semgen train-latent", {
