@@ -71,6 +71,15 @@ def flow_loss(model_fn: ModelFn, z0: torch.Tensor, t: torch.Tensor, eps: torch.T
     return F.mse_loss(v.float(), velocity_target(z0, eps).float())
 
 
+def drop_text(text: torch.Tensor, mask: torch.Tensor | None, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Classifier-free-guidance dropout: with probability `p` a sample's text becomes zeros with an
+    all-True mask (no mask for Wan's padding), the same "no text" that sampling uses for the
+    unconditional branch."""
+    drop = torch.rand(text.shape[0], generator=generator, device=generator.device).to(text.device) < p
+    text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
+    return text, None if mask is None else torch.where(drop[:, None], torch.ones_like(mask), mask)
+
+
 def noise_condition(
     z: torch.Tensor, sigma_max: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

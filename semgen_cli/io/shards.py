@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from semgen_cli.errors import InputError, MismatchError
+from semgen_cli.errors import InputError
 
 FORMAT = "semgen-shards"
 VERSION = 1
@@ -332,13 +332,3 @@ class Dataset:
                 continue
             digest = sha256_file(path)
             yield s, None if digest == s.sha256 else f"{path}: sha256 {digest[:12]}… does not match the index ({s.sha256[:12]}…)"
-
-    def require_components(self, expected: dict, source: str) -> None:
-        """Refuse to mix artifacts made with different encoders (fingerprints differ)."""
-        for role, fp in expected.items():
-            have = self.components.get(role, {}).get("fingerprint")
-            if fp is not None and have != fp:
-                raise MismatchError(
-                    f"{self.root}: {role} fingerprint {have} differs from {fp} used by {source}; "
-                    "extract the data with the same components"
-                )
