@@ -121,7 +121,7 @@ def test_train_latent_errors(data, compressor, tmp_path):
 
 
 def test_motion_weights_favour_what_moves():
-    from semgen_cli.steps.train_latent import motion_weights
+    from semgen_cli.flow import motion_weights
 
     z = torch.zeros(2, 4, 5, 6, 6)
     z[:, :, :, 0, 0] = 3.0  # a fixed pattern (like a VAE's border) never moves

@@ -290,7 +290,7 @@ class LatentStep(nn.Module):
         return self.compressor.normalize(mean), kl
 
     def forward(self, batch: dict, generator: torch.Generator):
-        from semgen_cli.flow import interpolate, noise_condition, sample_timesteps, velocity_target
+        from semgen_cli.flow import flow_loss, noise_condition, sample_timesteps
 
         z0 = batch["latents"]  # (B, C, T, h, w)
         B, dev = z0.shape[0], z0.device
@@ -303,14 +303,8 @@ class LatentStep(nn.Module):
             cond.update(semantic=sem, semantic_t=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
-        v = self.dit(interpolate(z0, eps, t), t, **cond)
-        err = (v.float() - velocity_target(z0, eps).float()).square()
-        mse = err.mean()
-        metrics = {"mse": float(mse.detach())}
-        if self.motion_weight:
-            w = motion_weights(z0.float(), self.motion_weight)
-            mse = (err * w).mean() / w.mean()
-            metrics["weighted_mse"] = float(mse.detach())
+        metrics: dict = {}
+        mse = flow_loss(self.dit, z0, t, eps, motion_weight=self.motion_weight, metrics=metrics, **cond)
         loss = mse + self.kl_weight * kl
         return loss, {**metrics, "kl": float(kl.detach())}
 
@@ -349,24 +343,6 @@ class CompressorStats:
             state["compressor.stats_mean"].copy_(m1)
             state["compressor.stats_std"].copy_(s1)
         self.reporter.info(f"compressor statistics recomputed: channel means {mean.min():+.3g}..{mean.max():+.3g}, stds {std.min():.3g}..{std.max():.3g}")
-
-
-def motion_weights(z0: torch.Tensor, alpha: float, cap: float = 10.0) -> torch.Tensor:
-    """Per-position loss weights (B, 1, T, h, w) that favour what moves.
-
-    m is the norm over channels of a latent position's change from the frame before and to the
-    frame after (the larger of the two), divided by its mean over the batch, and capped at `cap`
-    so a near-still batch does not blow noise up; the weight is 1 + alpha·m. Still regions (the
-    background, and a VAE's fixed border pattern) keep weight about 1; an object that moves gets
-    more. Why: in small toy runs the loss is spent on the flat background, and stage 1 renders a
-    moving object in one surge per latent frame."""
-    if z0.shape[2] < 2:
-        return torch.ones_like(z0[:, :1])
-    d = (z0[:, :, 1:] - z0[:, :, :-1]).norm(dim=1, keepdim=True)  # (B, 1, T-1, h, w)
-    pad = torch.zeros_like(d[:, :, :1])
-    m = torch.maximum(torch.cat([pad, d], 2), torch.cat([d, pad], 2))  # into / out of each frame
-    m = (m / m.mean().clamp_min(1e-8)).clamp_max(cap)
-    return 1 + alpha * m
 
 
 def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int, compressor=None, compressor_fingerprint: str | None = None, load_init: bool = True, init_state=None):

@@ -157,7 +157,7 @@ class SemanticStep(nn.Module):
             return self.compressor.normalize(mean).permute(0, 4, 1, 2, 3).contiguous()
 
     def forward(self, batch: dict, generator: torch.Generator):
-        from semgen_cli.flow import interpolate, sample_timesteps, velocity_target
+        from semgen_cli.flow import flow_loss, sample_timesteps
         from semgen_cli.models.dit import frame_mask_to_token_mask
 
         self.compressor.eval()
@@ -168,10 +168,8 @@ class SemanticStep(nn.Module):
         fmask = batch["frame_mask"]  # (B, Ts)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
-        v = self.dit(interpolate(z0, eps, t), t, text, tmask, token_mask=frame_mask_to_token_mask(fmask, hs, ws))
-        err = (v.float() - velocity_target(z0, eps).float()).pow(2)  # (B, c, Ts, hs, ws)
-        weight = fmask[:, None, :, None, None].to(err.dtype).expand_as(err)
-        loss = (err * weight).sum() / weight.sum()
+        loss = flow_loss(self.dit, z0, t, eps, mask=fmask[:, None, :, None, None], text=text, text_mask=tmask,
+                         token_mask=frame_mask_to_token_mask(fmask, hs, ws))
         return loss, {"tokens_t": float(fmask.sum(1).float().mean())}
 
 
