@@ -919,7 +919,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     videos = []
     many = len(cfg.prompts) > 1
     with torch.inference_mode():
-        for i, (prompt, path) in enumerate(zip(cfg.prompts, paths)):
+        for i, (prompt, path) in enumerate(zip(cfg.prompts, paths, strict=True)):
             tag = f"[{i + 1}/{len(paths)}] " if many else ""
             stages = _Stages(device)
             seed = int(seeds[i] if seeds is not None else cfg.seed)
@@ -938,7 +938,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             elif r.plan_source == "stage 2":
                 name = f"{tag}semantic plan"
                 reporter.start(name, total=cfg.semantic_steps, unit="steps")
-                plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n: reporter.advance(name))
+                plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n, name=name: reporter.advance(name))
                 reporter.finish(name)
             elif r.plan_source == "reference video":
                 plan = pipe.plan_from_reference(source)
@@ -952,7 +952,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             name = f"{tag}latents"
             reporter.start(name, total=cfg.latent_steps, unit="steps")
             try:
-                latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n: reporter.advance(name))
+                latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n, name=name: reporter.advance(name))
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 if not out_of_memory(err):
                     raise

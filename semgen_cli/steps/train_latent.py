@@ -474,9 +474,10 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data), "windows": len(dataset)},
     }
+    run = LatentRun.from_dict(LatentRun.migrate(config, out / "config.json"), out)
     if resume and (out / "config.json").is_file():
-        _check_same_architecture(out, config)
-    LatentRun.write(config, out)
+        _check_same_architecture(out, run)
+    run.save()
     step = LatentStep(dit, compressor, cfg, semantic_times, shift)
     swin = f"swin window T_w = {cfg.window} latent frames; " if cfg.attention == "swin" else ""
     reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; {swin}window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
@@ -609,11 +610,11 @@ def resolve_text(cfg: TrainLatentConfig, data: Dataset | None = None, resume: bo
     return {"padding": "wan", "length": int(length)}
 
 
-def _check_same_architecture(out: Path, config: dict) -> None:
+def _check_same_architecture(out: Path, run: LatentRun) -> None:
     before = LatentRun.from_dir(out, "--out")  # its shape checked: an emptied config is named as such
     for key in ("dit", "compressor", "latent_shape"):
-        if getattr(before, key) != config.get(key):
+        if getattr(before, key) != getattr(run, key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")
-    if before.text != config["text"]:
+    if before.text != run.text:
         raise MismatchError(f"{out}: the run was trained with text padding {before.text.get('padding', 'mask')}, not "
-                            f"{config['text']['padding']}; pass the same --text-padding or a new --out")
+                            f"{run.text['padding']}; pass the same --text-padding or a new --out")

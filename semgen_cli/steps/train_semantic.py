@@ -265,17 +265,18 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": data.producer, "fields": data.fields,
                  "samples": len(data)},
     }
+    run = SemanticRun.from_dict(SemanticRun.migrate(config, out / "config.json"), out)
     if resume and (out / "config.json").is_file():
         before = SemanticRun.from_dir(out, "--out")  # its shape checked: an emptied config is named as such
-        if before.dit != config["dit"] or before.compressor_fingerprint != comp_fp:
+        if before.dit != run.dit or before.compressor_fingerprint != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
     if cfg.init is not None and cfg.init_wan is None and resume_from is None:
         SemanticRun.from_dir(cfg.init, "--init").init_weights(dit, comp_fp)
         reporter.info(f"weights from --init {cfg.init}")
-    SemanticRun.write(config, out)
+    run.save()
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
-    reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
-    batcher = functools.partial(collate, text_length=config["text"].get("length"))
+    reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {run.max_seconds:.1f} s; shift {shift:.3g}")
+    batcher = functools.partial(collate, text_length=run.text.get("length"))
     result = train(step, dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
                    fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
