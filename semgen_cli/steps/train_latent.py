@@ -12,7 +12,7 @@ holds a semantic frame at the data's rates (`smallest_window`); a `--window` tha
 empty is refused. Baselines by flag:
 `--condition none` is Base-CT (`--attention full`) / Base-CT-Swin (`--attention swin`), and
 `--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9),
-laid out on the semantic tokens' grid and rate (`fit_compressor.VaeLayout`), so the two arms
+laid out on the semantic tokens' grid and rate (`semgen_cli.tokens.VaeLayout`), so the two arms
 see the same number of condition tokens at the same RoPE times.
 
 Objective (DESIGN §2, `semgen_cli.flow`): rectified flow, `z_t = (1−t)·z0 + t·ε`, the DiT predicts
