@@ -50,11 +50,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from semgen_cli.errors import ConfigError, InputError, MismatchError, out_of_memory
 from semgen_cli.reporting import NULL, Reporter
-from semgen_cli.runs import LatentRun, SemanticRun, check_pair
+
+if TYPE_CHECKING:
+    from semgen_cli.runs import LatentRun, SemanticRun
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -287,6 +289,8 @@ class Resolved:
 
 def resolve(cfg: GenerateConfig) -> Resolved:
     """Check the runs and the flags against each other from config.json files; load no weights."""
+    from semgen_cli.runs import LatentRun, SemanticRun, check_pair
+
     # 1. which runs
     pipeline = "given runs"
     latent_run, semantic_run = cfg.latent_run, cfg.semantic_run
