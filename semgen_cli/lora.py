@@ -11,9 +11,10 @@ semantic input, a stage-2 patch embedding and head) and the compressor train ful
   (`external`), marks the frozen weights `external_weights`: the trainer then leaves them out of
   checkpoints and the EMA (`semgen_cli.training`), so a run stores only what trained.
 - `base_fingerprint(dit, fully_trained)`: the fingerprint of the base weights, recorded in the run.
-- `sampling_weights(run)`: a run's sampling weights with its adapters merged into the base, which is
+- `merged(run, state)`: a run's sampling weights with its adapters merged into the base, which is
   read again from the recorded path and checked against the recorded fingerprint (`peft`'s
-  `merge_and_unload`), so every reader of a run (generate, train-semantic, --init RUN) gets a plain DiT.
+  `merge_and_unload`); `runs._Run.sampling_weights` applies it, so every reader of a run
+  (generate, train-semantic, --init RUN) gets a plain DiT.
 - `merge_run(run, out)`: a standalone run folder with the adapters folded in (`semgen merge`).
 """
 
@@ -127,10 +128,12 @@ def apply_lora(dit: nn.Module, spec: LoraSpec, fully_trained: tuple[str, ...] = 
     return modules
 
 
-def trainable_line(model: nn.Module, spec: LoraSpec) -> str:
-    """"LoRA rank 4 (alpha 4): 12,345 of 1,234,567 parameters train (1.00%)" for the whole step module."""
-    total = sum(p.numel() for p in model.parameters())
-    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def trainable_line(modules: list[nn.Module | None], spec: LoraSpec) -> str:
+    """"LoRA rank 4 (alpha 4): 12,345 of 1,234,567 parameters train (1.00%)" over the trained modules
+    (the DiT and the compressor)."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    total = sum(p.numel() for p in params)
+    train = sum(p.numel() for p in params if p.requires_grad)
     return f"LoRA rank {spec.rank} (alpha {spec.scale_alpha:g}): {train:,} of {total:,} parameters train ({100 * train / max(total, 1):.2f}%)"
 
 
@@ -146,10 +149,22 @@ def record(spec: LoraSpec, modules: list[str], fully_trained: tuple[str, ...], b
 
 # ----------------------------------------------------------------------------- reading runs back
 
-def load_base(dit: nn.Module, source: str, fully_trained: tuple[str, ...], flag: str) -> None:
+def run_of(path: str | os.PathLike, flag: str):
+    """The typed run (`LatentRun` or `SemanticRun`) in folder `path`."""
+    from semgen_cli.io.shards import read_json
+    from semgen_cli.runs import LatentRun, SemanticRun
+
+    cfg_path = Path(path) / "config.json"
+    step = read_json(cfg_path).get("step") if cfg_path.is_file() else None
+    if step not in (LatentRun.STEP, SemanticRun.STEP):
+        raise InputError(f"{flag} {path}: not a train-latent or train-semantic run folder (no config.json naming one)")
+    return (LatentRun if step == LatentRun.STEP else SemanticRun).from_dir(path, flag)
+
+
+def load_base(dit: nn.Module, source: str, fully_trained: tuple[str, ...], named: str) -> None:
     """The base weights of `source` (wan:PATH, or a train-latent / train-semantic run folder, its
     sampling DiT with any adapters merged) into `dit` in place; the `fully_trained` prefixes keep
-    their initialisation. A missing source is an InputError naming it."""
+    their initialisation. A missing source is an InputError naming it and what to do."""
     from semgen_cli.runs import split_state
 
     if source.startswith("wan:"):
@@ -157,17 +172,19 @@ def load_base(dit: nn.Module, source: str, fully_trained: tuple[str, ...], flag:
 
         path = source[4:]
         if not Path(path).exists():
-            raise InputError(f"{flag}: its LoRA base {path} is missing; put the Wan weights the run was trained on back there, or `semgen merge` the run where they are")
+            raise InputError(f"{named}: its LoRA base {path} is missing; put the Wan weights the run was trained on back there, "
+                             "or `semgen merge` the run where they are")
         dit.load_wan_state_dict(read_wan(path)[1], fresh=fully_trained)
         return
     if not Path(source).is_dir():
-        raise InputError(f"{flag}: its LoRA base run {source} is missing; put the run the adapters were trained on back there, or `semgen merge` the run where it is")
-    state = split_state(sampling_weights(source, f"{flag}'s base"), "dit")
+        raise InputError(f"{named}: its LoRA base {source} is missing; put the run the adapters were trained on back there, "
+                         "or `semgen merge` the run where it is")
+    state = split_state(run_of(source, f"{named}: its LoRA base").sampling_weights(), "dit")
     own = dit.state_dict()
     state = _resized(state, own, source)
     missing = sorted(k for k in own if k not in state and not k.startswith(fully_trained))
     if missing:
-        raise MismatchError(f"{flag}: its LoRA base run {source} has no weight {missing[0]!r}; it is not the run the adapters were trained on")
+        raise MismatchError(f"{named}: its LoRA base {source} has no weight {missing[0]!r}; it is not the run the adapters were trained on")
     dit.load_state_dict({k: v for k, v in state.items() if not k.startswith(fully_trained)}, strict=False)
 
 
@@ -183,73 +200,58 @@ def _resized(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], sourc
     return resize_patch(state, old, tuple(own["patch_embed.weight"].shape[2:]))
 
 
-def merged_dit_state(run_cfg: dict, dit_state: dict[str, torch.Tensor], flag: str) -> dict[str, torch.Tensor]:
-    """The plain DiT state of a LoRA run: its base read again (and checked against the recorded
-    fingerprint), its adapters and fully trained layers loaded, then merged (peft `merge_and_unload`)."""
+def merged_dit_state(dit_config: dict, rec: dict, dit_state: dict[str, torch.Tensor], named: str) -> dict[str, torch.Tensor]:
+    """The plain DiT state of a LoRA run (its `dit` config and `lora` record `rec`): its base read
+    again and checked against the recorded fingerprint, its adapters and fully trained layers
+    loaded, then merged (peft `merge_and_unload`)."""
     from peft.tuners.lora import LoraModel
 
     from semgen_cli.models.dit import DiT, DiTConfig
 
-    rec = run_cfg["lora"]
     fully_trained = tuple(rec["fully_trained"])
-    dit = DiT(DiTConfig.from_dict(run_cfg["dit"]))
+    dit = DiT(DiTConfig.from_dict(dit_config))
     base = rec.get("base")
     if base is not None:
-        load_base(dit, base["source"], fully_trained, flag)
+        load_base(dit, base["source"], fully_trained, named)
         have = base_fingerprint(dit, fully_trained)
         if have != base["fingerprint"]:
             where = base["source"][4:] if base["source"].startswith("wan:") else base["source"]
-            raise MismatchError(f"{flag}: its LoRA base {where} holds other weights ({have}) than the run was trained on "
+            raise MismatchError(f"{named}: its LoRA base {where} holds other weights ({have}) than the run was trained on "
                                 f"({base['fingerprint']}); restore the original base there, or `semgen merge` the run where it is")
     lora = LoraModel(dit, _lora_config(rec["modules"], int(rec["rank"]), float(rec["alpha"])), "default")
     own = dit.state_dict()
-    wanted = {k for k, p in dit.named_parameters() if "lora_" in k or k.startswith(fully_trained)}
-    if base is None:
-        wanted = set(own)
-    missing = sorted(wanted - set(dit_state))
-    unexpected = sorted(set(dit_state) - set(own))
+    wanted = set(own) if base is None else {k for k, _ in dit.named_parameters() if "lora_" in k or k.startswith(fully_trained)}
+    missing, unexpected = sorted(wanted - set(dit_state)), sorted(set(dit_state) - set(own))
     if missing or unexpected:
-        raise MismatchError(f"{flag}: its checkpoint does not fit its LoRA record ({'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]}); "
+        raise MismatchError(f"{named}: its checkpoint does not fit its LoRA record ({'missing ' + missing[0] if missing else 'unexpected ' + unexpected[0]}); "
                             "it was written by another semgen or edited")
     dit.load_state_dict(dit_state, strict=False)
     return {k: v.detach().clone() for k, v in lora.merge_and_unload().state_dict().items()}
 
 
-def sampling_weights(run: str | os.PathLike, flag: str = "--latent-run") -> dict[str, torch.Tensor]:
-    """`training.load_sampling_weights(run)`, with a LoRA run's `dit.*` entries replaced by the
-    merged DiT (`merged_dit_state`): what every reader of a run's weights loads."""
-    from semgen_cli.io.shards import read_json
+def merged(run, state: dict[str, torch.Tensor], named: str) -> dict[str, torch.Tensor]:
+    """A LoRA run's sampling weights `state` with its `dit.*` entries replaced by the merged DiT
+    (`merged_dit_state`): what `run.sampling_weights()` gives every reader of the run."""
     from semgen_cli.runs import split_state
-    from semgen_cli.training import load_sampling_weights
 
-    state = load_sampling_weights(run)
-    cfg_path = Path(run) / "config.json"
-    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
-    if not isinstance(cfg, dict) or not cfg.get("lora"):
-        return state
-    dit = merged_dit_state(cfg, split_state(state, "dit"), f"{flag} {run}")
+    dit = merged_dit_state(run.dit, run.lora, split_state(state, "dit"), named)
     return {**{k: v for k, v in state.items() if not k.startswith("dit.")}, **{f"dit.{k}": v for k, v in dit.items()}}
 
 
-def merge_run(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
-    """`semgen merge RUN --out NEW`: a standalone copy of LoRA run `run` whose newest checkpoint
+def merge_run(path: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+    """`semgen merge RUN --out NEW`: a standalone copy of LoRA run `path` whose newest checkpoint
     holds the merged DiT (model and EMA weights), readable by every step that reads a run and
     needing no base. Written into a temporary folder and renamed; refuses an existing `out`."""
-    from semgen_cli.io.shards import file_record, read_json, write_json_atomic
-    from semgen_cli.runs import split_state
-    from semgen_cli.training import EMA_FILE, MODEL_FILE, STATE, latest_checkpoint, load_checkpoint_weights
+    from semgen_cli.io.shards import file_record, read_json, write_json_atomic, write_text_atomic
+    from semgen_cli.training import EMA_FILE, LATEST, MODEL_FILE, STATE, latest_checkpoint, load_checkpoint_weights
     from semgen_cli.training.state import _save_safetensors
 
-    run, out = Path(run), Path(out)
-    cfg_path = run / "config.json"
-    cfg = read_json(cfg_path) if cfg_path.is_file() else None
-    if not isinstance(cfg, dict) or cfg.get("step") not in ("train-latent", "train-semantic"):
-        raise InputError(f"{run}: not a train-latent or train-semantic run folder (no config.json naming one)")
-    if not cfg.get("lora"):
-        raise InputError(f"{run}: not a LoRA run (trained without --lora-rank); it already is standalone")
+    run, out = run_of(path, "merge"), Path(out)
+    if not run.lora:
+        raise InputError(f"merge {path}: not a LoRA run (trained without --lora-rank); it already is standalone")
     if out.exists():
         raise ConfigError(f"--out {out} already exists; choose a new folder")
-    ckpt = latest_checkpoint(run)
+    ckpt = latest_checkpoint(run.path)
     state = read_json(ckpt / STATE, "checkpoint state")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -258,21 +260,18 @@ def merge_run(run: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     try:
         files = {}
         for name, which in ((MODEL_FILE, "model"), (EMA_FILE, "ema")):
-            if not (ckpt / name).is_file():
-                continue
-            weights = load_checkpoint_weights(ckpt, which)
-            dit = merged_dit_state(cfg, split_state(weights, "dit"), f"{run}")
-            merged = {**{k: v for k, v in weights.items() if not k.startswith("dit.")}, **{f"dit.{k}": v for k, v in dit.items()}}
-            _save_safetensors(merged, dest / name, {"format": "pt", "step": str(state.get("step")), "merged_lora": "1"})
-            files[name] = file_record(dest / name)
-        write_json_atomic(dest / STATE, {**state, "files": files, "merged_from": str(run.resolve())})
-        (dest.parent / "latest").write_text(ckpt.name + "\n")
-        write_json_atomic(tmp / "config.json", {**{k: v for k, v in cfg.items() if k != "lora"}, "merged_lora": {"run": str(run.resolve()), **cfg["lora"]}})
+            if (ckpt / name).is_file():
+                weights = merged(run, load_checkpoint_weights(ckpt, which), f"merge {path}")
+                _save_safetensors(weights, dest / name, {"format": "pt", "step": str(state.get("step")), "merged_lora": "1"})
+                files[name] = file_record(dest / name)
+        write_json_atomic(dest / STATE, {**state, "files": files, "merged_from": str(run.path.resolve())})
+        write_text_atomic(dest.parent / LATEST, ckpt.name + "\n")
+        type(run).write({**run.to_dict(), "lora": None, "merged_lora": {"run": str(run.path.resolve()), **run.lora}}, tmp)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"run": str(run), "out": str(out), "checkpoint": ckpt.name, "files": sorted(files)}
+    return {"run": str(path), "out": str(out), "checkpoint": ckpt.name, "files": sorted(files)}
 
 
 # ----------------------------------------------------------------------------- wiring into the trainers

@@ -94,11 +94,11 @@ def test_merged_state_computes_what_the_adapted_dit_does(tmp_path):
     def load_base(dit, source, fully_trained, flag):
         dit.load_state_dict({k: v for k, v in base_state.items() if not k.startswith(fully_trained)}, strict=False)
 
-    run_cfg = {"dit": base.config.to_dict(), "lora": lora.record(spec, modules, FRESH, "wan:/nowhere", fp)}
+    rec = lora.record(spec, modules, FRESH, "wan:/nowhere", fp)
     orig = lora.load_base
     lora.load_base = load_base
     try:
-        merged = merged_dit_state(run_cfg, saved, "--latent-run RUN")
+        merged = merged_dit_state(base.config.to_dict(), rec, saved, "--latent-run RUN")
         plain = DiT(base.config)
         plain.load_state_dict(merged)
         with torch.no_grad():
@@ -106,7 +106,7 @@ def test_merged_state_computes_what_the_adapted_dit_does(tmp_path):
         # another base is refused with one line naming it
         base_state["blocks.0.ffn.fc1.weight"] += 1
         with pytest.raises(MismatchError, match="LoRA base /nowhere holds other weights") as err:
-            merged_dit_state(run_cfg, saved, "--latent-run RUN")
+            merged_dit_state(base.config.to_dict(), rec, saved, "--latent-run RUN")
         assert "\n" not in str(err.value)
     finally:
         lora.load_base = orig

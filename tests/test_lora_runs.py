@@ -75,14 +75,14 @@ def test_resume_continues_exactly(setup, tmp_path):
 
 
 def test_merge_writes_a_standalone_run_generate_reads_alike(setup, tmp_path):
-    from semgen_cli.lora import sampling_weights
+    from semgen_cli.lora import run_of
 
     data, wan, lat, _ = setup
     r = run_inproc("merge", str(lat), "--out", str(tmp_path / "m"))
     assert r.returncode == 0, r.stdout + r.stderr
     merged_cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert "lora" not in merged_cfg and merged_cfg["merged_lora"]["rank"] == 2
-    a, b = sampling_weights(lat), sampling_weights(tmp_path / "m")
+    a, b = run_of(lat, "--latent-run").sampling_weights(), run_of(tmp_path / "m", "--latent-run").sampling_weights()
     assert set(a) == set(b) and not any("lora_" in k for k in b)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
