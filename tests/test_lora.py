@@ -25,7 +25,7 @@ def inputs():
     t = torch.rand(2, generator=g)
     text = torch.randn(2, 5, 16, generator=g)
     sem = torch.randn(2, 2, 2, 2, 8, generator=g)
-    return x, t, dict(text=text, semantic=sem, semantic_t=torch.zeros(2))
+    return x, t, dict(text=text, semantic=sem, semantic_sigma=torch.zeros(2))
 
 
 def test_default_targets_are_the_block_projections():

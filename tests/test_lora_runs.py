@@ -81,7 +81,7 @@ def test_merge_writes_a_standalone_run_generate_reads_alike(setup, tmp_path):
     r = run_inproc("merge", str(lat), "--out", str(tmp_path / "m"))
     assert r.returncode == 0, r.stdout + r.stderr
     merged_cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert "lora" not in merged_cfg and merged_cfg["merged_lora"]["rank"] == 2
+    assert merged_cfg["lora"] is None and merged_cfg["merged_lora"]["rank"] == 2
     a, b = run_of(lat, "--latent-run").sampling_weights(), run_of(tmp_path / "m", "--latent-run").sampling_weights()
     assert set(a) == set(b) and not any("lora_" in k for k in b)
     for k in a:
