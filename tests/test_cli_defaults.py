@@ -38,6 +38,7 @@ def _sources(name: str) -> list:
         "drift": [drift.DriftConfig],
         "toy-eval": [toy_eval.ToyEvalConfig, prompts.default_prompts],
         "info": [],
+        "merge": [],
     }[name]
 
 
