@@ -201,3 +201,25 @@ def test_ddp_and_fsdp_under_torchrun_train_lora_as_one_process(setup, tmp_path):
     assert torch.allclose(torch.tensor(list(fsdp.values())), torch.tensor(list(ddp.values())), rtol=1e-4)
     keys = set(load_tensors(latest_checkpoint(tmp_path / "fsdp") / "ema.safetensors"))
     assert keys == set(load_tensors(latest_checkpoint(lat) / "ema.safetensors"))
+
+
+def test_adapters_on_a_run_as_base(setup, tmp_path):
+    """--init RUN: the base is that run's DiT, read again by every reader of the LoRA run."""
+    from semgen_cli.lora import run_of
+
+    data, _, _, _ = setup
+    base, out = tmp_path / "base", tmp_path / "ft"
+    r = run_inproc("train-latent", str(data), "--compressor", str(data.parent / "comp"), "--preset", "tiny", "--batch-size", "2",
+                   "--steps", "1", "--out", str(base))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_inproc("train-latent", str(data), "--init", str(base), "--preset", "tiny", "--lora-rank", "2", "--lora-targets", "self_attn",
+                   "--batch-size", "2", "--steps", "1", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rec = json.loads((out / "config.json").read_text())["lora"]
+    assert rec["base"]["source"] == str(base.resolve()) and len(rec["modules"]) == 4 * json.loads((base / "config.json").read_text())["dit"]["layers"]
+    weights = run_of(out, "--latent-run").sampling_weights()
+    assert not any("lora_" in k or "base_layer" in k for k in weights)
+    video = sorted((data.parent / "videos").glob("*.mp4"))[0]
+    r = run_inproc("generate", PROMPT, "--latent-run", str(out), "--semantic-from", str(video), "--seconds", "2",
+                   "--latent-steps", "1", "--out", str(tmp_path / "v.mp4"))
+    assert r.returncode == 0, r.stdout + r.stderr
