@@ -28,6 +28,7 @@ Peaks (dense bf16, TFLOP/s) come from the vendors' data sheets by device name (`
     python benchmarks/gpu.py                     # CUDA, the sizes above
     python benchmarks/gpu.py --small             # CPU, a narrow DiT and a small grid (seconds)
     python benchmarks/gpu.py --out gpu.json      # also write the rows as JSON
+    python benchmarks/gpu.py --activations       # bytes a token one block keeps for backward (CPU)
 """
 
 from __future__ import annotations
@@ -224,6 +225,38 @@ def train_rows(args, geo, device, dtype, peak):
     return rows
 
 
+def saved_bytes_per_token(small: bool, frames=(1, 2)) -> dict:
+    """Bytes autograd keeps per token for backward, one DiT block at the 1.3B width in bf16 autocast,
+    flash SDPA (no L x L matrix), counted with saved_tensors_hooks (each storage once) at two lengths:
+    the slope is the per-token activation memory of a block without gradient checkpointing."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dit = build(small, "full", 8, "cpu", torch.float32).train()
+    geo = Geometry(tokens_h=4, tokens_w=6, text_tokens=16) if small else Geometry()
+    block, D = dit.blocks[0], dit.config.dim
+    counts = []
+    for f in frames:
+        L = f * geo.tokens_h * geo.tokens_w
+        x = torch.randn(1, L, D, requires_grad=True)
+        from semgen_cli.models.dit import video_positions
+
+        rope = dit.rope(video_positions(f, geo.tokens_h, geo.tokens_w)[None])
+        context = torch.randn(1, geo.text_tokens, D)
+        mod = torch.randn(1, 1, 6, D)
+        seen: dict[int, int] = {}
+
+        def pack(t, seen=seen):
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), sdpa_kernel(SDPBackend.FLASH_ATTENTION), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            block(x, context, mod, (L,), rope)
+        counts.append((L, sum(seen.values())))
+    (l1, b1), (l2, b2) = counts
+    return {"dim": D, "bytes_per_token_per_block": round((b2 - b1) / (l2 - l1)), "tokens": [l1, l2]}
+
+
 def default_lora_rank() -> int:
     """16 when semgen's train-latent has LoRA (a `lora_rank` setting), else 0 (no LoRA rows)."""
     from semgen_cli.steps.train_latent import TrainLatentConfig
@@ -245,8 +278,13 @@ def main(argv=None) -> list[dict]:
                    "default: 16 when train-latent has --lora-rank)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the device")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--activations", action="store_true", help="only print the per-token activation bytes of a block")
     p.add_argument("--out", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
+    if args.activations:
+        row = saved_bytes_per_token(args.small)
+        print(json.dumps(row))
+        return [row]
     device = torch.device(args.device or ("cpu" if args.small else "cuda"))
     geo = Geometry(tokens_h=4, tokens_w=6, semantic_h=2, semantic_w=3, text_tokens=16) if args.small else Geometry()
     args.seconds = args.seconds or ([1.0, 2.0] if args.small else [10.0, 30.0, 60.0])
