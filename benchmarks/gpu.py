@@ -9,8 +9,9 @@ linearly. This measures, on semgen's DiT at the published 1.3B width (wan-1.3b p
    full against shifted-window attention, under each SDPA backend
    (`torch.nn.attention.sdpa_kernel`: flash, efficient, cudnn, math), in seconds and MFU;
 2. one training step (forward, backward, AdamW) over 5 s at 480x832, with and without gradient
-   checkpointing, and with LoRA adapters when semgen's train-latent has `--lora-rank` (or
-   `--lora-rank R` here), in seconds and peak memory.
+   checkpointing, and with LoRA adapters (peft, rank R on the attention and FFN projections, the
+   semantic layers trained fully) when semgen's train-latent has `--lora-rank` (or `--lora-rank R`
+   here), in seconds and peak memory.
 
 Tokens: Wan's VAE at 16 fps, stride 4 in time and 8 in space, then the 1x2x2 patch: 1 + 4·s latent
 frames of 30x52 tokens for s seconds at 480x832; Qwen2.5-VL semantic tokens at 1.6 fps merged 2 in
