@@ -103,6 +103,10 @@ def test_merged_state_computes_what_the_adapted_dit_does(tmp_path):
         plain.load_state_dict(merged)
         with torch.no_grad():
             torch.testing.assert_close(plain(x, t, **cond), want, rtol=1e-4, atol=1e-5)
+        # a checkpoint that lacks an adapter (edited, or of another semgen) is named
+        with pytest.raises(MismatchError, match="does not fit its LoRA record") as err:
+            merged_dit_state(base.config.to_dict(), rec, {k: v for k, v in saved.items() if "blocks.0.ffn.fc1.lora_A" not in k}, "--latent-run RUN")
+        assert "\n" not in str(err.value)
         # another base is refused with one line naming it
         base_state["blocks.0.ffn.fc1.weight"] += 1
         with pytest.raises(MismatchError, match="LoRA base /nowhere holds other weights") as err:

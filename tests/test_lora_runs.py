@@ -135,15 +135,16 @@ def test_generate_refuses_a_missing_or_changed_base(setup, tmp_path):
     (["--init", None], "--lora-rank needs --init wan:PATH or --init RUN"),
     (["--lora-targets", "qkv"], "--lora-targets 'qkv' matches no linear layer"),
     (["--lora-rank", "0"], "--lora-rank must be a whole number >= 1"),
+    (["--lora-alpha", "-1"], "--lora-alpha must be a positive number"),
+    (["--lora-rank", None, "--lora-alpha", "2"], "--lora-alpha and --lora-targets need --lora-rank R"),
 ])
 def test_lora_flag_errors_write_nothing(setup, tmp_path, flags, needle):
     data, wan, _, _ = setup
     args = latent_args(data, wan, tmp_path / "x", "--steps", "1")
-    if flags[1] is None:  # drop --init
-        i = args.index("--init")
+    if flags[1] is None:  # drop the flag
+        i = args.index(flags[0])
         del args[i : i + 2]
-    else:
-        args += flags
+    args += flags[2:] if flags[1] is None else flags
     one_line_exit_2(run_inproc(*args), needle)
     assert not (tmp_path / "x").exists()
 
