@@ -528,8 +528,6 @@ def _lora(cfg: TrainLatentConfig, dit, compressor, reporter: Reporter) -> dict |
     from semgen_cli import lora
 
     record = lora.setup(dit, cfg.lora_spec, cfg.init, ("semantic_embed.", "sigma_embed."))
-    if compressor is not None and getattr(compressor, "decoder", None) is not None:
-        compressor.decoder.requires_grad_(False)  # the stage-1 loss never reaches it; DDP needs every trained parameter used
     reporter.info(lora.trainable_line([dit, compressor], cfg.lora_spec))
     return record
 
