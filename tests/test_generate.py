@@ -71,7 +71,9 @@ def test_output_paths_are_numbered_for_batches():
 
 
 def test_default_pipeline(tmp_path, monkeypatch):
-    monkeypatch.setattr(G, "ASSETS", tmp_path)
+    import semgen_cli.pipeline_file as P
+
+    monkeypatch.setattr(P, "ASSETS", tmp_path)
     with pytest.raises(ConfigError, match="pass --latent-run and --semantic-run"):
         resolve(GenerateConfig(prompts=["x"]))
     (tmp_path / "pipeline.json").write_text(json.dumps({"latent_run": "runs/latent", "semantic_run": "runs/semantic"}))
@@ -237,7 +239,7 @@ def test_same_seed_same_frames_other_seed_other_frames(runs, tmp_path):
 @pytest.mark.slow
 def test_initial_noise_replays_generates_plan(runs, tmp_path):
     """initial_noise(r, seed) then plan_from_stage2 on its generator gives the plan generate saved
-    for that seed (what examples/toy/plan_probe.py relies on to score toy-eval's plans)."""
+    for that seed (what examples/toy/diagnostics/plan_probe.py relies on to score toy-eval's plans)."""
     import torch
     from safetensors.torch import load_file
 

@@ -4,7 +4,6 @@ whole `reproduce.sh --quick` end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,26 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER, TOY = ROOT / "examples" / "paper", ROOT / "examples" / "toy"
 ATTRS = ("background", "colour", "shape", "motion")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def report():
-    return _load("paper_report", PAPER / "report.py")
+    return load_example("paper/report.py")
 
 
 @pytest.fixture(scope="module")
 def ssl():
-    return _load("train_ssl_encoder", TOY / "train_ssl_encoder.py")
+    return load_example("toy/train_ssl_encoder.py")
 
 
 # -- synthetic results -----------------------------------------------------------------------------

@@ -4,25 +4,18 @@ cache protocol shows up here and not as a silently worse toy VAE."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tests.conftest import load_example
+
 TOY = Path(__file__).resolve().parents[1] / "examples" / "toy"
 
 
 def _train_vae():
-    sys.path.insert(0, str(TOY))
-    try:
-        spec = importlib.util.spec_from_file_location("train_vae", TOY / "train_vae.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(TOY))
+    return load_example("toy/train_vae.py")
 
 
 def test_chunked_encode_decode_matches_diffusers():

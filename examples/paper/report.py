@@ -5,7 +5,7 @@
 Reads only what the script's steps wrote: OUT/settings.json (sizes, steps, seeds), OUT/times.tsv
 (wall time of each finished step), the `semgen toy-eval --json` documents under
 OUT/eval/ARM/sSEED/ (step-K.json at stage-2 step K, rendered.json with stage 1 on rendered plans,
-long.json at 60 s), `semgen drift --json` (drift.json), examples/toy/plan_probe.py --json
+long.json at 60 s), `semgen drift --json` (drift.json), examples/toy/diagnostics/plan_probe.py --json
 (plan-probe.json), examples/toy/train_ssl_encoder.py --probe (eval/encoder-probe.json) and the
 trainers' metrics.jsonl. Arms or steps that have not run yet are shown as missing, so the report of
 a partial run is still written. Every verdict is computed from the numbers by the rule printed
@@ -416,7 +416,7 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
         rows.append([arm] + [f"{acc[a]:.1f}" if acc else "—" for a in ATTRS] + [f"{scores[arm]:.1f}" if scores[arm] is not None else "—"]
                     + [f"{100 * x:.1f}" if x is not None else "—" for x in (way, fwd, ref)]
                     + [f"{_mean(tail):.4f}" if tail else "—"])
-    L += ["", f"toy-eval at the last checkpoint (all prompts, % of frames); plan probe (examples/toy/plan_probe.py, "
+    L += ["", f"toy-eval at the last checkpoint (all prompts, % of frames); plan probe (examples/toy/diagnostics/plan_probe.py, "
               f"{s.get('plan_probe_count')} prompts): % of sampled plans whose mean step goes the caption's way, % of plan steps "
               "that move as the caption says, and the probe's check on rendered clips' plans; final stage-2 loss "
               "(mean of the last 10 % of the logged steps; each arm's loss is in its own space, so compare shapes, not levels):", ""]

@@ -7,7 +7,7 @@ toy world's semantics with their spatial layout.
 Input pipeline = what `semgen extract --fps 8 --semantic-fps 1.6 --semantic-size 112` feeds it:
 toy clips at 8 fps sampled at 1.6 fps (every 5th frame, `semgen_cli.io.video.sample_indices`), so
 one temporal patch holds two frames 0.625 s apart (the bundle now extracts at 3.2 fps, pairs
-0.3125 s apart, where the tower still finds the object: examples/toy/plan_probe.py); frames resized 64 -> 112 with
+0.3125 s apart, where the tower still finds the object: examples/toy/diagnostics/plan_probe.py); frames resized 64 -> 112 with
 `resize_center_crop` (bilinear, antialiased, as extract does) and patchified by `qwen_patchify`
 (smart_resize keeps 112, giving 8x8 patches -> a 4x4 grid of merged tokens, one per 16x16 px
 cell of the 64x64 frame). At the loader's defaults a 64x64 frame would become 56x56 -> only 2x2
@@ -43,13 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from semgen_cli.components.semantic_encoder import qwen_patchify  # noqa: E402
-from semgen_cli.io.video import resize_center_crop, sample_indices  # noqa: E402
-from semgen_cli.toy.world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, render, sample_spec  # noqa: E402
+from semgen_cli.components.semantic_encoder import qwen_patchify
+from semgen_cli.io.video import resize_center_crop, sample_indices
+from semgen_cli.toy.world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, render, sample_spec
 
 FPS, SEM_FPS, SEM_SIZE = 8.0, 1.6, 112
 STRIDE = int(round(FPS / SEM_FPS))  # 5 frames between semantic frames at 8 fps

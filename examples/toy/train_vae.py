@@ -42,11 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from semgen_cli.toy.world import BACKGROUNDS, COLOURS, render, sample_spec  # noqa: E402
+from semgen_cli.toy.fidelity import latent_frame_spans, psnr
+from semgen_cli.toy.world import BACKGROUNDS, COLOURS, render, sample_spec
 
 FPS = 8.0
 CONFIG = dict(
@@ -151,17 +148,6 @@ def batch(rng: np.random.Generator, n: int, frames: int, crop: int, degrade_p: f
 
 
 # -- metrics -------------------------------------------------------------------------------------
-def latent_frame_spans(frames: int) -> list[tuple[int, int]]:
-    """Frame ranges [a, b) of each latent frame of a causal 4x-time VAE: the first frame alone,
-    then chunks of 4."""
-    return [(0, 1)] + [(a, min(a + 4, frames)) for a in range(1, frames, 4)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 def flat_region_errors(decoded: np.ndarray, clip: np.ndarray, bg_rgb) -> dict:
     """Colour error (levels, max over RGB) inside flat regions: pixels whose 5x5 neighbourhood
     (torus) holds a single colour in the source. Returned separately for background and object."""

@@ -1,7 +1,7 @@
 """Does a stage-2 plan move the object the way the prompt says? Checked on the plan itself, without
 stage 1 or the VAE, against the plans of rendered toy clips.
 
-    python examples/toy/plan_probe.py [--semantic-run RUN --latent-run RUN] [--seconds 20] [--cfg 5]
+    python examples/toy/diagnostics/plan_probe.py [--semantic-run RUN --latent-run RUN] [--seconds 20] [--cfg 5]
 
 In a plan frame (a 4 × 4 grid of compressed semantic tokens on the toy world) the background
 tokens are all alike and the object's tokens stand out. The object's position is the circular
