@@ -169,7 +169,7 @@ def test_gradient_checkpointing_gives_same_gradients():
         model.gradient_checkpointing = ckpt
         model(x, t, text, semantic=sem).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 
 

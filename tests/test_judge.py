@@ -50,7 +50,7 @@ def assert_perfect(result, s: ClipSpec) -> None:
 
 @pytest.mark.parametrize("colour, background", list(itertools.product(COLOURS, BACKGROUNDS)))
 def test_every_colour_on_every_background(colour, background):
-    for shape, motion in zip(SHAPES, ("left", "up", "still")):
+    for shape, motion in zip(SHAPES, ("left", "up", "still"), strict=True):
         s = spec(colour=colour, background=background, shape=shape, motion=motion, seconds=0.5, x=3.3, y=61.7)
         assert_perfect(judge(render(s), s.caption), s)
 

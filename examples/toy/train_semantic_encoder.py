@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -198,7 +197,7 @@ def loader_features(enc, frames_list: list[np.ndarray]) -> list[torch.Tensor]:
 def collect(enc, specs, sem_frames_list):
     """Features (N_patches, 4, 4, d) plus targets from the loader's encode of 1.6 fps frames."""
     feats, tgt = [], {"colour": [], "shape": [], "background": [], "motion": [], "motion_valid": [], "cells": []}
-    for spec, sem_frames in zip(specs, sem_frames_list):
+    for spec, sem_frames in zip(specs, sem_frames_list, strict=True):
         f = enc.encode(sem_frames)  # (T, 4, 4, d)
         idx = sample_indices(spec.num_frames, FPS, SEM_FPS)  # indices into the 8 fps clip
         clip = render(spec)
@@ -344,7 +343,7 @@ def main(argv=None) -> None:
         "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "lr": args.lr, "wall_s": round(train_s, 1),
                   "final_train": dict(zip(("loss", "colour", "shape", "background", "motion", "iou"),
-                                          np.mean(hist[-25:], 0).round(4).tolist()))},
+                                          np.mean(hist[-25:], 0).round(4).tolist(), strict=True))},
         "params": n_params, "config": VISION, "semantic_size": SEM_SIZE, "semantic_fps": SEM_FPS,
         "eval_s": round(time.perf_counter() - t0, 1),
     })

@@ -40,13 +40,11 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import train_semantic_encoder as cap  # the caption tower's data pipeline and probe heads (this script's folder)
@@ -205,7 +203,7 @@ def train(args) -> dict:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.cpu().eval().save_pretrained(tmp, safe_serialization=True)
-    final = dict(zip(("loss", "masked", "visible"), np.mean(hist[-25:], 0).round(5).tolist()))
+    final = dict(zip(("loss", "masked", "visible"), np.mean(hist[-25:], 0).round(5).tolist(), strict=True))
     report = {"objective": "masked-patch reconstruction (no labels, no captions)", "mask_ratio": args.mask_ratio,
               "object_weight": OBJECT_WEIGHT, "gaps_frames": list(GAPS), "params": n_params, "config": cap.VISION,
               "semantic_size": SEM_SIZE,
