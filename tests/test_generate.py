@@ -14,6 +14,7 @@ import pytest
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.steps import generate as G
 from semgen_cli.steps.generate import GenerateConfig, decoded_frames, generate, output_paths, resolve
+from tests.conftest import run_inproc
 
 PROMPT = "a red circle moving left on a black background"
 FPS = 8
@@ -165,8 +166,8 @@ def test_sigma_default_is_half_the_trained_max(runs, tmp_path):
     [["--seconds", "-1"], ["--seconds", "abc"], ["--seconds", "0"], ["--steps", "0"], ["--size", "60"]],
     ids=["negative", "not-a-number", "zero", "steps", "size"],
 )
-def test_cli_bad_flags_are_one_line_exit_2(runs, tmp_path, cli, args):
-    res = cli("generate", "x", "--latent-run", str(runs / "lat"), "--semantic-run", str(runs / "sem"), "--out", str(tmp_path / "c.mp4"), *args)
+def test_cli_bad_flags_are_one_line_exit_2(runs, tmp_path, args):
+    res = run_inproc("generate", "x", "--latent-run", str(runs / "lat"), "--semantic-run", str(runs / "sem"), "--out", str(tmp_path / "c.mp4"), *args)
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
