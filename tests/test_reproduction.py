@@ -189,7 +189,7 @@ def test_ssl_masking_and_targets(ssl):
     assert float(x.min()) == -1.0
 
 
-def test_ssl_tower_saves_and_loads_through_the_users_loader(ssl, tmp_path):
+def test_ssl_tower_saves_and_loads_through_the_users_loader(ssl, tmp_path, capsys):
     """A 1-step tower is the plain Qwen2.5-VL vision class (save_pretrained), loaded by
     `load_semantic_encoder("qwen2.5-vl:PATH")` as `semgen extract --semantic` loads it."""
     from semgen_cli.components import load_semantic_encoder
@@ -207,9 +207,9 @@ def test_ssl_tower_saves_and_loads_through_the_users_loader(ssl, tmp_path):
     clip = render(sample_spec(np.random.default_rng(0), seconds=1.0))
     feats = enc.encode(resize_center_crop(clip[[0, 2, 4, 6]], 112))
     assert tuple(feats.shape) == (2, 4, 4, 64) and bool(feats.isfinite().all())
-    r = subprocess.run([sys.executable, str(TOY / "train_ssl_encoder.py"), "--probe", "toy", "--probe-clips", "0"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--probe needs --probe-clips of at least 1" in r.stderr
+    with pytest.raises(SystemExit) as refused:
+        ssl.main(["--probe", "toy", "--probe-clips", "0"])
+    assert refused.value.code == 2 and "--probe needs --probe-clips of at least 1" in capsys.readouterr().err
 
 
 # -- end to end ------------------------------------------------------------------------------------------
