@@ -75,7 +75,7 @@ def test_covering_set_raw():
         assert_perfect(judge(render(s), s.caption), s)
 
 
-@pytest.mark.parametrize("crf", [0, 17])
+@pytest.mark.parametrize("crf", [0, pytest.param(17, marks=pytest.mark.slow)])  # crf 0 in the fast tier
 def test_covering_set_after_h264_round_trip(tmp_path, crf):
     from semgen_cli.io.video import read_video, write_video
 
