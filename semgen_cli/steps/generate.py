@@ -53,12 +53,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from semgen_cli.errors import ConfigError, InputError, MismatchError, out_of_memory
+from semgen_cli.pipeline_file import default_pipeline
 from semgen_cli.reporting import NULL, Reporter
 
 if TYPE_CHECKING:
     from semgen_cli.runs import LatentRun, SemanticRun
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MAX_PROMPT_CHARS = 8192
@@ -166,35 +166,6 @@ class GenerateConfig:
             raise ConfigError(f"--out {self.out}: semgen writes H.264 mp4; give a name ending in .mp4")
         if self.semantic_from is not None and not Path(self.semantic_from).is_file():
             raise InputError(f"--semantic-from {self.semantic_from}: no such file")
-
-
-def default_pipeline(path: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """The runs a pipeline file names: ``{"latent_run": PATH, "semantic_run": PATH}``, paths
-    relative to the file's folder. Default: the bundled embedded default,
-    ``semgen_cli/assets/pipeline.json``."""
-    from semgen_cli.io.shards import read_json
-
-    if path is None:
-        path, what, fix = ASSETS / "pipeline.json", "bundled pipeline file", "reinstall semgen"
-        if not path.is_file():
-            raise ConfigError(
-                "no bundled default pipeline in this install yet (semgen_cli/assets/pipeline.json); "
-                "pass --latent-run and --semantic-run"
-            )
-    else:
-        path, what, fix = Path(path), "pipeline file", "write it with examples/toy/bundle.py"
-        if not path.is_file():
-            raise InputError(f"--pipeline {path}: no such file (give a pipeline.json written by examples/toy/bundle.py)")
-    d = read_json(path, what)
-    try:
-        runs = (path.parent / d["latent_run"]).resolve(), (path.parent / d["semantic_run"]).resolve()
-    except (KeyError, TypeError):
-        raise InputError(f"{path}: expected {{\"latent_run\": PATH, \"semantic_run\": PATH}}; {fix}") from None
-    from semgen_cli.io.shards import check_file_record
-
-    for rel, rec in (d.get("files") or {}).items():  # sizes only (cheap); `semgen inspect RUN --verify` hashes
-        check_file_record(path.parent / rel, rec, hashes=False)
-    return runs
 
 
 def output_paths(out: str | os.PathLike, count: int) -> list[Path]:
