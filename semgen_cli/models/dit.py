@@ -310,6 +310,8 @@ class Attention(nn.Module):
         plan: WindowPlan | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if context is None and hasattr(plan, "around"):  # window-parallel: windows that straddle ranks (semgen_cli/parallel/window.py)
+            return plan.around(self, x)
         B, L, D = x.shape
         src = x if context is None else context
         q = self.q_norm(self.q(x)).view(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
@@ -384,6 +386,9 @@ class DiTBlock(nn.Module):
 
 class DiT(nn.Module):
     """Wan2.1-compatible video DiT predicting the rectified-flow velocity ``v = eps - z0``."""
+
+    shard = None
+    """A :class:`semgen_cli.parallel.window.WindowShard`: run this rank's windows only (window-parallel stage 1)."""
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -554,6 +559,9 @@ class DiT(nn.Module):
         if cfg.attention == "swin":
             plans = (window_plan(slots, Tp, cfg.window, 0), window_plan(slots, Tp, cfg.window, cfg.window // 2))
 
+        if self.shard is not None:  # window-parallel: this rank's windows (its tokens, their RoPE and plans)
+            h, rope, split, plans = self.shard.enter(h, rope, slots, split, Tp, cfg.window if cfg.attention == "swin" else 0)
+
         # 6. Transformer blocks
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -562,10 +570,12 @@ class DiT(nn.Module):
                 h = block(h, context, mod, split, rope, plans[i % 2], text_mask, key_mask)
 
         # 7. Output head on the video tokens only (semantic tokens are dropped), unpatchify
-        h = h[:, :Nv]  # (B, Nv, D)
+        h = h[:, : split[0]]  # (B, Nv, D)
         shift, scale = (self.head_modulation + temb[:, None].float()).unbind(1)  # (B, D) each
         h = (self.norm_out(h) * (1 + scale[:, None]) + shift[:, None]).type_as(h)
         out = self.head(h)  # (B, Nv, pt*ph*pw*C_out)
+        if self.shard is not None:
+            out = self.shard.leave(out)  # every rank's video tokens, in order
         out = out.reshape(B, Tp, Hp, Wp, pt, ph, pw, -1)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C_out, Tp, pt, Hp, ph, Wp, pw)
         return out.reshape(B, -1, T, H, W)
