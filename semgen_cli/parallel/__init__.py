@@ -12,7 +12,13 @@ Three ways to spread the work, on torch.distributed (NCCL on GPUs, gloo on CPU):
 
 They combine as ``guidance+window`` (``K = 2 × W``: rank ``g·W + w`` is window rank ``w`` of the
 guidance half ``g``). ``auto`` picks prompt-parallel when there are at least as many prompts as
-ranks, else a guidance pair (when stage 1 uses CFG) times as many window ranks as the rest allow.
+ranks; else every rank on stage 1's windows when it has at least one window per rank; else a
+guidance pair (when stage 1 uses CFG) times as many window ranks as the rest allow. Windows come
+first because they keep each rank's CFG batch (cond + uncond) whole: the guidance split halves
+the batch of every matmul, and BLAS (CPU and GPU) picks other kernels for other batch sizes, so
+its velocities differ from one process's by about 1e-6, which the Euler steps and the H.264
+encoder can turn into a few pixels several levels apart; window-parallel keeps the batch and, on
+the CPU, reproduces one process's video bit for bit in the tests.
 In the per-video modes only rank 0 decodes and writes; in prompt mode each rank writes its own
 videos. Library code here raises and never prints; the CLI says what each rank did.
 """
@@ -87,19 +93,30 @@ def choose(mode: str, world: int, rank: int, prompts: int, cfg: bool, windows: i
     if world == 1:
         return ParallelPlan("none", **base)
     if mode == "auto":
-        if prompts >= world:
-            return ParallelPlan("prompt", **base)
-        for g in ((2, 1) if cfg else (1,)):
-            w = world // g
-            if g * w == world and w <= windows:
-                return ParallelPlan("guidance" if w == 1 else "window" if g == 1 else "guidance+window", guidance=g, window=w, **base)
-        return ParallelPlan("prompt" if prompts > 1 else "none", **base)
+        return _auto(prompts, cfg, base)
     if mode == "none":
         return ParallelPlan("none", **base)
     if mode == "prompt":
         if prompts < 2:
             raise ConfigError("--parallel prompt needs several prompts (--prompts-file); for one video use --parallel guidance or window")
         return ParallelPlan("prompt", **base)
+    return _per_video(mode, world, cfg, windows, base)
+
+
+def _auto(prompts: int, cfg: bool, base: dict) -> ParallelPlan:
+    world, windows = base["world"], base["windows"]
+    if prompts >= world:
+        return ParallelPlan("prompt", **base)
+    for g in ((1, 2) if cfg else (1,)):  # windows first: the CFG batch stays whole (see below)
+        w = world // g
+        if g * w == world and w <= windows:
+            return ParallelPlan("guidance" if w == 1 else "window" if g == 1 else "guidance+window", guidance=g, window=w, **base)
+    return ParallelPlan("prompt" if prompts > 1 else "none", **base)
+
+
+def _per_video(mode: str, world: int, cfg: bool, windows: int, base: dict) -> ParallelPlan:
+    from semgen_cli.errors import ConfigError
+
     g = 2 if "guidance" in mode else 1
     if g == 2 and not cfg:
         raise ConfigError(f"--parallel {mode}: CFG is off in stage 1 (--latent-cfg 1), so there is no second pass to run; use --parallel window")
@@ -115,11 +132,55 @@ def choose(mode: str, world: int, rank: int, prompts: int, cfg: bool, windows: i
     return ParallelPlan(mode, guidance=g, window=w, **base)
 
 
+_JOINED: dict = {}
+"""The plan this process joined, by what it was chosen from (`plan_for` is called by the CLI and
+again by `generate`: the groups are made once)."""
+
+
+def plan_for(cfg, r) -> ParallelPlan:
+    """The joined plan of a `generate` (a GenerateConfig ``cfg`` with ``parallel``, its Resolved ``r``)."""
+    from semgen_cli.parallel.window import plain_windows
+
+    rank, size = world()
+    dit = r.lat["dit"]
+    frames = r.latent_frames // int(dit["patch"][0])
+    windows = plain_windows(frames, int(dit["window"])) if (cfg.attention or dit["attention"]) == "swin" else 1
+    key = (getattr(cfg, "parallel", "auto"), size, len(cfg.prompts), cfg.latent_cfg != 1, windows)
+    if key not in _JOINED:
+        _JOINED.clear()
+        _JOINED[key] = join(choose(key[0], size, rank, key[2], key[3], windows))
+    return _JOINED[key]
+
+
+def load(plan: ParallelPlan, make):
+    """``make()`` (the pipeline) on every rank, then the failure agreement: if any rank failed to
+    load, every rank raises that rank's one-line error. Returns the pipeline, spread by `attach`
+    (its wrappers in ``pipeline.parallel_parts``)."""
+    pipe, error = None, None
+    try:
+        pipe = make()
+    except Exception as err:  # noqa: BLE001  (reported to every rank, then raised)
+        if not plan.active:
+            raise
+        error = err
+    agree(plan, error)
+    _JOINED["agreed"] = True
+    pipe.parallel_parts = attach(plan, pipe)
+    return pipe
+
+
+def past_agreement() -> bool:
+    """Whether this process passed `load`'s agreement: a later error may be this rank's alone."""
+    return bool(_JOINED.get("agreed"))
+
+
 def join(plan: ParallelPlan) -> ParallelPlan:
     """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) and make the plan's groups.
     Every rank calls this with the same plan (the same flags), so the groups come out the same."""
     if not plan.active:
         return plan
+    import datetime
+
     import torch
     import torch.distributed as dist
 
@@ -127,7 +188,8 @@ def join(plan: ParallelPlan) -> ParallelPlan:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # a rank may wait at a collective while rank 0 decodes and writes a long video
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
     if not plan.groups:
         plan.groups["control"] = dist.new_group(backend="gloo")
         g, w = plan.guidance, plan.window
@@ -219,4 +281,4 @@ def bytes_sent(parts: dict) -> int:
     return sum(p.bytes_sent for p in parts.values())
 
 
-__all__ = ["MODES", "ParallelPlan", "agree", "attach", "bytes_sent", "choose", "gather_objects", "join", "same_plan", "world"]
+__all__ = ["MODES", "ParallelPlan", "agree", "attach", "bytes_sent", "choose", "gather_objects", "join", "load", "past_agreement", "plan_for", "same_plan", "world"]

@@ -144,7 +144,7 @@ class WindowShard:
         parts = [torch.empty_like(buf) for _ in range(self.size)]
         dist.all_gather(parts, buf.contiguous(), group=self.group)
         self.bytes_sent += buf.numel() * buf.element_size() * (self.size - 1)
-        return torch.cat([p[:, :c] for p, c in zip(parts, counts)], dim=1)  # (B, Nv, P)
+        return torch.cat([p[:, :c] for p, c in zip(parts, counts, strict=True)], dim=1)  # (B, Nv, P)
 
     def exchange(self, x, send_left, send_right, n_left: int, n_right: int):
         """Send the neighbours their parts of the straddling windows, receive theirs (B, n, D)."""
