@@ -37,8 +37,31 @@ def inputs(T: int, Ts: int, B: int = 2):
     return torch.randn(B, 4, T, 4, 4, generator=g), torch.rand(B, generator=g), {k: v for k, v in cond.items() if v is not None}
 
 
+def agreement() -> None:
+    """Rank 1 fails to load, rank 0 does not: both must raise rank 1's one-line error."""
+    from semgen_cli.errors import InputError
+    from semgen_cli.parallel import load
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    plan = join(ParallelPlan("window", rank=rank, world=world, window=world, windows=99))
+
+    def make():
+        if rank == 1:
+            raise InputError("--latent-run runs/x: model.safetensors is truncated; retrain it")
+        return type("P", (), {"latent_dit": tiny(), "semantic_dit": None})()
+
+    try:
+        load(plan, make)
+    except InputError as err:
+        print(f"rank {rank} raised {type(err).__name__} shared={getattr(err, 'shared', False)}: {err}", flush=True)
+        return
+    sys.exit(f"rank {rank}: no error raised")
+
+
 def main() -> None:
     mode = sys.argv[1]
+    if mode == "agree":
+        return agreement()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     g = 2 if "guidance" in mode else 1
     plan = join(ParallelPlan(mode, rank=rank, world=world, guidance=g, window=world // g, windows=99))

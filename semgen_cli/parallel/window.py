@@ -78,12 +78,17 @@ class HaloPlan:
     n_left: int
     n_right: int
 
+    order: torch.Tensor
+    """Where [left halo, local, right halo] go in the extended sequence, which keeps the global
+    token order (so each window's keys come in the order one process gives them)."""
+
     def around(self, attn, x: torch.Tensor) -> torch.Tensor:
         """Self-attention ``attn`` (a DiT ``Attention``) of the local tokens ``x`` (B, L, D)."""
         left, right = self.shard.exchange(x, self.send_left, self.send_right, self.n_left, self.n_right)
-        ext = torch.cat([left, x, right], dim=1)  # (B, n_left + L + n_right, D)
+        ext = x.new_empty(x.shape[0], len(self.order), x.shape[2])
+        ext[:, self.order] = torch.cat([left, x, right], dim=1)  # (B, n_left + L + n_right, D) in global order
         out = attn(ext, rope=self.rope, plan=self.windows)  # (B, n_left + L + n_right, D)
-        return out[:, self.n_left : self.n_left + x.shape[1]]
+        return out[:, self.order[self.n_left : self.n_left + x.shape[1]]]
 
 
 @dataclass
@@ -101,12 +106,14 @@ class _Layout:
     """Video tokens of every rank (for the gather)."""
     plain: WindowPlan
     ext: torch.Tensor
-    """Global indices of [left halo, local, right halo] for the shifted layers."""
+    """Global indices of the tokens of the shifted layers (halos and local), in global order."""
     shifted: WindowPlan
     send_left: torch.Tensor
     send_right: torch.Tensor
     n_left: int
     n_right: int
+    order: torch.Tensor
+    """Position in ``ext`` of each of [left halo, local, right halo]."""
 
 
 class WindowShard:
@@ -132,7 +139,7 @@ class WindowShard:
         lay = self._layout_for(slots, frames, window, split)
         cos, sin = rope
         local_rope = (cos[:, lay.local], sin[:, lay.local])
-        halo = HaloPlan(self, lay.shifted, (cos[:, lay.ext], sin[:, lay.ext]), lay.send_left, lay.send_right, lay.n_left, lay.n_right)
+        halo = HaloPlan(self, lay.shifted, (cos[:, lay.ext], sin[:, lay.ext]), lay.send_left, lay.send_right, lay.n_left, lay.n_right, lay.order)
         return h[:, lay.local], local_rope, lay.local_split, (lay.plain, halo)
 
     def leave(self, out: torch.Tensor) -> torch.Tensor:
@@ -209,9 +216,11 @@ def layout(slots: torch.Tensor, frames: int, window: int, split: tuple[int, ...]
     if index < size - 1 and (wb := straddling(index)) is not None:
         right_g = idx[index + 1][w1[idx[index + 1]] == wb]
         send_right = (w1[local] == wb).nonzero().squeeze(1)
-    ext = torch.cat([left_g, local, right_g])
+    ext, order = torch.sort(torch.cat([left_g, local, right_g]))  # global order; order: where each part went
+    where = torch.empty_like(order)
+    where[order] = torch.arange(len(order), device=device)
     return _Layout(
         slots=slots, frames=frames, window=window, split=split, local=local, local_split=local_split, video_counts=video_counts,
         plain=window_plan(slots[local], frames, window, 0), ext=ext, shifted=window_plan(slots[ext], frames, window, shift),
-        send_left=send_left, send_right=send_right, n_left=len(left_g), n_right=len(right_g),
+        send_left=send_left, send_right=send_right, n_left=len(left_g), n_right=len(right_g), order=where,
     )
