@@ -196,3 +196,21 @@ def test_prompts_spread_over_ranks_are_the_videos_of_one_process(tmp_path):
         x, y = frames_of(tmp_path / "one" / f"v-{i:03d}.mp4"), frames_of(tmp_path / "two" / f"v-{i:03d}.mp4")
         assert x.shape == y.shape and int(abs(x - y).max()) == 0
     assert sorted(p.name for p in (tmp_path / "two").glob("*.json")) == [f"v-{i:03d}.json" for i in range(3)]
+
+
+@pytest.mark.slow
+def test_toy_eval_spreads_its_prompts_and_scores_the_same(tmp_path):
+    """`toy-eval` under torchrun: the ranks make the prompts in turn, rank 0 judges them all and
+    prints the one JSON report, the same as one process's."""
+    import json
+
+    from conftest import run_inproc
+
+    args = ["toy-eval", "--count", "3", "--seconds", "2", "--steps", "2", "--json"]
+    one = run_inproc(*args)
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, *semgen_argv(), *args)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert [r["prompt"] for r in a["videos"]] == [r["prompt"] for r in b["videos"]]
+    assert a["summary"] == b["summary"]

@@ -179,22 +179,50 @@ def past_agreement() -> bool:
     return bool(_JOINED.get("agreed"))
 
 
-def join(plan: ParallelPlan) -> ParallelPlan:
-    """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) and make the plan's groups.
-    Every rank calls this with the same plan (the same flags), so the groups come out the same."""
-    if not plan.active:
-        return plan
+def init() -> None:
+    """Join torchrun's default process group once (NCCL on CUDA, gloo on the CPU); no-op in one process."""
     import datetime
 
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    if world()[1] > 1 and not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # a rank may wait at a collective while rank 0 decodes and writes a long video
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+
+
+def from_rank0(obj):
+    """Rank 0's ``obj`` (picklable) on every rank, e.g. the name of a folder rank 0 made."""
+    if world()[1] == 1:
+        return obj
+    import torch.distributed as dist
+
+    init()
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (no-op in one process)."""
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        init()
+        dist.barrier()
+
+
+def join(plan: ParallelPlan) -> ParallelPlan:
+    """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) and make the plan's groups.
+    Every rank calls this with the same plan (the same flags), so the groups come out the same."""
+    if not plan.active:
+        return plan
+    import torch.distributed as dist
+
+    init()
     if not plan.groups:
         plan.groups["control"] = dist.new_group(backend="gloo")
         g, w = plan.guidance, plan.window
@@ -286,4 +314,4 @@ def bytes_sent(parts: dict) -> int:
     return sum(p.bytes_sent for p in parts.values())
 
 
-__all__ = ["MODES", "ParallelPlan", "agree", "attach", "bytes_sent", "choose", "gather_objects", "join", "last_parts", "load", "past_agreement", "plan_for", "same_plan", "world"]
+__all__ = ["MODES", "ParallelPlan", "agree", "attach", "barrier", "bytes_sent", "choose", "from_rank0", "gather_objects", "init", "join", "last_parts", "load", "past_agreement", "plan_for", "same_plan", "world"]
