@@ -214,3 +214,32 @@ def test_toy_eval_spreads_its_prompts_and_scores_the_same(tmp_path):
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert [r["prompt"] for r in a["videos"]] == [r["prompt"] for r in b["videos"]]
     assert a["summary"] == b["summary"]
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_mid_video_leaves_no_mp4(tmp_path):
+    """Rank 1 crashes (SIGKILL) while rank 0 decodes: torchrun ends rank 0 (SIGTERM), and neither
+    the mp4 nor a temporary file is left (the video only ever appears complete, under its final name)."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *semgen_argv(), "generate",
+           PROMPT, "--seconds", "30", "--steps", "2", "--decode-chunk", "1", "--parallel", "window", "--out", str(tmp_path / "two.mp4")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(".two.mp4.tmp-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    ranks = {}
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and int(open(f"/proc/{pid}/stat").read().split()[3]) == proc.pid:
+                env_of = dict(kv.split("=", 1) for kv in open(f"/proc/{pid}/environ").read().split("\0") if "=" in kv)
+                ranks[env_of.get("RANK")] = int(pid)
+        except OSError:
+            pass
+    assert "1" in ranks, f"rank 1 not found among torchrun's children (returncode {proc.poll()})"
+    os.kill(ranks["1"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert not (tmp_path / "two.mp4").exists() and not list(tmp_path.glob(".two.mp4.tmp-*")), sorted(p.name for p in tmp_path.iterdir())
