@@ -228,7 +228,10 @@ def test_a_rank_that_dies_mid_video_leaves_no_mp4(tmp_path):
            PROMPT, "--seconds", "30", "--steps", "2", "--decode-chunk", "1", "--parallel", "window", "--out", str(tmp_path / "two.mp4")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     deadline = time.time() + 300
-    while not list(tmp_path.glob(".two.mp4.tmp-*")) and proc.poll() is None and time.time() < deadline:
+    def unfinished():  # the writer's partial file and the commit's temp names
+        return [p.name for p in tmp_path.iterdir() if "partial" in p.name or ".tmp-" in p.name]
+
+    while not unfinished() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     ranks = {}
     for pid in os.listdir("/proc"):
@@ -242,4 +245,4 @@ def test_a_rank_that_dies_mid_video_leaves_no_mp4(tmp_path):
     os.kill(ranks["1"], signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
-    assert not (tmp_path / "two.mp4").exists() and not list(tmp_path.glob(".two.mp4.tmp-*")), sorted(p.name for p in tmp_path.iterdir())
+    assert not (tmp_path / "two.mp4").exists() and not unfinished(), sorted(p.name for p in tmp_path.iterdir())
