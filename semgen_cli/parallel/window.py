@@ -69,15 +69,14 @@ class HaloPlan:
 
     shard: "WindowShard"
     windows: WindowPlan
-    """The windows of [left halo, local tokens, right halo] (whole windows)."""
+    """The windows of the local tokens and both halos, in global token order (whole windows)."""
     rope: tuple[torch.Tensor, torch.Tensor]
-    """RoPE (cos, sin) of [left halo, local, right halo]."""
+    """RoPE (cos, sin) of those tokens, in the same order."""
     send_left: torch.Tensor
     send_right: torch.Tensor
     """Positions of the local tokens the left / right neighbour needs (maybe empty)."""
     n_left: int
     n_right: int
-
     order: torch.Tensor
     """Where [left halo, local, right halo] go in the extended sequence, which keeps the global
     token order (so each window's keys come in the order one process gives them)."""
@@ -88,7 +87,7 @@ class HaloPlan:
         ext = x.new_empty(x.shape[0], len(self.order), x.shape[2])
         ext[:, self.order] = torch.cat([left, x, right], dim=1)  # (B, n_left + L + n_right, D) in global order
         out = attn(ext, rope=self.rope, plan=self.windows)  # (B, n_left + L + n_right, D)
-        return out[:, self.order[self.n_left : self.n_left + x.shape[1]]]
+        return out[:, self.order[self.n_left : self.n_left + x.shape[1]]]  # (B, L, D), the local tokens
 
 
 @dataclass
