@@ -74,7 +74,7 @@ class ParallelPlan:
             return n
         return n + ": " + {
             "none": "rank 0 generates, the others wait (--parallel none)",
-            "prompt": "prompt-parallel (each rank makes every " + ("other" if self.world == 2 else f"{self.world}th") + " prompt and writes it)",
+            "prompt": "prompt-parallel (the ranks take the prompts in turn; each writes its own)",
             "guidance": "guidance-parallel (conditional and unconditional CFG passes on different ranks, both stages)",
             "window": f"window-parallel stage 1 ({self.windows} windows over {self.window} ranks; stage 2 on each, rank 0's plan broadcast)",
             "guidance+window": f"2 for guidance × {self.window} for stage-1 windows ({self.windows} windows)",
