@@ -246,3 +246,12 @@ def test_a_rank_that_dies_mid_video_leaves_no_mp4(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert not (tmp_path / "two.mp4").exists() and not unfinished(), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_plain_window_count_is_window_ids_without_a_tensor_of_the_length():
+    """`plan_for` counts windows before the memory check: it must not allocate the length."""
+    for window in (2, 3, 4, 6):
+        for frames in range(1, 40):
+            want = 1 if frames <= window else int(window_ids(torch.arange(frames), frames, window, 0)[-1]) + 1
+            assert plain_windows(frames, window) == want
+    assert plain_windows(10**12, 4) == 250_000_000_000

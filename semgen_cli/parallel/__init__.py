@@ -144,7 +144,8 @@ def plan_for(cfg, r) -> ParallelPlan:
     rank, size = world()
     dit = r.lat["dit"]
     frames = r.latent_frames // int(dit["patch"][0])
-    windows = plain_windows(frames, int(dit["window"])) if (cfg.attention or dit["attention"]) == "swin" else 1
+    swin = (cfg.attention or dit["attention"]) == "swin"
+    windows = plain_windows(frames, int(dit["window"])) if swin and size > 1 else 1  # arithmetic: no tensor of the length
     key = (getattr(cfg, "parallel", "auto"), size, len(cfg.prompts), cfg.latent_cfg != 1, windows)
     if key not in _JOINED:
         _JOINED.clear()

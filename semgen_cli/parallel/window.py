@@ -42,7 +42,8 @@ def plain_windows(frames: int, window: int) -> int:
     """How many plain (unshifted) windows a stage-1 sequence of ``frames`` latent frames has."""
     if frames <= window:
         return 1
-    return int(window_ids(torch.arange(frames), frames, window, 0)[-1]) + 1
+    last = (frames - 1) // window  # as window_ids: a last window under window // 2 frames joins the one before
+    return last if last > 0 and frames - last * window < window // 2 else last + 1
 
 
 def rank_frames(frames: int, window: int, ranks: int) -> list[tuple[int, int]]:
