@@ -182,6 +182,7 @@ def past_agreement() -> bool:
 
 def init() -> None:
     """Join torchrun's default process group once (NCCL on CUDA, gloo on the CPU); no-op in one process."""
+    import atexit
     import datetime
 
     import torch
@@ -193,6 +194,15 @@ def init() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # a rank may wait at a collective while rank 0 decodes and writes a long video
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+        # left to interpreter teardown, gloo's connections can abort a rank whose peer exited first
+        atexit.register(_close)
+
+
+def _close() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def from_rank0(obj):
