@@ -31,7 +31,7 @@ def inputs(T: int, Ts: int, B: int = 2):
     cond = {
         "text": torch.randn(B, 5, 8, generator=g),
         "semantic": torch.randn(B, Ts, 2, 2, 3, generator=g) if Ts else None,
-        "semantic_t": torch.full((B,), 0.3),
+        "semantic_sigma": torch.full((B,), 0.3),
         "semantic_times": (torch.arange(Ts) * (T - 1) / max(1, Ts - 1)).expand(B, Ts).contiguous() if Ts else None,
     }
     return torch.randn(B, 4, T, 4, 4, generator=g), torch.rand(B, generator=g), {k: v for k, v in cond.items() if v is not None}
