@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from semgen_cli import parallel
 from semgen_cli.errors import ConfigError, InputError, MismatchError, out_of_memory
 from semgen_cli.pipeline_file import default_pipeline
 from semgen_cli.reporting import NULL, Reporter
@@ -122,6 +123,8 @@ class GenerateConfig:
     vae: str | None = None
     """Decode with this VAE spec instead of the runs' own; its encoder must be theirs (same
     `encoder_fingerprint`, so the same latents), e.g. a retrained or wider decoder."""
+    parallel: str = "auto"
+    """Under torchrun: auto, none, prompt, guidance, window or guidance+window (semgen_cli/parallel)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -884,7 +887,8 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     stages = _Stages(device)
     stages.begin("load")
     reporter.info(f"loading the runs and components on {device} ({str(dtype).removeprefix('torch.')})…")
-    pipe = Pipeline(cfg, r, reporter)
+    par = parallel.plan_for(cfg, r)  # several ranks under torchrun: who makes which prompt, and how
+    pipe = parallel.load(par, lambda: Pipeline(cfg, r, reporter))
     stages.end()
     load_seconds, load_memory = stages.seconds.pop("load"), stages.memory.pop("load")
     # the VAE that decodes may have another decoder than the runs' own (the encoder may not differ)
@@ -894,6 +898,8 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     many = len(cfg.prompts) > 1
     with torch.inference_mode():
         for i, (prompt, path) in enumerate(zip(cfg.prompts, paths, strict=True)):
+            if not par.takes(i):
+                continue
             tag = f"[{i + 1}/{len(paths)}] " if many else ""
             stages = _Stages(device)
             seed = int(seeds[i] if seeds is not None else cfg.seed)
@@ -912,7 +918,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             elif r.plan_source == "stage 2":
                 name = f"{tag}semantic plan"
                 reporter.start(name, total=cfg.semantic_steps, unit="steps")
-                plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n, name=name: reporter.advance(name))
+                plan = parallel.same_plan(par, pipe.plan_from_stage2(cond, uncond, g, lambda s, n, name=name: reporter.advance(name)))
                 reporter.finish(name)
             elif r.plan_source == "reference video":
                 plan = pipe.plan_from_reference(source)
@@ -935,6 +941,8 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             _require_finite(latents, f"the sampled latents of {path.name}")
             reporter.finish(name)
             stages.end()
+            if not par.writes:  # per-video parallel modes: rank 0 decodes and writes
+                continue
 
             meta = {
                 "prompt": prompt, "seed": seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
@@ -972,6 +980,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
                     "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
                 })
             videos.append(VideoOut(path, sidecar, sem_path, prompt, r.seconds, r.frames, r.fps, seed, stages.seconds, stages.memory))
+    videos = sorted(parallel.gather_objects(par, videos), key=lambda v: str(v.path))  # prompt-parallel: every rank's videos
     return GenerateResult(
         videos=videos, load_seconds=load_seconds, load_memory=load_memory, memory_kind=stages.meter.kind,
         pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,
