@@ -20,7 +20,7 @@ from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError
 
 # Fields that do not change the numbers a run produces; they may differ on resume silently.
-_BOOKKEEPING = ("steps", "save_every", "keep_last", "log_every", "sample_every", "num_workers")
+_BOOKKEEPING = ("steps", "save_every", "keep_last", "log_every", "sample_every", "num_workers", "async_save")
 
 
 @dataclass
@@ -63,6 +63,9 @@ class TrainConfig:
     """Seed of the data order, per-sample seeds, the step generator and the global RNGs."""
     num_workers: int = 0
     """DataLoader worker processes per rank (0: load in the training process)."""
+    async_save: bool = False
+    """With --fsdp: write each checkpoint's shards in the background while training goes on
+    (torch.distributed.checkpoint.async_save); state.json and `latest` follow once it is written."""
 
 
     def __post_init__(self) -> None:
