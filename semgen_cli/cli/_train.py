@@ -25,7 +25,13 @@ AllowNewData = Annotated[bool, typer.Option("--allow-new-data", help="With --res
 INTERRUPTED = 130
 """Exit code of a training stopped by Ctrl-C (after its checkpoint is saved), so `a && b` stops."""
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
-Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU).")]
+Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU); checkpoints are sharded torch.distributed.checkpoint folders.")]
+AsyncSave = Annotated[bool, typer.Option("--async-save", help="With --fsdp: write checkpoints in the background while training goes on (state.json and latest follow when done).")]
+EmaStart = Annotated[int, typer.Option(help="Step from which the EMA averages; before it the EMA copies the weights.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved settings and exit without writing anything.")]
+AttentionBackend = Annotated[str, typer.Option(help="SDPA kernel: auto, flash, cudnn, efficient, math (all but auto and math need CUDA).")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile each DiT block (regional compilation).")]
+GradientCheckpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")]
 
 
 MAX_BATCH, MAX_WORKERS = 1 << 20, 256
@@ -33,7 +39,8 @@ MAX_BATCH, MAX_WORKERS = 1 << 20, 256
 (a batch of 10^12 samples never fills, 10^12 loader processes never start)."""
 
 
-def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every: int = 0):
+def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every: int = 0,
+                 ema_start: int = 0, async_save: bool = False, fsdp: bool = False):
     from semgen_cli.errors import ConfigError
     from semgen_cli.training import TrainConfig
 
@@ -41,11 +48,22 @@ def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_dec
         if value > most:
             raise ConfigError(f"{flag} {value}: at most {most}")
 
+    if async_save and not fsdp:
+        raise ConfigError("--async-save needs --fsdp (it writes sharded checkpoints in the background); add --fsdp or drop --async-save")
     return TrainConfig(
         steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, precision=precision,
         save_every=save_every, keep_last=keep_last, seed=seed, num_workers=num_workers, sample_every=sample_every,
+        ema_start=ema_start, async_save=async_save,
     )
+
+
+def dry_run(title: str, train_cfg) -> None:
+    """--dry-run: after the settings table, the resolved training settings; nothing is written."""
+    from semgen_cli.cli._common import console, settings_table
+
+    settings_table("training (resolved)", {k.replace("_", " "): v for k, v in train_cfg.to_dict().items()})
+    console.print("dry run: nothing was written")
 
 
 def parse_seconds_list(text: str | None, flag: str) -> tuple[float, ...]:
@@ -73,7 +91,8 @@ CONFIG_MAX_BYTES = 1 << 20
 
 
 def _load_config_file(ctx: typer.Context, param, value):
-    """Eager callback of --config: a JSON file of option values becomes the defaults that flags
+    """Eager callback of --config: a JSON, YAML or TOML file of option values (by its extension,
+    `_parse_config`) becomes the defaults that flags
     then override (defaults ← file ← flags). Keys are option names (`batch_size` or `batch-size`);
     an unknown key, or a value of another type than the option's, is an error naming the file.
     The file must be a regular file of at most CONFIG_MAX_BYTES (never a device or a pipe)."""
@@ -81,16 +100,9 @@ def _load_config_file(ctx: typer.Context, param, value):
         return value
     import json
 
-    from semgen_cli.errors import ConfigError, InputError
-    from semgen_cli.io.small_files import read_small_text
+    from semgen_cli.errors import ConfigError
 
-    text = read_small_text(value, "--config", CONFIG_MAX_BYTES, "a JSON file of option values")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--config {value}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"--config {value}: expected a JSON object of option values")
+    data = _parse_config(value)
     names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
     clean = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(clean) - names)
@@ -103,6 +115,46 @@ def _load_config_file(ctx: typer.Context, param, value):
             raise ConfigError(f"--config {value}: {key} must be {problem}, got {json.dumps(v)[:60]}")
     ctx.default_map = {**(ctx.default_map or {}), **clean}
     return value
+
+
+CONFIG_FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}
+"""--config file extensions and the format each is read as."""
+
+
+def _parse_config(path: Path) -> dict:
+    """The mapping of option values in a --config file, read as its extension says (.json,
+    .yaml/.yml, .toml); an unknown extension, a syntax error or a top level that is not a mapping
+    is a one-line InputError naming the file."""
+    import json
+
+    from semgen_cli.errors import InputError
+    from semgen_cli.io.small_files import read_small_text
+
+    fmt = CONFIG_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(f"--config {path}: unknown extension; give a .json, .yaml, .yml or .toml file of option values")
+    text = read_small_text(path, "--config", CONFIG_MAX_BYTES, f"a {fmt} file of option values")
+    try:
+        if fmt == "JSON":
+            data = json.loads(text)
+        elif fmt == "YAML":
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--config {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except Exception as err:  # yaml.YAMLError, tomllib.TOMLDecodeError
+        if type(err).__module__.split(".")[0] not in ("yaml", "tomllib"):
+            raise
+        reason = " ".join(str(err).split())[:160]
+        raise InputError(f"--config {path}: not valid {fmt} ({reason})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a {fmt} mapping of option values (name: value)")
+    return data
 
 
 def _option_types(ctx: typer.Context) -> dict:
@@ -143,5 +195,5 @@ def _type_problem(hint, v) -> str | None:
 
 ConfigFile = Annotated[
     Optional[Path],
-    typer.Option("--config", is_eager=True, callback=_load_config_file, help="JSON file of option values (flags given on the command line win)."),
+    typer.Option("--config", is_eager=True, callback=_load_config_file, help="JSON, YAML or TOML file of option values, by extension; keys are option names, e.g. batch-size: 2 (flags given on the command line win)."),
 ]

@@ -38,7 +38,7 @@ def command(
     weight_decay: T.WeightDecay = 0.0,
     grad_clip: T.GradClip = 1.0,
     ema_decay: T.EmaDecay = 0.999,
-    precision: T.Precision = "fp32",
+    precision: T.Precision = "auto",
     save_every: T.SaveEvery = 500,
     keep_last: T.KeepLast = 3,
     seed: T.Seed = 0,
@@ -49,6 +49,11 @@ def command(
     fsdp: T.Fsdp = False,
     sample_every: Annotated[int, typer.Option(help="Write a validation sample.mp4 beside the checkpoint every N steps (0: never).")] = 0,
     sample_steps: Annotated[int, typer.Option(help="Euler steps of the validation samples.")] = 10,
+    ema_start: T.EmaStart = 0,
+    async_save: T.AsyncSave = False,
+    attention_backend: T.AttentionBackend = "auto",
+    compile: T.Compile = False,
+    dry_run: T.DryRun = False,
 ) -> None:
     """Stage 1 (paper §3.2, §3.4): train the latent DiT on VAE latents, conditioned in context on compressed semantic tokens and by cross-attention on text.
 
@@ -62,9 +67,10 @@ def command(
         attention=attention, window=window, condition=condition, freeze_compressor=freeze_compressor,
         clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
         init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight, patch=_patch(patch),
-        text_padding=text_padding,
+        text_padding=text_padding, attention_backend=attention_backend, compile=compile,
     )
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every,
+                               ema_start=ema_start, async_save=async_save, fsdp=fsdp)
     shift_used, shift_rule = resolve_shift(cfg, resume=resume)
     text_used = resolve_text(cfg, resume=resume)
     settings_table("semgen train-latent", {
@@ -74,8 +80,11 @@ def command(
         "timestep shift": f"{shift_used:.3g} ({shift_rule})",
         "text": f"Wan's: zero-padded to {text_used['length']} tokens, no mask" if text_used["padding"] == "wan" else "real tokens + mask",
         "steps": steps, "batch": batch_size,
-        "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": train_cfg.precision, "seed": seed, "resume": resume,
+        **({"attention backend": attention_backend} if attention_backend != "auto" else {}), **({"compile": "each DiT block"} if compile else {}),
     })
+    if dry_run:
+        return T.dry_run("semgen train-latent", train_cfg)
     with RichReporter() as reporter:
         result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps, allow_new_data=allow_new_data)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}

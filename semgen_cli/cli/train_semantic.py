@@ -30,7 +30,7 @@ def command(
     weight_decay: T.WeightDecay = 0.0,
     grad_clip: T.GradClip = 1.0,
     ema_decay: T.EmaDecay = 0.999,
-    precision: T.Precision = "fp32",
+    precision: T.Precision = "auto",
     save_every: T.SaveEvery = 500,
     keep_last: T.KeepLast = 3,
     seed: T.Seed = 0,
@@ -39,6 +39,12 @@ def command(
     allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
+    gradient_checkpointing: T.GradientCheckpointing = False,
+    ema_start: T.EmaStart = 0,
+    async_save: T.AsyncSave = False,
+    attention_backend: T.AttentionBackend = "auto",
+    compile: T.Compile = False,
+    dry_run: T.DryRun = False,
 ) -> None:
     """Stage 2 (paper §3.2, §3.4): train the semantic DiT to generate compressed semantic tokens from text, with full attention over whole clips.
 
@@ -47,12 +53,18 @@ def command(
     from semgen_cli.cli._common import RichReporter, settings_table, summary
     from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
 
-    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init)
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
+    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init,
+                              gradient_checkpointing=gradient_checkpointing, attention_backend=attention_backend, compile=compile)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers,
+                               ema_start=ema_start, async_save=async_save, fsdp=fsdp)
     settings_table("semgen train-semantic", {
         "data": data, "latent run": latent_run, "out": out, "preset": f"Wan's ({init})" if init and init.startswith("wan:") else preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
-        "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": train_cfg.precision, "seed": seed, "resume": resume,
+        **({"gradient checkpointing": True} if gradient_checkpointing else {}),
+        **({"attention backend": attention_backend} if attention_backend != "auto" else {}), **({"compile": "each DiT block"} if compile else {}),
     })
+    if dry_run:
+        return T.dry_run("semgen train-semantic", train_cfg)
     with RichReporter() as reporter:
         result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}

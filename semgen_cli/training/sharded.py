@@ -168,7 +168,26 @@ def start_sharded_save(final: Path, state: dict[str, Any], export: dict[str, tor
     return _PendingSave(tmp, final, future, record, main)
 
 
-def _load_error(ckpt: Path, err: Exception) -> Exception:
+def _dcp_errors() -> tuple[type[BaseException], ...]:
+    """What a DCP read raises: its CheckpointException (a BaseException, wrapping every rank's
+    error) and ordinary exceptions."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
+
+
+def _drop_unsaved_optimizer_state(state: dict[str, Any], saved: set[str]) -> None:
+    """Parameters that never received a gradient have no optimizer state in the checkpoint (AdamW
+    creates it at a parameter's first update), while a fresh optimizer prepared for loading has
+    state for every parameter: those entries are dropped, so the parameters stay without state as
+    in the uninterrupted run."""
+    per_param = state["optim"].get("state", {})
+    for fqn in list(per_param):
+        if any(f"optim.state.{fqn}.{k}" not in saved for k in per_param[fqn]):
+            del per_param[fqn]
+
+
+def _load_error(ckpt: Path, err: BaseException) -> Exception:
     text = str(err).replace("\n", " ")
     if "Missing key" in text or "Size mismatch" in text or "size mismatch" in text:
         return MismatchError(f"{ckpt} does not fit this model ({text[:200]}); it was made with other model "
@@ -183,21 +202,33 @@ def restore_sharded(ckpt: Path, raw: nn.Module, optimizer: torch.optim.Optimizer
     own shards from a DCP folder written by any number of ranks. Returns False when `ema_state`
     was given but the checkpoint has no EMA (the caller restarts it)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    saved = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    try:
+        saved = set(dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata)
+    except _dcp_errors() as err:
+        raise _load_error(ckpt, err) from None
     has_ema = any(k.startswith("ema.") for k in saved)
     state = sharded_state(raw, optimizer, ema_state if has_ema else None)
+    unexpected = sorted(k[len("model."):] for k in saved if k.startswith("model.") and k[len("model."):] not in state["model"])
+    if unexpected:
+        raise MismatchError(f"{ckpt} does not fit this model (unexpected: {', '.join(unexpected[:3])}"
+                            f"{' …' if len(unexpected) > 3 else ''}); it was made with other model settings: "
+                            "resume with the same settings or use a new --out")
+    _drop_unsaved_optimizer_state(state, saved)
     active = dist.is_available() and dist.is_initialized()
     try:
         with _quiet_single_process():
             dcp.load(state, checkpoint_id=str(ckpt), planner=_safe_planner(), no_dist=not active)
-    except Exception as err:  # DCP wraps a rank's failure in a CheckpointException
+    except _dcp_errors() as err:  # DCP wraps a rank's failure in a CheckpointException
         raise _load_error(ckpt, err) from None
     bad = _local_nonfinite({"model": state["model"], "ema": state.get("ema") or {}})
     if bad is not None:
         raise InputError(f"{ckpt}: {bad} holds NaN or inf; resume from an earlier checkpoint")
-    set_state_dict(raw, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    # strict=False: the parameters `_drop_unsaved_optimizer_state` left without optimizer state
+    # (the model's own keys were all read above: DCP refuses a key the checkpoint lacks)
+    set_state_dict(raw, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=StateDictOptions(strict=False))
     try:
         scheduler.load_state_dict(json.loads((ckpt / SCHEDULER_FILE).read_text()))
     except (OSError, ValueError, TypeError, KeyError) as err:
@@ -216,7 +247,7 @@ def read_sharded_tensors(ckpt: Path, prefix: str) -> dict[str, torch.Tensor]:
 
     try:
         meta = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
-    except Exception as err:
+    except _dcp_errors() as err:
         raise _load_error(ckpt, err) from None
     p = prefix + "."
     out = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
@@ -226,6 +257,6 @@ def read_sharded_tensors(ckpt: Path, prefix: str) -> dict[str, torch.Tensor]:
     try:
         with _quiet_single_process():
             dcp.load(out, checkpoint_id=str(ckpt), planner=_safe_planner(), no_dist=True)
-    except Exception as err:
+    except _dcp_errors() as err:
         raise _load_error(ckpt, err) from None
     return {k[len(p):]: v for k, v in out.items()}

@@ -353,8 +353,8 @@ class _Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema:
-            self.ema.update(self.raw)
+        if self.ema:  # the EMA copies the weights until step ema_start, then averages
+            self.ema.update(self.raw, copy=self.step + 1 < self.cfg.ema_start)
         self.step += 1
 
         # 3. Loss and fields averaged over micro-steps and ranks; a Ctrl-C on any rank stops all.
