@@ -37,6 +37,8 @@ def command(
     decode_chunk: Annotated[int, typer.Option(help="Latent frames per VAE decode call (memory stays flat in the length).")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="DiT dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16.")] = "auto",
+    attention_backend: Annotated[str, typer.Option(help="SDPA kernel: auto, flash, cudnn, efficient, math (all but auto and math need CUDA).")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each DiT block (regional compilation).")] = False,
 ) -> None:
     """Generate a video from text (paper §3.3, §3.4): stage 2 plans compressed semantic tokens for the whole duration with full attention, stage 1 renders VAE latents over the whole duration with shifted-window attention conditioned on that plan, and the VAE decodes chunk by chunk straight into the mp4.
 
@@ -80,6 +82,8 @@ def command(
         decode_chunk=decode_chunk,
         attention=attention,
         vae=vae,
+        attention_backend=attention_backend,
+        compile=compile,
     )
     resolved = resolve(config)
 
