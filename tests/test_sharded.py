@@ -160,3 +160,22 @@ def test_async_save_without_fsdp_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="--async-save needs --fsdp"):
         train(make_net(), NoisyPoints(), collate, loss_fn, cfg(async_save=True), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_inspect_verify_hashes_every_file_of_a_dcp_folder(tmp_path):
+    from conftest import run_inproc
+
+    ckpt = _fake_dcp_checkpoint(tmp_path)
+    run = ckpt.parent.parent
+    (run / "config.json").write_text(json.dumps({"step": "train-latent", "data": {"path": "data"}}))
+    r = run_inproc("inspect", run, "--verify")
+    assert r.returncode == 0, r.stderr
+    files = json.loads((ckpt / "state.json").read_text())["files"]
+    assert {".metadata", "__0_0.distcp", "scheduler.json", "ema.safetensors"} <= set(files)
+    assert f"all {len(files)} weight file(s) check out" in r.stdout
+    shard = ckpt / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = run_inproc("inspect", run, "--verify")
+    assert r.returncode == 2 and "1 of 4 weight file(s) failed verification" in r.stderr, r.stdout + r.stderr
