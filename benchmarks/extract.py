@@ -4,7 +4,7 @@ Renders ``--count`` toy clips (``semgen_cli.toy.dataset.write_toy_dataset``, the
 ``semgen toy-data``) into a temporary folder, then in the same run times
 
 1. decode only: every clip read at the VAE fps and at the semantic fps, resized to ``--size``,
-   through the very decoder ``semgen extract`` uses (``_Decoder`` running ``_decode`` in
+   through the very decoder ``semgen extract`` uses (``semgen_cli.io.decoding.Decoder`` in
    ``--num-workers`` spawned processes, or inline with 0), results thrown away;
 2. ``semgen_cli.steps.extract.extract`` on the same folder (decode + VAE, semantic and text
    encoders + shard writing), with the same decoding settings.
@@ -38,11 +38,11 @@ def _size(text: str) -> tuple[int, int]:
 
 def decode_only(cfg, videos: list[Path]) -> tuple[float, int, int]:
     """Seconds to decode ``videos`` exactly as extraction's workers do; (seconds, VAE frames, semantic frames)."""
-    from semgen_cli.steps.extract import _Decoder
+    from semgen_cli.io.decoding import Decoder
 
     frames = sem_frames = 0
     t0 = time.perf_counter()
-    with _Decoder(cfg) as decoder:
+    with Decoder(cfg) as decoder:
         for decoded in decoder.map(videos):
             if "error" in decoded:
                 raise RuntimeError(decoded["error"])

@@ -106,7 +106,7 @@ def _pair(semantic_dim=0, layers=2, window=2, seed=0):
 def test_swin_with_one_window_equals_full_attention(semantic):
     full, swin = _pair(semantic_dim=8 if semantic else 0, window=8)
     x, t, text = torch.randn(2, 4, 6, 4, 4), torch.rand(2), torch.randn(2, 3, 16)
-    kw = dict(semantic=torch.randn(2, 2, 2, 2, 8), semantic_t=torch.rand(2)) if semantic else {}
+    kw = dict(semantic=torch.randn(2, 2, 2, 2, 8), semantic_sigma=torch.rand(2)) if semantic else {}
     with torch.no_grad():
         torch.testing.assert_close(swin(x, t, text, **kw), full(x, t, text, **kw), atol=1e-5, rtol=1e-5)
 

@@ -152,7 +152,7 @@ def test_tiny_training_step_reaches_every_parameter():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, t, text = torch.randn(2, 4, 4, 8, 8), torch.rand(2), torch.randn(2, 6, 16)
     sem = torch.randn(2, 2, 2, 2, 8)
-    loss = (model(x, t, text, semantic=sem, semantic_t=torch.rand(2)) - x).pow(2).mean()
+    loss = (model(x, t, text, semantic=sem, semantic_sigma=torch.rand(2)) - x).pow(2).mean()
     loss.backward()
     opt.step()
     assert all(p.grad is not None for p in model.parameters())
@@ -169,7 +169,7 @@ def test_gradient_checkpointing_gives_same_gradients():
         model.gradient_checkpointing = ckpt
         model(x, t, text, semantic=sem).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -191,7 +191,7 @@ def test_output_shape_same_with_and_without_semantic_tokens():
     torch.nn.init.normal_(model.head.weight)  # zero at init
     x, t, text = torch.randn(2, 4, 5, 8, 8), torch.rand(2), torch.randn(2, 6, 16)
     plain = model(x, t, text)
-    with_sem = model(x, t, text, semantic=torch.randn(2, 2, 3, 3, 8), semantic_t=torch.tensor([0.0, 0.3]))
+    with_sem = model(x, t, text, semantic=torch.randn(2, 2, 3, 3, 8), semantic_sigma=torch.tensor([0.0, 0.3]))
     assert plain.shape == with_sem.shape == x.shape
     assert not torch.allclose(plain, with_sem)
 
@@ -202,8 +202,8 @@ def test_semantic_noise_level_conditions_output():
     torch.nn.init.normal_(model.sigma_embed.fc2.weight)  # zero at init; give it weights
     torch.nn.init.normal_(model.head.weight)
     x, t, text, sem = torch.randn(1, 4, 2, 4, 4), torch.rand(1), torch.randn(1, 3, 16), torch.randn(1, 1, 2, 2, 8)
-    a = model(x, t, text, semantic=sem, semantic_t=torch.tensor([0.0]))
-    b = model(x, t, text, semantic=sem, semantic_t=torch.tensor([0.5]))
+    a = model(x, t, text, semantic=sem, semantic_sigma=torch.tensor([0.0]))
+    b = model(x, t, text, semantic=sem, semantic_sigma=torch.tensor([0.5]))
     assert not torch.allclose(a, b)
     torch.testing.assert_close(a, model(x, t, text, semantic=sem))  # None means sigma = 0
 
@@ -265,6 +265,16 @@ def test_forward_rejects_bad_shapes():
         model(torch.randn(1, 4, 2, 4, 4), torch.rand(1), torch.randn(1, 2, 16), semantic=torch.randn(1, 1, 1, 1, 8))
     with pytest.raises(ValueError, match="text_mask"):
         model(torch.randn(1, 4, 2, 4, 4), torch.rand(1), torch.randn(1, 2, 16), text_mask=torch.zeros(1, 2, dtype=torch.bool))
+
+
+def test_forward_rejects_bad_semantic_inputs():
+    model = DiT(preset("tiny", in_channels=4, text_dim=16, semantic_dim=8))
+    x, t, text = torch.randn(2, 4, 2, 4, 4), torch.rand(2), torch.randn(2, 2, 16)
+    for bad in (torch.randn(2, 1, 1, 8), torch.randn(1, 1, 1, 1, 8), torch.randn(2, 1, 1, 1, 4)):  # rank, batch, width
+        with pytest.raises(ValueError, match=r"semantic must be \(B=2, Ts, hs, ws, 8\)"):
+            model(x, t, text, semantic=bad)
+    with pytest.raises(ValueError, match="2 entries for 1 semantic frames"):
+        model(x, t, text, semantic=torch.randn(2, 1, 1, 1, 8), semantic_times=torch.tensor([0.0, 1.0]))
 
 
 def test_resize_patch_keeps_tokens_of_block_constant_input():

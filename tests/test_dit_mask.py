@@ -94,10 +94,10 @@ def test_padded_sample_with_semantic_tokens_matches_unpadded():
     sem = torch.randn(2, 2, 2, 2, 3, generator=g)
     times = torch.tensor([0.5, 2.0])  # explicit: the default spreads over the (padded) T
     with torch.no_grad():
-        out = model(x, t, text, semantic=sem, semantic_t=torch.tensor([0.2, 0.2]), semantic_times=times,
+        out = model(x, t, text, semantic=sem, semantic_sigma=torch.tensor([0.2, 0.2]), semantic_times=times,
                     token_mask=frame_mask_to_token_mask(frame_mask, H, W))
         for b, (xs, ts, texts) in enumerate(singles):
-            ref = model(xs, ts, texts, semantic=sem[b : b + 1], semantic_t=torch.tensor([0.2]), semantic_times=times)
+            ref = model(xs, ts, texts, semantic=sem[b : b + 1], semantic_sigma=torch.tensor([0.2]), semantic_times=times)
             torch.testing.assert_close(out[b : b + 1, :, : xs.shape[2]], ref, atol=1e-5, rtol=1e-5)
 
 

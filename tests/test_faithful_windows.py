@@ -178,7 +178,7 @@ def test_compressor_stats_keep_the_dit_response_to_the_features():
     def out(model):
         with torch.no_grad():
             sem = model.compressor.normalize(model.compressor(feats[0])[1])[None]
-            return model.dit(x, t, text, semantic=sem, semantic_t=torch.zeros(1))
+            return model.dit(x, t, text, semantic=sem, semantic_sigma=torch.zeros(1))
 
     before = out(step)
     CompressorStats(_Data(feats), "semantic")(step, ema)

@@ -393,17 +393,23 @@ def test_train_semantic_refuses_a_baseline_latent_run(data, tmp_path):
     assert r.returncode == 2 and "no such run folder" in r.stderr
 
 
-def test_validation_samples_beside_checkpoints_leave_losses_alone(data, compressor, tmp_path):
+def test_validation_samples_and_val_loss_leave_losses_alone(data, compressor, tmp_path):
     from semgen_cli.io.video import probe, read_metadata
 
-    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--seed", "1"]
+    common = ["train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--seed", "1",
+              "--val-clips", "1"]
     assert run_cli(*common, "--out", str(tmp_path / "plain")).returncode == 0
-    r = run_cli(*common, "--sample-every", "1", "--sample-steps", "2", "--out", str(tmp_path / "sampled"))
+    r = run_cli(*common, "--sample-every", "1", "--sample-steps", "2", "--val-every", "1", "--out", str(tmp_path / "sampled"))
     assert r.returncode == 0, r.stderr
+    held = json.loads((tmp_path / "sampled" / "config.json").read_text())["validation"]["clips"]
+    assert len(held) == 1
     for step in (1, 2):
-        mp4 = tmp_path / "sampled" / "checkpoints" / f"step-{step:07d}" / "sample.mp4"
-        assert probe(mp4).frames == 29 and read_metadata(mp4)["step"] == step  # 8 latents → 29 frames
-    assert losses(tmp_path / "plain") == losses(tmp_path / "sampled")
+        mp4 = tmp_path / "sampled" / "samples" / f"step-{step:07d}" / (held[0].removesuffix(".mp4") + ".mp4")
+        assert probe(mp4).frames == 29 and read_metadata(mp4)["settings"]["latent_steps"] == 2  # 8 latents → 29 frames
+    rows = [json.loads(x) for x in (tmp_path / "sampled" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [1, 2] and [r["step"] for r in rows if "sample_seconds" in r] == [1, 2]
+    trained = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert losses(tmp_path / "plain") == trained  # validation and sampling move no RNG and no weight
 
 
 def test_config_file_gives_defaults_and_flags_win(data, compressor, tmp_path):

@@ -26,6 +26,11 @@ INTERRUPTED = 130
 """Exit code of a training stopped by Ctrl-C (after its checkpoint is saved), so `a && b` stops."""
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU); checkpoints are sharded torch.distributed.checkpoint folders.")]
+ReportTo = Annotated[Optional[list[str]], typer.Option("--report-to", help="Also send every metrics.jsonl row (and sample video) to tensorboard, wandb or trackio (repeat or comma-separate for several; default none). TensorBoard writes OUT/tracking/tensorboard.")]
+ValClips = Annotated[int, typer.Option(help="Hold out this many clips (drawn with --seed, recorded in the run, never trained on) for --val-every and --sample-every.")]
+ValEvery = Annotated[int, typer.Option(help="Log val_loss over the held-out clips (fixed timesteps and noise) every N steps (0: never).")]
+SampleEvery = Annotated[int, typer.Option(help="Write sample videos into OUT/samples/step-N/ every N steps, with a checkpoint there (0: never).")]
+SampleSteps = Annotated[int, typer.Option(help="Euler steps of the sample videos (each stage).")]
 AsyncSave = Annotated[bool, typer.Option("--async-save", help="With --fsdp: write checkpoints in the background while training goes on (state.json and latest follow when done).")]
 EmaStart = Annotated[int, typer.Option(help="Step from which the EMA averages; before it the EMA copies the weights.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved settings and exit without writing anything.")]
@@ -64,6 +69,12 @@ def dry_run(title: str, train_cfg) -> None:
 
     settings_table("training (resolved)", {k.replace("_", " "): v for k, v in train_cfg.to_dict().items()})
     console.print("dry run: nothing was written")
+def monitor_config(report_to, val_clips: int = 0, val_every: int = 0, sample_steps: int = 10, val_prompts=None):
+    """The trainers' monitoring flags → `MonitorConfig` (checked, trackers importable, prompts read)."""
+    from semgen_cli.validation import MonitorConfig
+
+    return MonitorConfig(report_to=tuple(report_to or ()), val_clips=val_clips, val_every=val_every, sample_steps=sample_steps,
+                         val_prompts=str(val_prompts) if val_prompts is not None else None)
 
 
 def parse_seconds_list(text: str | None, flag: str) -> tuple[float, ...]:
@@ -190,6 +201,8 @@ def _type_problem(hint, v) -> str | None:
         return None if ok else "a finite number"
     if hint is str or hint is Path:
         return None if isinstance(v, str) else "a string"
+    if typing.get_origin(hint) is list:  # a repeatable option: --report-to
+        return None if isinstance(v, list) and all(isinstance(x, str) for x in v) else 'a list of strings (e.g. ["tensorboard"])'
     return None
 
 

@@ -47,8 +47,11 @@ def command(
     allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
-    sample_every: Annotated[int, typer.Option(help="Write a validation sample.mp4 beside the checkpoint every N steps (0: never).")] = 0,
-    sample_steps: Annotated[int, typer.Option(help="Euler steps of the validation samples.")] = 10,
+    report_to: T.ReportTo = None,
+    val_clips: T.ValClips = 0,
+    val_every: T.ValEvery = 0,
+    sample_every: T.SampleEvery = 0,
+    sample_steps: T.SampleSteps = 10,
     ema_start: T.EmaStart = 0,
     async_save: T.AsyncSave = False,
     attention_backend: T.AttentionBackend = "auto",
@@ -71,6 +74,7 @@ def command(
     )
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every,
                                ema_start=ema_start, async_save=async_save, fsdp=fsdp)
+    monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps)
     shift_used, shift_rule = resolve_shift(cfg, resume=resume)
     text_used = resolve_text(cfg, resume=resume)
     settings_table("semgen train-latent", {
@@ -86,7 +90,7 @@ def command(
     if dry_run:
         return T.dry_run("semgen train-latent", train_cfg)
     with RichReporter() as reporter:
-        result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, sample_steps=sample_steps, allow_new_data=allow_new_data)
+        result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data, monitor=monitor)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
     if result.interrupted:  # saved; exit 130 so that `train-latent … && train-semantic …` stops here
         rows["stopped early"] = T.resume_hint(sys.argv[1:])

@@ -45,6 +45,12 @@ def command(
     attention_backend: T.AttentionBackend = "auto",
     compile: T.Compile = False,
     dry_run: T.DryRun = False,
+    report_to: T.ReportTo = None,
+    val_clips: T.ValClips = 0,
+    val_every: T.ValEvery = 0,
+    sample_every: T.SampleEvery = 0,
+    sample_steps: T.SampleSteps = 10,
+    val_prompts: Annotated[Optional[Path], typer.Option(help="Prompts (one a line) the --sample-every videos render through this run and --latent-run (default: the held-out clips' captions).")] = None,
 ) -> None:
     """Stage 2 (paper §3.2, §3.4): train the semantic DiT to generate compressed semantic tokens from text, with full attention over whole clips.
 
@@ -55,8 +61,9 @@ def command(
 
     cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init,
                               gradient_checkpointing=gradient_checkpointing, attention_backend=attention_backend, compile=compile)
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers,
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every,
                                ema_start=ema_start, async_save=async_save, fsdp=fsdp)
+    monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps, val_prompts)
     settings_table("semgen train-semantic", {
         "data": data, "latent run": latent_run, "out": out, "preset": f"Wan's ({init})" if init and init.startswith("wan:") else preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
         "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": train_cfg.precision, "seed": seed, "resume": resume,
@@ -66,7 +73,7 @@ def command(
     if dry_run:
         return T.dry_run("semgen train-semantic", train_cfg)
     with RichReporter() as reporter:
-        result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data)
+        result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data, monitor=monitor)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}
     if result.interrupted:  # saved; exit 130 so that `train-latent … && train-semantic …` stops here
         rows["stopped early"] = T.resume_hint(sys.argv[1:])

@@ -45,48 +45,20 @@ def hold(path: str | os.PathLike, what: str, flag: str = "--out", folder: bool =
 
     A folder this call created and that is still empty at the end is removed again, so a refused
     or failed start leaves nothing behind."""
-    import fcntl
-
     path = Path(path)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 holds the lock for all
         yield path
         return
-    created = False
-    try:
-        if folder:
-            if path.exists() and not path.is_dir():
-                raise InputError(f"{flag} {path}: exists and is not a folder")
-            created = not path.exists()
-            path.mkdir(parents=True, exist_ok=True)
-            lock_path = path / LOCK_NAME
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock_path = path.parent / f".{path.name}.lock"
-        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666))
-    except OSError as err:  # a read-only or unwritable place: say so before any work starts
-        raise InputError(f"{flag} {path}: cannot write there ({err.strerror})") from None
+    lock_path, created = _lock_file(path, flag, folder)
     key = str(lock_path.resolve())
     if key in _HELD:
         yield path
         return
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder_text(fd)
-            os.close(fd)
-            if created:
-                _rmdir_if_empty(path)
-            raise InputError(f"{flag} {path}: {what} in use by {holder}; wait for it to finish or choose another {flag}") from None
-        # The holder before us may have removed the file after we opened it: lock the file that is there now.
-        try:
-            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    fd, holder = _lock(lock_path)
+    if fd is None:
+        if created:
+            _rmdir_if_empty(path)
+        raise InputError(f"{flag} {path}: {what} in use by {holder}; wait for it to finish or choose another {flag}")
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(["semgen", *sys.argv[1:]]),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -103,6 +75,48 @@ def hold(path: str | os.PathLike, what: str, flag: str = "--out", folder: bool =
         os.close(fd)
         if created:
             _rmdir_if_empty(path)
+
+
+def _lock_file(path: Path, flag: str, folder: bool) -> tuple[Path, bool]:
+    """The lock file of `path` (created empty if missing) and whether this call created the folder."""
+    created = False
+    try:
+        if folder:
+            if path.exists() and not path.is_dir():
+                raise InputError(f"{flag} {path}: exists and is not a folder")
+            created = not path.exists()
+            path.mkdir(parents=True, exist_ok=True)
+            lock_path = path / LOCK_NAME
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = path.parent / f".{path.name}.lock"
+        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666))
+    except OSError as err:  # a read-only or unwritable place: say so before any work starts
+        raise InputError(f"{flag} {path}: cannot write there ({err.strerror})") from None
+    return lock_path, created
+
+
+def _lock(lock_path: Path) -> tuple[int | None, str]:
+    """(fd holding the exclusive flock of `lock_path`, "") or, if another process holds it,
+    (None, who holds it)."""
+    import fcntl
+
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(fd)
+            os.close(fd)
+            return None, holder
+        # The holder before us may have removed the file after we opened it: lock the file that is there now.
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd, ""
+        os.close(fd)
 
 
 def _rmdir_if_empty(path: Path) -> None:

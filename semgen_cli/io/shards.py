@@ -9,14 +9,14 @@ Layout of a data folder (DESIGN §4):
     data/index.json                written LAST and atomically: format, producer config, component
                                    fingerprints, fields, totals, per shard its samples, bytes, sha256
 
-Samples keep their own length (a 60 s clip and a 3 s clip live side by side), so fields have a
-variable leading axis. The index is the commit marker for the whole folder (mosaicml/streaming's
+`ShardWriter` writes such a folder (a shard per `shard_size` inputs, each committed by its
+marker, the index last); `Dataset` reads it. Samples keep their own length (a 60 s clip and a
+3 s clip live side by side), so fields have a variable leading axis. The index is the commit marker for the whole folder (mosaicml/streaming's
 MDS pattern): a folder without index.json is not a dataset yet.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from semgen_cli.errors import InputError, MismatchError
+from semgen_cli.io.atomic import follow_umask as follow_umask  # re-exported: importers of these names from here keep working
+from semgen_cli.io.atomic import save_tensors_atomic, write_json_atomic, write_text_atomic
+from semgen_cli.io.atomic import write_problem as write_problem
 
 FORMAT = "semgen-shards"
 VERSION = 1
@@ -41,14 +44,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def follow_umask(path: str | os.PathLike) -> None:
-    """Give `path` the mode a plain `open()` would (0o666 minus the umask): safetensors writes
-    its files 0600, which would keep others from reading a shared data or run folder."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def file_record(path: str | os.PathLike) -> dict:
@@ -106,59 +101,6 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
         return load_file(str(path), device=device)
     except Exception as err:  # SafetensorError and friends: a corrupt file
         raise InputError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0][:160]})") from None
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temp file beside `path`, fsync, then rename over it."""
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _removed_on_failure(tmp, path):
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
-def save_tensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Save tensors under a temp name, then rename. Keep `metadata` to ONE key: safetensors
-    stores it in a hash map whose order varies between processes, so several keys would make
-    the bytes (and the sha256) of identical shards differ."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _removed_on_failure(tmp, path):
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        follow_umask(tmp)
-        os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _removed_on_failure(tmp: Path, path: Path):
-    """Remove `tmp` if the block fails in any way; an OSError (a read-only file system, a full
-    disk, a folder that is not one) becomes one line naming `path` and the system's reason."""
-    try:
-        yield
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":  # safetensors reports I/O errors as its own
-            raise InputError(f"{path}: cannot write ({write_problem(err)})") from None
-        raise
-
-
-def write_problem(err: BaseException) -> str:
-    """The system's words for a failed write: "No space left on device", "Read-only file system", …"""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    text = str(err).strip().splitlines()
-    text = text[0].split("I/O error: ")[-1] if text else type(err).__name__  # safetensors: "Error while serializing: I/O error: …"
-    return text[:160]
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -342,3 +284,202 @@ class Dataset:
                     f"{self.root}: {role} fingerprint {have} differs from {fp} used by {source}; "
                     "extract the data with the same components"
                 )
+
+
+# ----------------------------------------------------------------------------- write side
+
+
+@dataclass(frozen=True)
+class Field:
+    """One tensor of every sample: its axis names and the one axis whose length varies by sample."""
+
+    axes: tuple[str, ...]
+    variable: int
+
+
+class _OpenShard:
+    """The shard being written: its samples' tensors and records, and its failed inputs."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.tensors, self.records, self.failures = k, {}, [], []
+
+    @property
+    def inputs(self) -> int:
+        return len(self.records) + len(self.failures)
+
+
+class ShardWriter:
+    """Write side of a shard folder: rolls to a new shard every `shard_size` inputs, commits each
+    shard with its marker, and writes index.json last (mosaicml/streaming's MDS writer pattern).
+
+    The inputs (`sources`, relative paths in a fixed order) are planned up front: shard k holds
+    inputs ``k * shard_size`` up to ``(k + 1) * shard_size``, failed ones included, so a rerun
+    puts every input in the same shard. Each input becomes a sample (:meth:`write`) or a failure
+    (:meth:`fail`), in plan order; once a shard has all its inputs it is flushed (tensors, records,
+    then its commit marker ``.progress/shard-k.json``) and the next input opens the shard it
+    starts, skipping shards that are :meth:`done` or that another rank writes. :meth:`finish`
+    indexes the folder. A shard left unfinished by an exception is dropped; a rerun redoes it.
+    """
+
+    def __init__(self, root: str | os.PathLike, sources: list[str], shard_size: int, fields: dict[str, Field], dtype: str):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        self.root = Path(root)
+        self.plan = [sources[i : i + shard_size] for i in range(0, len(sources), shard_size)]
+        self.fields, self.dtype = fields, dtype
+        self._starts = {shard[0]: k for k, shard in enumerate(self.plan)}
+        self._open: _OpenShard | None = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        shard, self._open = self._open, None
+        if exc_type is None and shard is not None:
+            raise ValueError(f"{shard_name(shard.k)}: {shard.inputs} of its {len(self.plan[shard.k])} inputs written")
+
+    def marker(self, k: int) -> Path:
+        """The commit marker of shard `k`."""
+        return self.root / ".progress" / f"{shard_name(k)}.json"
+
+    def done(self, k: int) -> bool:
+        """Shard `k` is finished: its marker lists the planned sources, and its file (re-hashed:
+        a corrupt one is written again rather than indexed) and records are there."""
+        path = self.marker(k)
+        if not path.is_file():
+            return False
+        try:
+            done = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return False
+        if done.get("sources") != self.plan[k]:
+            return False
+        if done["samples"] == 0:
+            return True
+        name = shard_name(k)
+        shard = self.root / f"{name}.safetensors"
+        return (shard.is_file() and shard.stat().st_size == done["bytes"] and (self.root / f"{name}.jsonl").is_file()
+                and sha256_file(shard) == done.get("sha256"))
+
+    def write(self, record: dict, tensors: dict) -> None:
+        """One sample: its `record` (a line of the shard's records: "id", "source", "duration"...)
+        and its tensors by field name, stored as "<id>/<field>", floating ones in `dtype`."""
+        import torch
+
+        if set(tensors) != set(self.fields):
+            raise ValueError(f"{record['source']}: tensors {sorted(tensors)}, the shards hold {sorted(self.fields)}")
+        shard = self._expect(record["source"])
+        dtype = getattr(torch, self.dtype)
+        for name, value in tensors.items():
+            shard.tensors[f"{record['id']}/{name}"] = value.to(dtype) if value.is_floating_point() else value
+        shard.records.append(record)
+        self._roll()
+
+    def fail(self, source: str, reason: str) -> None:
+        """An input that gave no sample, and why (listed in failures.jsonl)."""
+        self._expect(source).failures.append({"source": source, "reason": reason})
+        self._roll()
+
+    def _expect(self, source: str) -> _OpenShard:
+        if self._open is None:
+            if source not in self._starts:
+                raise ValueError(f"{source!r} does not start a shard; write each shard's inputs whole and in plan order")
+            self._open = _OpenShard(self._starts[source])
+        shard = self._open
+        expected = self.plan[shard.k][shard.inputs]
+        if source != expected:
+            raise ValueError(f"{shard_name(shard.k)}: {source!r} written where the plan has {expected!r}")
+        return shard
+
+    def _roll(self) -> None:
+        shard = self._open
+        if shard.inputs < len(self.plan[shard.k]):
+            return
+        self._open = None
+        name = shard_name(shard.k)
+        nbytes, digest = 0, None
+        if shard.records:
+            path = self.root / f"{name}.safetensors"
+            save_tensors_atomic(path, shard.tensors, metadata={"semgen": json.dumps({"format": FORMAT, "shard": name})})
+            write_text_atomic(self.root / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in shard.records))
+            nbytes, digest = path.stat().st_size, sha256_file(path)
+        self.marker(shard.k).parent.mkdir(exist_ok=True)
+        write_json_atomic(self.marker(shard.k), {
+            "name": name,
+            "sources": self.plan[shard.k],
+            "samples": len(shard.records),
+            "seconds": sum(r["duration"] for r in shard.records),
+            "bytes": nbytes,
+            "sha256": digest,
+            "failures": shard.failures,
+            "truncated": sum(1 for r in shard.records if r.get("truncated")),
+        })
+
+    def finish(self, header: dict, config: dict | None = None) -> dict:
+        """Index every planned shard (all ranks' markers must be there): failures.jsonl, then the
+        producer's `config` as config.json, then index.json last and atomically; `header`
+        ("producer", "components", ...) goes into the index before its fields and totals, which
+        it returns."""
+        if self._open is not None:
+            raise ValueError(f"finish() with {shard_name(self._open.k)} unfinished")
+        shards, failures = [], []
+        total, seconds, truncated = 0, 0.0, 0
+        owner: dict[str, str] = {}  # sample id -> shard that holds it
+        for k in range(len(self.plan)):
+            path = self.marker(k)
+            if not path.is_file():
+                raise InputError(f"{path}: missing; another rank did not finish — rerun the same command to resume")
+            marker = read_json(path)
+            failures.extend(marker["failures"])
+            truncated += marker.get("truncated", 0)
+            if marker["samples"]:
+                self._check_ids(marker, owner)
+                shards.append({key: marker[key] for key in ("name", "samples", "bytes", "sha256", "seconds")})
+                total += marker["samples"]
+                seconds += marker["seconds"]
+        fields = self._field_shapes(shards)
+        write_text_atomic(self.root / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
+        if config is not None:
+            write_json_atomic(self.root / "config.json", config)
+        index = {"format": FORMAT, "version": VERSION, **header, "fields": fields, "total_samples": total,
+                 "total_seconds": seconds, "failed": len(failures), "truncated": truncated, "shards": shards}
+        write_json_atomic(self.root / INDEX, index)
+        return index
+
+    def _check_ids(self, marker: dict, owner: dict[str, str]) -> None:
+        """The index counts a shard's samples only if its records and its tensors name the same ids,
+        as many as its marker says, none of them held by another shard."""
+        from safetensors import safe_open
+
+        name = marker["name"]
+        records = self.root / f"{name}.jsonl"
+        ids = [json.loads(line)["id"] for line in records.read_text().splitlines() if line.strip()]
+        with safe_open(str(self.root / f"{name}.safetensors"), framework="pt") as f:
+            held = {key.rsplit("/", 1)[0] for key in f.keys()}
+        if len(ids) != marker["samples"] or set(ids) != held or len(set(ids)) != len(ids):
+            raise InputError(
+                f"{records}: {len(ids)} records ({len(set(ids))} distinct ids) for {len(held)} tensor sets, its marker says {marker['samples']}; "
+                "extract into a new --out"
+            )
+        for sid in ids:
+            if sid in owner:
+                raise InputError(f"{self.root}: sample id {sid!r} is held by both {owner[sid]} and {name}; extract into a new --out")
+            owner[sid] = name
+
+    def _field_shapes(self, shards: list[dict]) -> dict:
+        """Field shapes from the first sample: the variable axis by name, the others as ints."""
+        if not shards:
+            return {}
+        from safetensors import safe_open
+
+        with safe_open(str(self.root / f"{shards[0]['name']}.safetensors"), framework="pt") as f:
+            sid = sorted(f.keys())[0].split("/")[0]
+            shapes = {}
+            for name, spec in self.fields.items():
+                shape = f.get_slice(f"{sid}/{name}").get_shape()
+                shapes[name] = {
+                    "dtype": self.dtype,
+                    "shape": [spec.axes[i] if i == spec.variable else int(s) for i, s in enumerate(shape)],
+                    "axes": list(spec.axes),
+                }
+        return shapes

@@ -1,4 +1,4 @@
-"""semgen's networks: the DiT of both stages (``dit``), its attention kernels (``attention``),
+"""semgen's networks: the DiT of both stages (``dit``, its layers in ``blocks``), its attention kernels (``attention``),
 the semantic compressor (``compressor``), Wan2.1 weight loading (``wan``) and size presets
 (``presets``). Pure ``nn.Module``s: no training logic, no noise process, no device literals."""
 

@@ -151,7 +151,7 @@ def _grouped_windows(q, k, v, plan: WindowPlan) -> torch.Tensor:
     if plan.perm is not None:
         q, k, v = (x[:, :, plan.perm] for x in (q, k, v))
     outs = [_windows(qg, kg, vg, n, length)
-            for (n, length), qg, kg, vg in zip(plan.groups, q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2))]
+            for (n, length), qg, kg, vg in zip(plan.groups, q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2), strict=True)]
     out = torch.cat(outs, dim=2)  # (B, H, L, Dh)
     return out if plan.perm is None else out[:, :, plan.inverse]
 

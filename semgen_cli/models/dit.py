@@ -29,9 +29,12 @@ Semantic tokens (stage 1): a semantic frame at latent time ``tau`` gets RoPE tim
 token at grid cell ``(i, j)`` of an ``hs x ws`` grid gets spatial position
 ``((i + 0.5) * Hp / hs - 0.5, (j + 0.5) * Wp / ws - 0.5)`` on the ``Hp x Wp`` patch grid (cell
 centres aligned; fractional positions are fine for RoPE). They are modulated (AdaLN) by the
-time embedding plus an embedding of their own noise level ``semantic_t`` (the ``sigma`` of
-``z + sigma * eps``, the same input at training and at inference), read text like the video
+time embedding plus an embedding of their own noise level ``semantic_sigma`` (the ``sigma`` of
+``z_sem + sigma * eps``, the same input at training and at inference), read text like the video
 tokens, and are dropped before the output head.
+
+The layers (embeddings, RoPE, attention, the block and its AdaLN ``modulate`` / ``gate``) live in
+``semgen_cli/models/blocks.py``; this module holds the config, the token positions and the model.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from torch.utils.checkpoint import checkpoint
 
 from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError
-from semgen_cli.models.attention import WindowPlan, attention, window_plan
+from semgen_cli.models.attention import WindowPlan, window_plan
+from semgen_cli.models.blocks import DiTBlock, LayerNormFP32, MLPEmbedder, RoPE3D, modulate, timestep_embedding
 
 ATTENTION_KINDS = ("full", "swin")
 QK_NORMS = ("rms_norm_across_heads", None)
@@ -95,6 +99,19 @@ class DiTConfig:
         self.patch = tuple(int(p) for p in self.patch)
         if self.out_channels is None:
             self.out_channels = self.in_channels
+        self._check_sizes()
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"DiT attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.attention == "swin" and self.window < 2:
+            raise ConfigError(f"DiT swin window must be at least 2 latent frames, got {self.window}")
+        if self.qk_norm not in QK_NORMS:
+            raise ConfigError(f"DiT qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
+        if self.semantic_dim < 0:
+            raise ConfigError(f"DiT semantic_dim must be >= 0 (0 = none), got {self.semantic_dim}")
+        if self.eps <= 0 or self.rope_theta <= 0 or self.timestep_scale <= 0:
+            raise ConfigError("DiT eps, rope_theta and timestep_scale must be positive")
+
+    def _check_sizes(self) -> None:
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise ConfigError(f"DiT patch must be three positive ints (t, h, w), got {self.patch}")
         for name in ("in_channels", "out_channels", "dim", "layers", "heads", "ffn_dim", "text_dim"):
@@ -107,16 +124,6 @@ class DiTConfig:
         head_dim = self.dim // self.heads
         if head_dim % 2 or head_dim < 6:
             raise ConfigError(f"DiT head dim {head_dim} (dim / heads) must be even and >= 6 for 3D RoPE")
-        if self.attention not in ATTENTION_KINDS:
-            raise ConfigError(f"DiT attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.attention == "swin" and self.window < 2:
-            raise ConfigError(f"DiT swin window must be at least 2 latent frames, got {self.window}")
-        if self.qk_norm not in QK_NORMS:
-            raise ConfigError(f"DiT qk_norm must be one of {QK_NORMS}, got {self.qk_norm!r}")
-        if self.semantic_dim < 0:
-            raise ConfigError(f"DiT semantic_dim must be >= 0 (0 = none), got {self.semantic_dim}")
-        if self.eps <= 0 or self.rope_theta <= 0 or self.timestep_scale <= 0:
-            raise ConfigError("DiT eps, rope_theta and timestep_scale must be positive")
 
     @property
     def head_dim(self) -> int:
@@ -157,58 +164,7 @@ class DiTConfig:
         return cls(**d)
 
 
-# ----------------------------------------------------------------------------- embeddings
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (B,) values, ``[cos, sin]`` order as in Wan -> (B, dim) float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]  # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-class MLPEmbedder(nn.Module):
-    """Linear -> activation -> Linear (the timestep and text embedders)."""
-
-    def __init__(self, in_dim: int, dim: int, act: nn.Module):
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, dim)
-        self.act = act
-        self.fc2 = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class RoPE3D(nn.Module):
-    """3D rotary embedding: the head dim is split into t/h/w parts (h = w = 2*(Dh//6), t = rest),
-    each rotated by its own axis position with frequencies ``theta ** (-2i / part)``."""
-
-    def __init__(self, head_dim: int, theta: float):
-        super().__init__()
-        hw = 2 * (head_dim // 6)
-        self.parts = (head_dim - 2 * hw, hw, hw)
-        self.theta = theta
-
-    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``pos`` (..., L, 3) positions (t, h, w) -> cos, sin (..., L, Dh/2) float32."""
-        # float64 angles as Wan's table, so long/fractional positions stay exact; MPS has no float64
-        f64 = torch.float32 if pos.device.type == "mps" else torch.float64
-        angles = []
-        for axis, part in enumerate(self.parts):
-            inv = 1.0 / (self.theta ** (torch.arange(0, part, 2, dtype=f64, device=pos.device) / part))
-            angles.append(pos[..., axis : axis + 1].to(f64) * inv)  # (..., L, part/2)
-        angles = torch.cat(angles, dim=-1)  # (..., L, Dh/2)
-        return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate interleaved pairs of ``x`` (B, H, L, Dh) by ``rope`` cos, sin (B|1, L, Dh/2)."""
-    cos, sin = (r.unsqueeze(1) for r in rope)  # (B|1, 1, L, Dh/2)
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, L, Dh/2) each
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, L, Dh/2, 2)
-    return out.flatten(-2).type_as(x)
+# ----------------------------------------------------------------------------- token positions
 
 
 def video_positions(frames: int, height: int, width: int, device=None) -> torch.Tensor:
@@ -271,112 +227,6 @@ def semantic_times_from_fps(
     k = torch.arange(num_semantic, device=device, dtype=torch.float32)
     seconds = (k * temporal_patch + (temporal_patch - 1) / 2) / semantic_fps
     return seconds * latent_fps
-
-
-# ----------------------------------------------------------------------------- blocks
-
-
-class LayerNormFP32(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the parameter / activation dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
-
-
-class Attention(nn.Module):
-    """Multi-head attention with RMSNorm on q and k over the full width (Wan's qk norm).
-
-    Self-attention when ``context`` is None (RoPE and the window plan apply), else cross-attention
-    on ``context``; either takes an optional key-padding mask (self-attention: full only).
-    """
-
-    def __init__(self, dim: int, heads: int, eps: float, qk_norm: str | None):
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.q_norm = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        plan: WindowPlan | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        B, L, D = x.shape
-        src = x if context is None else context
-        q = self.q_norm(self.q(x)).view(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
-        k = self.k_norm(self.k(src)).view(B, src.shape[1], self.heads, -1).transpose(1, 2)  # (B, H, S, Dh)
-        v = self.v(src).view(B, src.shape[1], self.heads, -1).transpose(1, 2)  # (B, H, S, Dh)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        if context is None:
-            out = attention(q, k, v, plan, key_mask=mask)  # (B, H, L, Dh)
-        else:
-            attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, S)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, Dh)
-        return self.o(out.transpose(1, 2).reshape(B, L, D))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-def _segments(x: torch.Tensor, p: torch.Tensor, split: tuple[int, ...], fn) -> torch.Tensor:
-    """Apply ``fn(x_part, p_part)`` with per-segment modulation ``p`` (B, S, ..., D) to the
-    ``split`` token segments of ``x`` (B, L, D): video tokens, then semantic tokens."""
-    if p.shape[1] == 1:
-        return fn(x, p[:, 0, None])
-    parts = x.split(split, dim=1)
-    return torch.cat([fn(xp, p[:, i, None]) for i, xp in enumerate(parts)], dim=1)
-
-
-class DiTBlock(nn.Module):
-    """Self-attention, text cross-attention and FFN; AdaLN modulation (shift, scale, gate) of the
-    self-attention and FFN from a learned table plus the shared timestep projection (as Wan)."""
-
-    def __init__(self, cfg: DiTConfig):
-        super().__init__()
-        D = cfg.dim
-        self.norm1 = LayerNormFP32(D, eps=cfg.eps, elementwise_affine=False)
-        self.self_attn = Attention(D, cfg.heads, cfg.eps, cfg.qk_norm)
-        self.cross_norm = LayerNormFP32(D, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
-        self.cross_attn = Attention(D, cfg.heads, cfg.eps, cfg.qk_norm)
-        self.norm3 = LayerNormFP32(D, eps=cfg.eps, elementwise_affine=False)
-        self.ffn = FeedForward(D, cfg.ffn_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 6, D) / D**0.5)
-
-    def forward(self, x, context, mod, split, rope, plan=None, text_mask=None, key_mask=None):
-        """``x`` (B, L, D); ``mod`` (B, S, 6, D) per token segment (S = 1 or 2); ``split`` lengths;
-        ``key_mask`` (B, L) bool self-attention key-padding mask (True = real) or None."""
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation[:, None] + mod.float()).unbind(2)  # (B, S, D)
-
-        # 1. Self-attention (full or windowed), AdaLN-modulated and gated
-        h = _segments(self.norm1(x), torch.stack([shift, scale], 2), split, lambda a, p: a * (1 + p[:, :, 1]) + p[:, :, 0])
-        h = self.self_attn(h.type_as(x), rope=rope, plan=plan, mask=key_mask)
-        x = (x.float() + _segments(h, gate, split, lambda a, g: a * g)).type_as(x)
-
-        # 2. Text cross-attention
-        h = self.cross_norm(x.float()).type_as(x)
-        x = x + self.cross_attn(h, context=context, mask=text_mask)
-
-        # 3. Feed-forward, AdaLN-modulated and gated
-        h = _segments(self.norm3(x), torch.stack([c_shift, c_scale], 2), split, lambda a, p: a * (1 + p[:, :, 1]) + p[:, :, 0])
-        h = self.ffn(h.type_as(x))
-        return (x.float() + _segments(h.float(), c_gate, split, lambda a, g: a * g)).type_as(x)
 
 
 # ----------------------------------------------------------------------------- model
@@ -448,7 +298,7 @@ class DiT(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor | None = None,
         semantic: torch.Tensor | None = None,
-        semantic_t: torch.Tensor | None = None,
+        semantic_sigma: torch.Tensor | None = None,
         semantic_times: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -460,7 +310,8 @@ class DiT(nn.Module):
             text: (B, Lt, text_dim) text embeddings.
             text_mask: (B, Lt) bool, True = attend; None attends to every text token (Wan).
             semantic: (B, Ts, hs, ws, semantic_dim) in-context semantic tokens, or None.
-            semantic_t: (B,) noise level sigma of ``semantic`` (0 = clean); None means 0.
+            semantic_sigma: (B,) or (1,) noise level of ``semantic``, the ``sigma`` of
+                ``z_sem + sigma * eps`` (paper §3.2, as RAE; 0 = clean); None means 0.
             semantic_times: (Ts,) or (B, Ts) latent time of each semantic frame; None means
                 evenly spread over the clip (:func:`semantic_latent_times`; it depends on T,
                 so pass it explicitly when T is padded).
@@ -474,80 +325,46 @@ class DiT(nn.Module):
             (B, out_channels, T, H, W) velocity.
         """
         cfg = self.config
-        B, C, T, H, W = x.shape
-        pt, ph, pw = cfg.patch
-        if C != cfg.in_channels:
-            raise ValueError(f"DiT expects {cfg.in_channels} input channels, got {C}")
-        if T % pt or H % ph or W % pw:
-            raise ValueError(f"input (T, H, W) = {(T, H, W)} is not divisible by the patch {cfg.patch}")
-        Tp, Hp, Wp = T // pt, H // ph, W // pw
+        video_mask = self._check_inputs(x, text_mask, semantic, semantic_times, token_mask)
+        B, _, T, H, W = x.shape
+        Tp, Hp, Wp = T // cfg.patch[0], H // cfg.patch[1], W // cfg.patch[2]
         Nv = Tp * Hp * Wp
-        if token_mask is not None:
-            if cfg.attention != "full":
-                raise ValueError(
-                    f"token_mask needs full attention; this DiT uses {cfg.attention!r} attention "
-                    "(pad-free batches or attention='full', as stage 2 uses)"
-                )
-            if tuple(token_mask.shape) != (B, Nv):
-                raise ValueError(
-                    f"token_mask must be (B, Nv) = {(B, Nv)} over the {Tp}x{Hp}x{Wp} patch-token grid, "
-                    f"got {tuple(token_mask.shape)} (see frame_mask_to_token_mask)"
-                )
-            token_mask = token_mask.to(device=x.device, dtype=torch.bool)
 
         # 1. Patch embedding and video positions
         h = self.patch_embed(x.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)  # (B, Nv, D), time-major
         pos = video_positions(Tp, Hp, Wp, device=x.device)[None]  # (1, Nv, 3)
-        slots = torch.arange(Tp, device=x.device).repeat_interleave(Hp * Wp)  # (Nv,) latent slot
+        slots = torch.arange(Tp, device=x.device).repeat_interleave(Hp * Wp)  # (Nv,) latent frame of each token
+        split: tuple[int, ...] = (Nv,)  # token segments: video tokens (then semantic tokens)
 
-        # 2. In-context semantic tokens: projected, concatenated, on the latent time axis
-        split: tuple[int, ...] = (Nv,)
+        # 2. In-context semantic tokens: projected, concatenated, placed on the latent time axis
         if semantic is not None:
-            if not cfg.semantic_dim:
-                raise ValueError("this DiT was built without semantic tokens (semantic_dim=0)")
-            Bs, Ts, hs, ws, Ds = semantic.shape
-            if Bs != B or Ds != cfg.semantic_dim:
-                raise ValueError(f"semantic must be (B={B}, Ts, hs, ws, {cfg.semantic_dim}), got {tuple(semantic.shape)}")
-            if semantic_times is None:
-                semantic_times = semantic_latent_times(Ts, Tp, device=x.device)
-            times = semantic_times.to(x.device)
+            _, Ts, hs, ws, _ = semantic.shape
+            times = semantic_latent_times(Ts, Tp, device=x.device) if semantic_times is None else semantic_times.to(x.device)
             times = times[None] if times.ndim == 1 else times  # (B|1, Ts)
-            if times.shape[-1] != Ts:
-                raise ValueError(f"semantic_times has {times.shape[-1]} entries for {Ts} semantic frames")
             s = self.semantic_embed(semantic.to(h.dtype)).reshape(B, Ts * hs * ws, -1)  # (B, Ns, D)
             h = torch.cat([h, s], dim=1)  # (B, Nv + Ns, D)
             spos = semantic_positions(times, hs, ws, Hp, Wp).to(pos.dtype)  # (B|1, Ns, 3)
             pos = torch.cat([pos.expand(spos.shape[0], -1, -1), spos], dim=1)  # (B|1, L, 3)
             split = (Nv, Ts * hs * ws)
-            if cfg.attention == "swin":
-                sem_slots = torch.round(times).clamp(0, Tp - 1).long()  # (B|1, Ts)
-                if not bool((sem_slots == sem_slots[:1]).all()):
-                    raise ValueError("swin attention needs the same semantic_times for every sample of a batch")
-                slots = torch.cat([slots, sem_slots[0].repeat_interleave(hs * ws)])  # (L,)
+            if cfg.attention == "swin":  # the same frames for every sample (checked)
+                sem_slots = torch.round(times[0]).clamp(0, Tp - 1).long()  # (Ts,)
+                slots = torch.cat([slots, sem_slots.repeat_interleave(hs * ws)])  # (L,)
 
         # 3. 3D RoPE
         rope = self.rope(pos)  # cos, sin (B|1, L, Dh/2)
 
-        # 4. Conditions: time -> AdaLN modulation (per token segment), text -> context
+        # 4. Conditions: time (+ the semantic noise level) -> AdaLN modulation per token segment, text -> context
         temb = self.time_embed(timestep_embedding(t * cfg.timestep_scale, cfg.freq_dim).to(h.dtype))  # (B, D)
         cond = temb[:, None]  # (B, 1, D)
         if semantic is not None:
-            sigma = torch.zeros(B, device=x.device) if semantic_t is None else torch.as_tensor(semantic_t, device=x.device).expand(B)
-            stemb = temb + self.sigma_embed(timestep_embedding(sigma * cfg.timestep_scale, cfg.freq_dim).to(h.dtype))
-            cond = torch.stack([temb, stemb], dim=1)  # (B, 2, D)
+            sigma = torch.zeros(B, device=x.device) if semantic_sigma is None else torch.as_tensor(semantic_sigma, device=x.device).expand(B)
+            semb = temb + self.sigma_embed(timestep_embedding(sigma * cfg.timestep_scale, cfg.freq_dim).to(h.dtype))
+            cond = torch.stack([temb, semb], dim=1)  # (B, 2, D)
         mod = self.time_proj(F.silu(cond)).unflatten(-1, (6, -1))  # (B, S, 6, D)
         context = self.text_embed(text.to(h.dtype))  # (B, Lt, D)
-        if text_mask is not None and not bool(text_mask.any(dim=-1).all()):
-            raise ValueError("text_mask masks every text token of a sample; keep at least one (e.g. the EOS token)")
-        key_mask = None
-        if token_mask is not None:
-            everything, some = torch.stack([token_mask.all(), token_mask.any(dim=-1).all()]).tolist()  # one sync
-            if not everything:  # an all-real mask keeps the mask-free (fused) SDPA kernels
-                if not some and semantic is None:
-                    raise ValueError("token_mask masks every video token of a sample; each sample needs a real token")
-                key_mask = token_mask
-                if semantic is not None:  # semantic tokens are always real
-                    key_mask = torch.cat([key_mask, key_mask.new_ones(B, h.shape[1] - Nv)], dim=1)  # (B, L)
+        key_mask = video_mask
+        if video_mask is not None and semantic is not None:  # semantic tokens are always real
+            key_mask = torch.cat([video_mask, video_mask.new_ones(B, h.shape[1] - Nv)], dim=1)  # (B, L)
 
         # 5. Window plans (swin): even layers unshifted, odd layers shifted by T_w / 2
         plans: tuple[WindowPlan | None, WindowPlan | None] = (None, None)
@@ -562,13 +379,68 @@ class DiT(nn.Module):
                 h = block(h, context, mod, split, rope, plans[i % 2], text_mask, key_mask)
 
         # 7. Output head on the video tokens only (semantic tokens are dropped), unpatchify
-        h = h[:, :Nv]  # (B, Nv, D)
-        shift, scale = (self.head_modulation + temb[:, None].float()).unbind(1)  # (B, D) each
-        h = (self.norm_out(h) * (1 + scale[:, None]) + shift[:, None]).type_as(h)
+        shift, scale = (self.head_modulation + temb[:, None].float()).chunk(2, dim=1)  # (B, 1, D) each
+        h = modulate(self.norm_out(h[:, :Nv]), shift, scale, (Nv,)).type_as(h)  # (B, Nv, D)
         out = self.head(h)  # (B, Nv, pt*ph*pw*C_out)
-        out = out.reshape(B, Tp, Hp, Wp, pt, ph, pw, -1)
+        out = out.reshape(B, Tp, Hp, Wp, *cfg.patch, -1)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C_out, Tp, pt, Hp, ph, Wp, pw)
         return out.reshape(B, -1, T, H, W)
+
+    def _check_inputs(self, x, text_mask, semantic, semantic_times, token_mask) -> torch.Tensor | None:
+        """Refuse, with a ValueError saying what to pass instead, inputs this DiT cannot take.
+
+        Returns ``token_mask`` as a bool mask on ``x``'s device, or None where every video token
+        is real (so the mask-free fused SDPA kernels run)."""
+        cfg = self.config
+        B, C, T, H, W = x.shape
+        pt, ph, pw = cfg.patch
+        if C != cfg.in_channels:
+            raise ValueError(f"DiT expects {cfg.in_channels} input channels, got {C}")
+        if T % pt or H % ph or W % pw:
+            raise ValueError(f"input (T, H, W) = {(T, H, W)} is not divisible by the patch {cfg.patch}")
+        grid = (T // pt, H // ph, W // pw)
+        if token_mask is not None:
+            self._check_token_mask_shape(token_mask, B, grid)
+        if semantic is not None:
+            self._check_semantic(semantic, semantic_times, B, grid[0])
+        if text_mask is not None and not bool(text_mask.any(dim=-1).all()):
+            raise ValueError("text_mask masks every text token of a sample; keep at least one (e.g. the EOS token)")
+        if token_mask is None:
+            return None
+        token_mask = token_mask.to(device=x.device, dtype=torch.bool)
+        everything, some = torch.stack([token_mask.all(), token_mask.any(dim=-1).all()]).tolist()  # one sync
+        if not some and semantic is None:
+            raise ValueError("token_mask masks every video token of a sample; each sample needs a real token")
+        return None if everything else token_mask
+
+    def _check_token_mask_shape(self, token_mask: torch.Tensor, B: int, grid: tuple[int, int, int]) -> None:
+        if self.config.attention != "full":
+            raise ValueError(
+                f"token_mask needs full attention; this DiT uses {self.config.attention!r} attention "
+                "(pad-free batches or attention='full', as stage 2 uses)"
+            )
+        Nv = math.prod(grid)
+        if tuple(token_mask.shape) != (B, Nv):
+            raise ValueError(
+                f"token_mask must be (B, Nv) = {(B, Nv)} over the {grid[0]}x{grid[1]}x{grid[2]} patch-token grid, "
+                f"got {tuple(token_mask.shape)} (see frame_mask_to_token_mask)"
+            )
+
+    def _check_semantic(self, semantic: torch.Tensor, semantic_times: torch.Tensor | None, B: int, Tp: int) -> None:
+        cfg = self.config
+        if not cfg.semantic_dim:
+            raise ValueError("this DiT was built without semantic tokens (semantic_dim=0)")
+        if semantic.ndim != 5 or semantic.shape[0] != B or semantic.shape[-1] != cfg.semantic_dim:
+            raise ValueError(f"semantic must be (B={B}, Ts, hs, ws, {cfg.semantic_dim}), got {tuple(semantic.shape)}")
+        if semantic_times is None:  # evenly spread: the same for every sample
+            return
+        Ts = semantic.shape[1]
+        if semantic_times.shape[-1] != Ts:
+            raise ValueError(f"semantic_times has {semantic_times.shape[-1]} entries for {Ts} semantic frames")
+        if cfg.attention == "swin":  # one window plan serves the whole batch
+            slots = torch.round(semantic_times.reshape(-1, Ts)).clamp(0, Tp - 1).long()  # (B|1, Ts)
+            if not bool((slots == slots[:1]).all()):
+                raise ValueError("swin attention needs the same semantic_times for every sample of a batch")
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -586,9 +458,9 @@ def resize_patch(state: dict[str, torch.Tensor], old: tuple[int, int, int], new:
     counts positions on the finer grid, which fine-tuning adapts to.
     """
     old, new = tuple(old), tuple(new)
-    if any(o % n for o, n in zip(old, new)):
+    if len(old) != 3 or len(new) != 3 or any(o % n for o, n in zip(old, new, strict=True)):
         raise ConfigError(f"patch {old} cannot be resized to {new}: each size must divide the old one")
-    groups = tuple(o // n for o, n in zip(old, new))
+    groups = tuple(o // n for o, n in zip(old, new, strict=True))
     out = dict(state)
     w = state["patch_embed.weight"]  # (D, C, *old)
     D, C = w.shape[:2]

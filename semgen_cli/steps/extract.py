@@ -13,24 +13,25 @@ exists (written after the shard's tensors and records), so a rerun after a crash
 shards and redoes the rest, ending with the same bytes as an uninterrupted run. Under torchrun,
 rank r does shards k ≡ r (mod world size); after a barrier rank 0 writes failures.jsonl and then
 index.json, last and atomically, after checking that every shard's records and tensors name the
-same sample ids (see `sample_id`: one per source path, extension included).
+same sample ids (see `sample_id`: one per source path, extension included). The shard format is
+`semgen_cli.io.shards.ShardWriter`'s; this step decodes (`semgen_cli.io.decoding`), encodes and
+hands it each input as a sample or a failure.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io import shards as S
+from semgen_cli.io.atomic import write_json_atomic
 from semgen_cli.io.captions import caption_for, escapes, load_captions
-from semgen_cli.io.video import list_videos, probe, read_video
+from semgen_cli.io.decoding import Decoder
+from semgen_cli.io.video import list_videos, probe
 from semgen_cli.reporting import NULL, Reporter
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -38,6 +39,12 @@ MAX_FPS = 1000.0
 MAX_WORKERS = 256
 """Highest --fps / --semantic-fps and --num-workers taken: far above any camera's rate and any
 machine's cores, so a larger value is a mistyped flag."""
+FIELDS = {
+    "latents": S.Field(("C", "T", "h", "w"), variable=1),  # VAE latents, T latent frames
+    "semantic": S.Field(("T", "h", "w", "d"), variable=0),  # semantic encoder tokens, T semantic frames
+    "text": S.Field(("L", "D"), variable=0),  # text embeddings, L tokens (padding not stored)
+}
+"""The tensors of every sample, as the index lists them."""
 
 
 @dataclass
@@ -92,14 +99,17 @@ class ExtractConfig:
             raise ConfigError(f"--shard-size must be at least 1, got {self.shard_size}")
         if not 0 <= self.num_workers <= MAX_WORKERS:
             raise ConfigError(f"--num-workers must be from 0 to {MAX_WORKERS}, got {self.num_workers}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self._check_frame_sizes()
+
+    def _check_frame_sizes(self) -> None:
         for name in ("min_pixels", "max_pixels"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             raise ConfigError(f"--min-pixels {self.min_pixels} is above --max-pixels {self.max_pixels}: swap them")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("size", "semantic_size"):
             value = getattr(self, name)
             if value is not None:
@@ -166,19 +176,6 @@ def _id_scheme(out: Path, sources: list[str]) -> str:
     return "legacy"
 
 
-def _decode(path: str, fps: float, size, semantic_fps: float, semantic_size, max_seconds) -> dict:
-    """Runs in a worker: probe and read both frame streams; errors come back as strings."""
-    try:
-        info = probe(path)
-        vae_frames = read_video(path, fps=fps, size=size, max_seconds=max_seconds)
-        sem_frames = read_video(path, fps=semantic_fps, size=semantic_size, max_seconds=max_seconds)
-        return {"info": info, "frames": vae_frames, "semantic_frames": sem_frames}
-    except InputError as err:
-        return {"error": str(err)}
-    except Exception as err:  # anything a broken file can make a decoder raise
-        return {"error": f"{path}: {type(err).__name__}: {err}"}
-
-
 def extract(cfg: ExtractConfig, reporter: Reporter = NULL) -> ExtractResult:
     """Run the extraction described by `cfg`; see the module docstring for the guarantees. The
     output folder is locked for the run: a second extraction into it is refused."""
@@ -195,63 +192,61 @@ def extract(cfg: ExtractConfig, reporter: Reporter = NULL) -> ExtractResult:
 
 def _extract(cfg: ExtractConfig, reporter: Reporter) -> ExtractResult:
     t_start = time.perf_counter()
-    root = Path(cfg.videos)
+    root, out = Path(cfg.videos), Path(cfg.out)
     videos = list_videos(root)
     if not videos:
         raise InputError(f"{root}: no video files ({', '.join(('.mp4', '.mov', '.mkv', '.webm', '.avi'))})")
     captions = load_captions(root)
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    progress = out / ".progress"
-    progress.mkdir(exist_ok=True)
-
+    (out / ".progress").mkdir(parents=True, exist_ok=True)
     if cfg.size is None:
         cfg.size = _default_size([v for v in videos if escapes(v, root) is None], root)
     if cfg.semantic_size is None:
         cfg.semantic_size = cfg.size
+    sources = [v.relative_to(root).as_posix() for v in videos]
     producer = cfg.producer()
-    scheme = _id_scheme(out, [v.relative_to(root).as_posix() for v in videos])
+    scheme = _id_scheme(out, sources)
     if scheme != ID_SCHEME:
         del producer["ids"]  # the folder's own settings, so that the resume check compares like with like
     _check_resume(out, producer)
 
-    plan = [videos[i : i + cfg.shard_size] for i in range(0, len(videos), cfg.shard_size)]
+    writer = S.ShardWriter(out, sources, cfg.shard_size, FIELDS, cfg.dtype)
     rank, world = _rank_world()
-    mine = [k for k in range(len(plan)) if k % world == rank]
-    todo = [k for k in mine if not _shard_done(out, k, [v.relative_to(root).as_posix() for v in plan[k]])]
+    mine = [k for k in range(len(writer.plan)) if k % world == rank]
+    todo = [k for k in mine if not writer.done(k)]
     kept = len(mine) - len(todo)
     if kept:
         reporter.info(f"resuming: {kept} finished shard(s) kept, {len(todo)} to do")
-
-    timings: dict[str, float] = {}
-    if todo or kept:
-        t0 = time.perf_counter()
-        encoders = _load_components(cfg)
-        timings["load components"] = time.perf_counter() - t0
-        components = {role: enc.describe() for role, enc in encoders.items()}
-        if kept:
-            _check_same_components(out, components)
-        S.write_json_atomic(progress / "components.json", components)
-    if todo:
-        n_todo = sum(len(plan[k]) for k in todo)
-        reporter.start("extract", total=n_todo, unit="videos")
-        seconds = 0.0
-        t0 = time.perf_counter()
-        with _Decoder(cfg) as decoder:
-            for k in todo:
-                seconds = _extract_shard(cfg, out, root, k, plan[k], captions, encoders, decoder, reporter, seconds, scheme)
-        reporter.finish("extract")
-        timings["extract"] = time.perf_counter() - t0
-
-    if world > 1:
-        _wait_for_all_ranks()
-    result = ExtractResult(out, 0, 0, 0.0, len(todo), kept, 0, timings)
-    if rank == 0:
-        _write_index(cfg, out, root, plan, producer, result)
-    timings["total"] = time.perf_counter() - t_start
+    result = ExtractResult(out, 0, 0, 0.0, len(todo), kept, 0, {})
+    encoders = _components(cfg, out, kept, result.timings) if todo or kept else {}
+    with writer:
+        if todo:
+            t0 = time.perf_counter()
+            _extract_shards(cfg, root, todo, writer, captions, encoders, reporter, scheme)
+            result.timings["extract"] = time.perf_counter() - t0
+        if world > 1:
+            _wait_for_all_ranks()
+        if rank == 0:
+            components = out / ".progress" / "components.json"
+            header = {"producer": producer, "videos": str(root.resolve()),
+                      "components": S.read_json(components) if components.is_file() else {}}
+            index = writer.finish(header, config={"step": "extract", **asdict(cfg)})
+            result.samples, result.failed = index["total_samples"], index["failed"]
+            result.seconds_of_video, result.truncated = index["total_seconds"], index["truncated"]
+    result.timings["total"] = time.perf_counter() - t_start
     return result
+
+
+def _components(cfg: ExtractConfig, out: Path, kept: int, timings: dict[str, float]) -> dict:
+    """The encoders, loaded; recorded in `.progress/components.json`, which a resumed folder's
+    kept shards must match (`_check_same_components`)."""
+    t0 = time.perf_counter()
+    encoders = _load_components(cfg)
+    timings["load components"] = time.perf_counter() - t0
+    components = {role: enc.describe() for role, enc in encoders.items()}
+    if kept:
+        _check_same_components(out, components)
+    write_json_atomic(out / ".progress" / "components.json", components)
+    return encoders
 
 
 def _wait_for_all_ranks() -> None:
@@ -292,7 +287,7 @@ def _check_resume(out: Path, producer: dict) -> None:
                 f"{out}: already holds an extraction with different settings ({', '.join(diff)}); use another --out"
             )
     else:
-        S.write_json_atomic(marker, producer)
+        write_json_atomic(marker, producer)
 
 
 def _check_same_components(out: Path, components: dict) -> None:
@@ -315,24 +310,6 @@ def _check_same_components(out: Path, components: dict) -> None:
                             f"pass the same --min-pixels/--max-pixels or use another --out")
 
 
-def _shard_done(out: Path, k: int, sources: list[str]) -> bool:
-    marker = out / ".progress" / f"{S.shard_name(k)}.json"
-    if not marker.is_file():
-        return False
-    try:
-        done = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        return False
-    if done.get("sources") != sources:
-        return False
-    if done["samples"] == 0:
-        return True
-    shard = out / f"{S.shard_name(k)}.safetensors"
-    # a kept shard is re-hashed: a corrupt one is extracted again rather than indexed
-    return (shard.is_file() and shard.stat().st_size == done["bytes"] and (out / f"{S.shard_name(k)}.jsonl").is_file()
-            and S.sha256_file(shard) == done.get("sha256"))
-
-
 def _load_components(cfg: ExtractConfig) -> dict:
     import torch
 
@@ -349,122 +326,41 @@ def _load_components(cfg: ExtractConfig) -> dict:
     }
 
 
-class _Decoder:
-    """Decodes videos in worker processes, a few ahead of the encoders (or inline with 0 workers)."""
-
-    def __init__(self, cfg: ExtractConfig) -> None:
-        self.cfg = cfg
-        self.pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> "_Decoder":
-        if self.cfg.num_workers > 0:
-            import multiprocessing as mp
-
-            self.pool = ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"),
-                                            initializer=_die_with_parent, initargs=(os.getpid(),))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-
-    def map(self, paths: list[Path]):
-        c = self.cfg
-        args = (c.fps, c.size, c.semantic_fps, c.semantic_size, c.max_seconds)
-        if self.pool is None:
-            for p in paths:
-                yield _decode(str(p), *args)
-            return
-        ahead = 2 * self.cfg.num_workers
-        futures: list[Future] = []
-        it = iter(paths)
-        for p in it:
-            futures.append(self.pool.submit(_decode, str(p), *args))
-            if len(futures) >= ahead:
-                break
-        while futures:
-            result = futures.pop(0).result()
-            nxt = next(it, None)
-            if nxt is not None:
-                futures.append(self.pool.submit(_decode, str(nxt), *args))
-            yield result
+def _extract_shards(cfg, root: Path, todo: list[int], writer: S.ShardWriter, captions, encoders: dict, reporter: Reporter,
+                    scheme: str) -> None:
+    """Each input of the shards `todo`, decoded and encoded, becomes a sample or a failure of `writer`."""
+    reporter.start("extract", total=sum(len(writer.plan[k]) for k in todo), unit="videos")
+    seconds, failed = 0.0, 0
+    with Decoder(cfg) as decoder:
+        for k in todo:
+            paths = [root / rel for rel in writer.plan[k]]
+            # a file that resolves outside the videos folder (a symlink out of it) is never read
+            outside = {p: escapes(p, root) for p in paths}
+            decoded = decoder.map([p for p in paths if not outside[p]])
+            for path in paths:
+                rel = path.relative_to(root).as_posix()
+                try:
+                    if outside[path]:
+                        raise InputError(f"{path}: resolves to {outside[path]}, outside {root}; semgen reads only files inside the videos folder")
+                    sample, record = _sample(cfg, root, path, next(decoded), captions, encoders, sample_id(rel, scheme))
+                except InputError as err:
+                    writer.fail(rel, str(err))
+                    failed += 1
+                else:
+                    writer.write(record, sample)
+                    seconds += record["duration"]
+                reporter.advance("extract", 1, video_s=round(seconds, 1), failed=failed)
+    reporter.finish("extract")
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: end this worker when the extracting process dies, even by `kill -9`
-    (Linux: PR_SET_PDEATHSIG; elsewhere a thread that watches the parent's pid)."""
-    import signal
-    import sys
-    import threading
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before the prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _extract_shard(cfg, out, root, k, paths, captions, encoders, decoder, reporter, seconds, scheme=ID_SCHEME) -> float:
-    import torch
-
-    dtype = getattr(torch, cfg.dtype)
-    tensors: dict[str, torch.Tensor] = {}
-    records: list[dict] = []
-    failures: list[dict] = []
-    # a file that resolves outside the videos folder (a symlink out of it) is never read
-    outside = {p: escapes(p, root) for p in paths}
-    decoded_all = decoder.map([p for p in paths if not outside[p]])
-    for path in paths:
-        rel = path.relative_to(root).as_posix()
-        try:
-            if outside[path]:
-                raise InputError(f"{path}: resolves to {outside[path]}, outside {root}; semgen reads only files inside the videos folder")
-            decoded = next(decoded_all)
-            caption = caption_for(path, root, captions)
-            if "error" in decoded:
-                raise InputError(decoded["error"])
-            if caption is None and not cfg.allow_uncaptioned:
-                raise InputError(f"{path}: no caption (add it to {root / 'metadata.jsonl'} or {path.with_suffix('.txt')}, or pass --allow-uncaptioned)")
-            sample, record = _encode_one(cfg, rel, decoded, caption, encoders, sample_id(rel, scheme))
-        except InputError as err:
-            failures.append({"source": rel, "reason": str(err)})
-        else:
-            sid = record["id"]
-            for name, value in sample.items():
-                tensors[f"{sid}/{name}"] = value.to(dtype) if value.is_floating_point() else value
-            records.append(record)
-            seconds += record["duration"]
-        reporter.advance("extract", 1, video_s=round(seconds, 1), failed=len(failures))
-    name = S.shard_name(k)
-    nbytes, digest = 0, None
-    if records:
-        shard = out / f"{name}.safetensors"
-        S.save_tensors_atomic(shard, tensors, metadata={"semgen": json.dumps({"format": S.FORMAT, "shard": name})})
-        S.write_text_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        nbytes, digest = shard.stat().st_size, S.sha256_file(shard)
-    marker = {
-        "name": name,
-        "sources": [p.relative_to(root).as_posix() for p in paths],
-        "samples": len(records),
-        "seconds": sum(r["duration"] for r in records),
-        "bytes": nbytes,
-        "sha256": digest,
-        "failures": failures,
-        "truncated": sum(1 for r in records if r.get("truncated")),
-    }
-    S.write_json_atomic(out / ".progress" / f"{name}.json", marker)
-    return seconds
+def _sample(cfg, root: Path, path: Path, decoded: dict, captions, encoders: dict, sid: str):
+    """(tensors, record) of the video at `path`, or an InputError saying why it cannot be used."""
+    caption = caption_for(path, root, captions)
+    if "error" in decoded:
+        raise InputError(decoded["error"])
+    if caption is None and not cfg.allow_uncaptioned:
+        raise InputError(f"{path}: no caption (add it to {root / 'metadata.jsonl'} or {path.with_suffix('.txt')}, or pass --allow-uncaptioned)")
+    return _encode_one(cfg, path.relative_to(root).as_posix(), decoded, caption, encoders, sid)
 
 
 def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: dict, sid: str):
@@ -506,85 +402,3 @@ def _encode_one(cfg, rel: str, decoded: dict, caption: dict | None, encoders: di
     if caption:
         record["attributes"] = {k: v for k, v in caption.items() if k not in ("file_name", "text")}
     return {"latents": latents, "semantic": semantic, "text": emb}, record
-
-
-def _write_index(cfg: ExtractConfig, out: Path, root: Path, plan, producer: dict, result: ExtractResult) -> None:
-    shards, failures = [], []
-    total, seconds, truncated = 0, 0.0, 0
-    owner: dict[str, str] = {}  # sample id -> shard that holds it
-    for k, paths in enumerate(plan):
-        marker_path = out / ".progress" / f"{S.shard_name(k)}.json"
-        if not marker_path.is_file():
-            raise InputError(f"{marker_path}: missing; another rank did not finish — rerun the same command to resume")
-        marker = S.read_json(marker_path)
-        failures.extend(marker["failures"])
-        truncated += marker.get("truncated", 0)
-        if marker["samples"]:
-            _check_shard_ids(out, marker, owner)
-            shards.append({"name": marker["name"], "samples": marker["samples"], "bytes": marker["bytes"], "sha256": marker["sha256"], "seconds": marker["seconds"]})
-            total += marker["samples"]
-            seconds += marker["seconds"]
-    components = S.read_json(out / ".progress" / "components.json") if (out / ".progress" / "components.json").is_file() else {}
-    fields = _fields(out, shards, components, cfg)
-    S.write_text_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
-    config = {"step": "extract", **asdict(cfg)}
-    S.write_json_atomic(out / "config.json", config)
-    index = {
-        "format": S.FORMAT,
-        "version": S.VERSION,
-        "producer": producer,
-        "videos": str(root.resolve()),
-        "components": components,
-        "fields": fields,
-        "total_samples": total,
-        "total_seconds": seconds,
-        "failed": len(failures),
-        "truncated": truncated,
-        "shards": shards,
-    }
-    S.write_json_atomic(out / S.INDEX, index)
-    result.samples, result.failed, result.seconds_of_video, result.truncated = total, len(failures), seconds, truncated
-
-
-def _check_shard_ids(out: Path, marker: dict, owner: dict[str, str]) -> None:
-    """The index counts a shard's samples only if its records and its tensors name the same ids,
-    as many as its marker says, none of them held by another shard."""
-    from safetensors import safe_open
-
-    name = marker["name"]
-    records = out / f"{name}.jsonl"
-    ids = [json.loads(line)["id"] for line in records.read_text().splitlines() if line.strip()]
-    with safe_open(str(out / f"{name}.safetensors"), framework="pt") as f:
-        held = {key.rsplit("/", 1)[0] for key in f.keys()}
-    if len(ids) != marker["samples"] or set(ids) != held or len(set(ids)) != len(ids):
-        raise InputError(
-            f"{records}: {len(ids)} records ({len(set(ids))} distinct ids) for {len(held)} tensor sets, its marker says {marker['samples']}; "
-            "extract into a new --out"
-        )
-    for sid in ids:
-        if sid in owner:
-            raise InputError(f"{out}: sample id {sid!r} is held by both {owner[sid]} and {name}; extract into a new --out")
-        owner[sid] = name
-
-
-def _fields(out: Path, shards: list[dict], components: dict, cfg: ExtractConfig) -> dict:
-    """Field shapes from the first sample: the variable axis is named, the others are ints."""
-    if not shards:
-        return {}
-    from safetensors import safe_open
-
-    names = {"latents": ["C", "T", "h", "w"], "semantic": ["T", "h", "w", "d"], "text": ["L", "D"]}
-    variable = {"latents": {1}, "semantic": {0}, "text": {0}}
-    with safe_open(str(out / f"{shards[0]['name']}.safetensors"), framework="pt") as f:
-        keys = sorted(f.keys())
-        sid = keys[0].split("/")[0]
-        fields = {}
-        for name in names:
-            t = f.get_slice(f"{sid}/{name}")
-            shape = t.get_shape()
-            fields[name] = {
-                "dtype": cfg.dtype,
-                "shape": [names[name][i] if i in variable[name] else int(s) for i, s in enumerate(shape)],
-                "axes": names[name],
-            }
-    return fields

@@ -188,7 +188,7 @@ class _AutoencoderStep(torch.nn.Module):
         return self.compressor.autoencoder_loss(batch)
 
 
-def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, allow_new_data: bool = False) -> dict:
+def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, allow_new_data: bool = False, monitor=None) -> dict:
     """Fit (or, for dim none, only measure) the compressor; returns the written config
     (with `interrupted: True` and no compressor.safetensors written when Ctrl-C stopped it)."""
     from semgen_cli.io.lock import hold
@@ -197,10 +197,10 @@ def fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool = False, re
     with hold(cfg.out, "run folder"):
         if resume:
             check_same_data(cfg.out, cfg.data, allow_new_data)
-        return _fit_compressor(cfg, train_cfg, resume, reporter, resume_hint)
+        return _fit_compressor(cfg, train_cfg, resume, reporter, resume_hint, monitor)
 
 
-def _fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None) -> dict:
+def _fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, monitor=None) -> dict:
     from semgen_cli.models.compressor import Compressor, CompressorConfig
     from semgen_cli.runs import tensors_fingerprint
     from semgen_cli.training import check_run_dir, load_checkpoint_weights, train
@@ -227,8 +227,11 @@ def _fit_compressor(cfg: FitCompressorConfig, train_cfg, resume: bool, reporter:
     torch.manual_seed(train_cfg.seed)
     compressor = Compressor(comp_cfg)
     if comp_cfg.dim is not None:
-        result = train(_AutoencoderStep(compressor), TokenDataset(data, cfg.features, cfg.tokens_per_sample, layout), torch.stack,
-                       lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint)
+        from semgen_cli.tracking import open_trackers  # --report-to (checked in MonitorConfig, before anything is written)
+
+        with open_trackers(monitor.report_to if monitor else (), out, config, resume) as trackers:
+            result = train(_AutoencoderStep(compressor), TokenDataset(data, cfg.features, cfg.tokens_per_sample, layout), torch.stack,
+                           lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint, trackers=trackers)
         if result.interrupted:  # the fit is not finished: no compressor.safetensors from it
             return {**config, "interrupted": True, "steps_trained": result.step}
         state = load_checkpoint_weights(out, which="ema" if train_cfg.ema_decay > 0 else "model")

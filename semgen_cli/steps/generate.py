@@ -14,7 +14,7 @@ The two trained stages are chained as in the paper's Fig. 3c:
    the reference is read at the semantic fps and size of the runs, encoded with the semantic
    encoder, compressed with the latent run's compressor (posterior mean) and normalised);
 3. stage 1 (the latent run) renders VAE latents for the whole duration with its shifted-window
-   attention, the plan in context at noise level σ (``z_sem + σ·ε``, ``semantic_t = σ``: the
+   attention, the plan in context at noise level σ (``z_sem + σ·ε``, ``semantic_sigma = σ``: the
    RAE-style noise it was trained with, fixed at inference), text by cross-attention, CFG on
    the text only (the plan is kept in both branches, as training only ever dropped the text);
 4. the VAE decodes ``decode_chunk`` latent frames at a time with its causal cache carried
@@ -818,7 +818,7 @@ class Pipeline:
             times = semantic_times_from_fps(r.semantic_tokens, r.semantic_fps, r.fps / stride, temporal_patch)[None]  # (1, Ts)
             sem_cond = {
                 "semantic": plan + r.sigma * plan_eps.to(self.device),  # the RAE noise the model was trained under, at fixed σ
-                "semantic_t": torch.full((1,), r.sigma, device=self.device),
+                "semantic_sigma": torch.full((1,), r.sigma, device=self.device),
                 "semantic_times": times.to(self.device),
             }
         cond, uncond = run_text(cond, uncond, r.lat)

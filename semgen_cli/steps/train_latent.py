@@ -346,7 +346,7 @@ class LatentStep(nn.Module):
         if self.condition != "none":
             sem, kl = self.condition_tokens(batch, generator)
             sem, sigma = noise_condition(sem, self.semantic_noise, generator)
-            cond.update(semantic=sem, semantic_t=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
+            cond.update(semantic=sem, semantic_sigma=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
         v = self.dit(interpolate(z0, eps, t), t, **cond)
@@ -501,17 +501,17 @@ def compressor_of_run(run: str | Path, flag: str = "--init"):
     return compressor.eval(), record, state
 
 
-def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, sample_steps: int = 10, allow_new_data: bool = False):
+def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False, monitor=None):
     from semgen_cli.io.lock import hold
     from semgen_cli.runs import check_same_data
 
     with hold(cfg.out, "run folder"):
         if resume:
             check_same_data(cfg.out, cfg.data, allow_new_data)
-        return _train_latent(cfg, train_cfg, resume, reporter, resume_hint, fsdp, sample_steps)
+        return _train_latent(cfg, train_cfg, resume, reporter, resume_hint, fsdp, monitor)
 
 
-def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, sample_steps: int):
+def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, monitor):
     from semgen_cli.models.acceleration import attention_backend, compile_blocks
     from semgen_cli.models.dit import semantic_times_from_fps
     from semgen_cli.steps.fit_compressor import load_compressor
@@ -550,6 +550,8 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         compressor.train(not cfg.freeze_compressor)
         for param in compressor.parameters():
             param.requires_grad_(not cfg.freeze_compressor)
+        if compressor.config.dim is not None:  # the decoder is fit-compressor's; no stage-1 loss reaches it (DDP would
+            compressor.decoder.requires_grad_(False)  # stop on parameters that never get a gradient)
     # training window
     shortest = min(r["duration"] for r in data.records)
     seconds = cfg.clip_seconds or shortest
@@ -567,6 +569,10 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     sem_dim = compressor.config.out_dim if compressor is not None else 0
     shift, _ = resolve_shift(cfg, data, resume)
     text = resolve_text(cfg, data, resume)
+    # monitoring (semgen_cli.validation): held-out clips, val_loss, samples, trackers
+    from semgen_cli.validation import latent_hooks
+
+    hooks = latent_hooks(monitor, dataset, functools.partial(collate, text_length=text.get("length")), train_cfg, cfg.out, seconds, resume, reporter)
     out = Path(cfg.out)
     resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
@@ -588,6 +594,7 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         "text": text,
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data), "windows": len(dataset)},
+        "validation": hooks.record,
     }
     if resume and (out / "config.json").is_file():
         _check_same_architecture(out, config)
@@ -595,9 +602,6 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     step = LatentStep(dit, compressor, cfg, semantic_times, shift)
     swin = f"swin window T_w = {cfg.window} latent frames; " if cfg.attention == "swin" else ""
     reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; {swin}window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
-    sampler = None
-    if train_cfg.sample_every:
-        sampler = ValidationSampler(dataset, data.components["vae"]["spec"], fps, shift, sample_steps, reporter, text.get("length"))
     batcher = functools.partial(collate, text_length=text.get("length"))
     stats = None
     if compressor is not None and not cfg.freeze_compressor and compressor.config.dim is not None:
@@ -606,48 +610,11 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         else:
             stats = CompressorStats(data, cfg.condition, vae_layout, reporter)
     compile_blocks(dit, cfg.compile)
-    with attention_backend(cfg.attention_backend):
-        result = train(step, dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter,
-                       resume_hint=resume_hint, on_checkpoint=sampler, before_save=stats,
+    with hooks.trackers(out, config, resume) as trackers, attention_backend(cfg.attention_backend):
+        result = train(step, hooks.dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
+                       on_checkpoint=hooks.sampler(trackers), before_save=stats, trackers=trackers, validate=hooks.validate,
                        fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
-
-
-class ValidationSampler:
-    """Writes `sample.mp4` into a checkpoint folder: the EMA model renders the first training
-    window's latents from noise (Euler, `steps`), conditioned on that window's semantic tokens
-    (σ = half the training maximum) and text, and the data's VAE decodes them. Same noise every
-    time (seed 0), so samples of successive checkpoints are comparable."""
-
-    def __init__(self, dataset: "LatentWindows", vae_spec: str, fps: float, shift: float, steps: int, reporter: Reporter,
-                 text_length: int | None = None) -> None:
-        from semgen_cli.training import Sample
-
-        self.item = collate([dataset[Sample(0, 0)]], text_length)
-        self.caption = dataset.data.records[dataset.index[0]]["caption"]
-        self.vae_spec, self.fps, self.shift, self.steps, self.reporter = vae_spec, fps, shift, steps, reporter
-        self.vae = None
-
-    def __call__(self, step: int, ckpt_dir: Path, model: "LatentStep") -> None:
-        from semgen_cli.components import load_vae
-        from semgen_cli.flow import euler_sample
-        from semgen_cli.io.video import write_video
-
-        if self.vae is None:
-            self.vae = load_vae(self.vae_spec)
-        dev = next(model.parameters()).device
-        batch = {k: v.to(dev) for k, v in self.item.items()}
-        g = torch.Generator().manual_seed(0)
-        noise = torch.randn(batch["latents"].shape, generator=g).to(dev)
-        cond: dict = {"text": batch["text"], "text_mask": batch.get("text_mask")}
-        if model.condition != "none":
-            sem, _ = model.condition_tokens(batch)
-            cond.update(semantic=sem, semantic_t=torch.full((1,), model.semantic_noise / 2, device=dev),
-                        semantic_times=model.semantic_times if model.semantic_times.numel() else None)
-        z = euler_sample(lambda x, t, **c: model.dit(x, t, **c), noise, self.steps, shift=self.shift, cond=cond)
-        frames = self.vae.decode(z[0].float().cpu())
-        write_video(ckpt_dir / "sample.mp4", frames, fps=self.fps, metadata={"step": step, "prompt": self.caption, "steps": self.steps})
-        self.reporter.info(f"sample: {ckpt_dir / 'sample.mp4'} ({self.caption})")
 
 
 def _recorded_window(cfg: TrainLatentConfig, resume: bool) -> int | None:

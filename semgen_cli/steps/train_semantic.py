@@ -247,17 +247,17 @@ def stage2_roles(condition: str | None) -> tuple[str, ...]:
     return ("vae", "text") if condition == "vae" else STAGE2_ROLES
 
 
-def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False):
+def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False, monitor=None):
     from semgen_cli.io.lock import hold
     from semgen_cli.runs import check_same_data
 
     with hold(cfg.out, "run folder"):
         if resume:
             check_same_data(cfg.out, cfg.data, allow_new_data)
-        return _train_semantic(cfg, train_cfg, resume, reporter, resume_hint, fsdp)
+        return _train_semantic(cfg, train_cfg, resume, reporter, resume_hint, fsdp, monitor)
 
 
-def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool):
+def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, monitor=None):
     from semgen_cli.flow import dimension_shift
     from semgen_cli.models.acceleration import attention_backend, compile_blocks
     from semgen_cli.training import check_run_dir, train
@@ -294,6 +294,11 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     mean_t = sum(dataset.clip_lengths) / len(dataset.clip_lengths)  # whole clips: windows leave the default shift as it was
     shift = cfg.shift or dimension_shift(int(c * mean_t * hs * ws))
     longest = max(r["duration"] for r in records)
+    # monitoring (semgen_cli.validation): held-out clips, val_loss, samples, trackers
+    from semgen_cli.validation import semantic_hooks
+
+    text_length = stage2_text(cfg, data).get("length")
+    hooks = semantic_hooks(monitor, dataset, functools.partial(collate, text_length=text_length), train_cfg, cfg.out, cfg.latent_run, resume, reporter)
     out = Path(cfg.out)
     resume_from = check_run_dir(out, resume)
     torch.manual_seed(train_cfg.seed)
@@ -314,6 +319,7 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
         "text": stage2_text(cfg, data),
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data)},
+        "validation": hooks.record,
     }
     if resume and (out / "config.json").is_file():
         from semgen_cli.runs import read_run
@@ -329,9 +335,10 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
     batcher = functools.partial(collate, text_length=config["text"].get("length"))
     compile_blocks(dit, cfg.compile)
-    with attention_backend(cfg.attention_backend):
-        result = train(step, dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter,
-                       resume_hint=resume_hint, fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
+    with hooks.trackers(out, config, resume) as trackers, attention_backend(cfg.attention_backend):
+        result = train(step, hooks.dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
+                       on_checkpoint=hooks.sampler(trackers), trackers=trackers, validate=hooks.validate,
+                       fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
 
 

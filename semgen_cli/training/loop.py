@@ -8,13 +8,12 @@ aborts) and what a KeyboardInterrupt may still save, which depends on the traine
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -45,6 +44,8 @@ def train(
     fsdp_modules: Callable[[nn.Module], list[nn.Module]] | None = None,
     device: str | torch.device | None = None,
     before_save: Callable[[nn.Module, dict[str, torch.Tensor] | None], None] | None = None,
+    trackers: Sequence[Any] = (),
+    validate: Callable[[int, nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train `model` for `cfg.steps` optimiser steps on `dataset`, writing into `out_dir`.
 
@@ -61,6 +62,12 @@ def train(
     before_save:   (model, ema_state or None) on every rank before each checkpoint is written; it
                    may change both in place (what must be saved with the weights, e.g. statistics
                    of a trained part). Not with fsdp (the weights are sharded).
+    trackers:      objects with `log(row, step)` (`semgen_cli.tracking`): rank 0 hands each one every
+                   metrics.jsonl row as it is written. A dict returned by on_checkpoint (e.g.
+                   {"sample_seconds": s}) becomes a row of its own at that step (with elapsed_s).
+    validate:      (step, model) -> {} or {"val_loss": …}, after every optimiser step on every rank
+                   (eval mode, no grad, the training precision, RNGs restored); what it returns joins
+                   that step's metrics row (written even off the log_every cadence).
     fsdp:          shard with FSDP2 `fully_shard`, per module of `fsdp_modules(model)` (default: the
                    entries of every nn.ModuleList), then the root. Needs a torchrun launch.
                    Checkpoints are then sharded DCP folders (`training.sharded`), written in the
@@ -74,11 +81,11 @@ def train(
     out_dir = Path(out_dir)
     with hold(out_dir, "run folder"):  # a no-op when the step calling us holds it already
         return _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint,
-                             resume_hint, fsdp, fsdp_modules, device, before_save)
+                             resume_hint, fsdp, fsdp_modules, device, before_save, trackers, validate)
 
 
 def _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint, resume_hint, fsdp,
-                  fsdp_modules, device, before_save) -> TrainResult:
+                  fsdp_modules, device, before_save, trackers=(), validate=None) -> TrainResult:
     ckpt = check_run_dir(out_dir, resume)
     if resume and ckpt is None and reporter is not None:
         reporter.warn(f"{out_dir}: no complete checkpoint (the run stopped during its first save); starting from step 0")
@@ -86,7 +93,7 @@ def _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, report
     try:
         trainer = _Trainer(
             d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint, fsdp,
-            fsdp_modules, device, before_save=before_save,
+            fsdp_modules, device, before_save=before_save, trackers=trackers, validate=validate,
         )
         result = _run(trainer, ckpt)
     except BaseException:
@@ -140,7 +147,7 @@ def _steps(t: _Trainer, metrics_path: Path) -> bool:
             _step_and_log(t, batches, metrics)
             if t.stop_requested:
                 break
-            _save_if_due(t)
+            _save_if_due(t, metrics)
     except KeyboardInterrupt:
         # Ctrl-C outside the SIGINT handler (a second Ctrl-C, a non-main thread, a callback).
         _after_keyboard_interrupt(t)
@@ -161,26 +168,27 @@ def _step_and_log(t: _Trainer, batches: Iterator[Any], metrics: IO[str] | None) 
     t.phase = Phase.DONE
     dt = time.perf_counter() - t_step
     t.last_loss = row["loss"]
+    held_out = t.held_out(t.step)  # {"val_loss": …} at a --val-every step; every rank joins
     if t.d.main:
-        _log(t, row, dt, metrics)
+        _log(t, row, dt, metrics, held_out)
 
 
-def _log(t: _Trainer, row: dict[str, float], dt: float, metrics: IO[str]) -> None:
-    """A metrics.jsonl line every `log_every` steps and at the last; the progress bar every step."""
+def _log(t: _Trainer, row: dict[str, float], dt: float, metrics: IO[str], held_out: dict[str, float]) -> None:
+    """A metrics.jsonl line every `log_every` steps, at the last and with a held-out loss; the
+    progress bar every step."""
     cfg, s = t.cfg, t.step
-    if s % cfg.log_every == 0 or s == cfg.steps:
+    if s % cfg.log_every == 0 or s == cfg.steps or held_out:
         rec = {
             "step": s, "loss": row["loss"], "lr": row["lr"], "grad_norm": row["grad_norm"],
             "samples_per_s": cfg.batch_size / dt,
             "elapsed_s": t.elapsed_before + (time.perf_counter() - t.t0),
-            **{k: v for k, v in row.items() if k not in ("loss", "lr", "grad_norm")},
+            **{k: v for k, v in row.items() if k not in ("loss", "lr", "grad_norm")}, **held_out,
         }
-        metrics.write(json.dumps(rec) + "\n")
-        metrics.flush()
+        t.write_row(metrics, rec)
     t.reporter.advance("train", 1, loss=row["loss"], lr=row["lr"], **{"it/s": 1.0 / dt})
 
 
-def _save_if_due(t: _Trainer) -> None:
+def _save_if_due(t: _Trainer, metrics: IO[str] | None) -> None:
     """A checkpoint every `save_every` steps, at every `sample_every` step and at the last step;
     the callback at sample steps (at every checkpoint when `sample_every` is 0)."""
     cfg, s = t.cfg, t.step
@@ -191,7 +199,9 @@ def _save_if_due(t: _Trainer) -> None:
         t.phase = Phase.SAVE
         path = t.save()
         if sample_due or (cfg.sample_every == 0 and t.on_checkpoint is not None):
-            t._callback(path)
+            sampled = t._callback(path)  # e.g. {"sample_seconds": …}: a row of its own
+            if sampled and metrics:
+                t.write_row(metrics, {"step": s, **sampled, "elapsed_s": t.elapsed_before + (time.perf_counter() - t.t0)})
         t.phase = Phase.DONE
 
 

@@ -10,6 +10,7 @@ all of it through `training.state`; the `on_checkpoint` callback with an EMA cop
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -77,12 +78,13 @@ class _Trainer:
     """State of one run; `train()` is its only public face."""
 
     def __init__(self, d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint,
-                 fsdp, fsdp_modules, device, before_save=None):
+                 fsdp, fsdp_modules, device, before_save=None, trackers=(), validate=None):
         self.cfg, self.out = cfg, Path(out_dir)
         self.pending: tuple[_PendingSave, str] | None = None  # a sharded save not yet committed
         # --async-save: DCP's background collectives get a gloo group of their own (created by every rank)
         self.async_group = dist.new_group(backend="gloo") if cfg.async_save and fsdp and d.active else None
         self.before_save = before_save
+        self.trackers, self.validate = trackers, validate
         self.loss_fn, self.collate, self.dataset = loss_fn, collate, dataset
         self.reporter = reporter or NULL
         self.on_checkpoint, self.resume_hint = on_checkpoint, resume_hint
@@ -298,10 +300,13 @@ class _Trainer:
             m.load_state_dict({k: v.to(dtype=ref[k].dtype) for k, v in full.items()})
         return m.to(self.device).eval().requires_grad_(False)
 
-    def _callback(self, ckpt: Path) -> None:
+    def _callback(self, ckpt: Path) -> dict[str, Any] | None:
+        """on_checkpoint on rank 0 with an EMA copy; what it returns (e.g. {"sample_seconds": s})
+        becomes a metrics row of its own."""
         if self.on_checkpoint is None:
-            return
+            return None
         self.finish_save()  # the callback writes into the committed folder
+        row = None
         # Full weights for the copy; gathering FSDP shards is collective, so every rank joins.
         if self.ema:
             full_ema = {k: _full(v) for k, v in self.ema.state.items()}
@@ -312,10 +317,34 @@ class _Trainer:
         if self.d.main:
             with _rng_preserved(self.generator), torch.no_grad():
                 ema_model = self._ema_model(full_ema)
-                self.on_checkpoint(self.step, ckpt, ema_model)
+                row = self.on_checkpoint(self.step, ckpt, ema_model)
                 del ema_model
         if self.d.active:
             dist.barrier()
+        return row if self.d.main and isinstance(row, dict) else None
+
+    def held_out(self, step: int) -> dict[str, float]:
+        """`validate(step, model)` on every rank (an FSDP forward is collective), in eval mode under the
+        training precision, the RNGs untouched; {} when there is none or it is not due."""
+        if self.validate is None:
+            return {}
+        self.raw.eval()
+        if self.fsdp:  # the root's own parameters (those outside the blocks) are gathered for calls that bypass its forward
+            self.raw.unshard()
+        try:
+            with _rng_preserved(self.generator), torch.no_grad(), \
+                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                return self.validate(step, self.raw)
+        finally:
+            if self.fsdp:
+                self.raw.reshard()
+
+    def write_row(self, metrics, rec: dict[str, Any]) -> None:
+        """One metrics.jsonl line (the source of truth), then the same row to every tracker."""
+        metrics.write(json.dumps(rec) + "\n")
+        metrics.flush()
+        for tracker in self.trackers:
+            tracker.log(rec, rec["step"])
 
     # ---- one optimiser step
 
