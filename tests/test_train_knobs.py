@@ -37,7 +37,7 @@ def _one_line_exit_2(r, *fragments: str) -> None:
 # ----------------------------------------------------------------------------- --config, --dry-run
 
 RECIPES = {
-    "r.yaml": "preset: tiny\nbatch-size: 2\nsteps: 7\nema_start: 3\n",
+    "r.yaml": "preset: tiny\nbatch-size: 2\nsteps: 7\nema_start: 3\nlr: 2e-4\n",
     "r.yml": "preset: tiny\nbatch_size: 2\nsteps: 7\nema-start: 3\n",
     "r.toml": 'preset = "tiny"\nbatch-size = 2\nsteps = 7\nema_start = 3\n',
     "r.json": '{"preset": "tiny", "batch-size": 2, "steps": 7, "ema-start": 3}',
@@ -54,6 +54,8 @@ def test_config_formats_and_dry_run_write_nothing(data, tmp_path, name):
     assert "dry run: nothing was written" in r.stdout
     rows = {line.split()[0] + " " + line.split()[1]: line.split()[-1] for line in r.stdout.splitlines() if len(line.split()) >= 3}
     assert rows["ema start"] == "3" and rows["batch size"] == "2"
+    if name == "r.yaml":  # 2e-4 is a number in YAML recipes too (PyYAML alone reads it as a string)
+        assert any(ln.split() == ["lr", "0.0002"] for ln in r.stdout.splitlines()), r.stdout
     assert "  steps           7" in r.stdout or any(ln.split()[:2] == ["steps", "7"] for ln in r.stdout.splitlines())
     assert not out.exists() and not (tmp_path / "run.lock").exists()
 

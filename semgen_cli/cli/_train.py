@@ -149,9 +149,7 @@ def _parse_config(path: Path) -> dict:
         if fmt == "JSON":
             data = json.loads(text)
         elif fmt == "YAML":
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
         else:
             import tomllib
 
@@ -166,6 +164,24 @@ def _parse_config(path: Path) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"--config {path}: expected a {fmt} mapping of option values (name: value)")
     return data
+
+
+def _yaml_load(text: str):
+    """yaml.safe_load, with `1e-4` read as a number as in JSON and TOML (PyYAML's YAML 1.1 rules
+    read a float without a dot, such as the usual `lr: 1e-4`, as a string)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return yaml.load(text, Loader=Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _option_types(ctx: typer.Context) -> dict:
