@@ -455,6 +455,7 @@ class _Trainer:
             bad = bool(flag.item() > 0)
         if not bad:
             return
+        self.finish_save()  # every rank stops here together: an asynchronous save in flight is committed, then kept
         step = self.step + 1
         last = self._kept()
         self.optimizer.zero_grad(set_to_none=True)
