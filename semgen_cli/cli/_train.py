@@ -7,34 +7,49 @@ from typing import Annotated, Optional
 
 import typer
 
-Steps = Annotated[int, typer.Option(help="Total optimiser steps.")]
-BatchSize = Annotated[int, typer.Option(help="Global batch size (all GPUs and accumulation steps).")]
-GradAccum = Annotated[int, typer.Option(help="Gradient accumulation micro-steps per optimiser step.")]
-Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW).")]
-Warmup = Annotated[int, typer.Option(help="Linear warm-up steps.")]
-Schedule = Annotated[str, typer.Option(help="LR schedule after warm-up: constant, cosine, linear.")]
-WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on norms, biases, embeddings).")]
-GradClip = Annotated[float, typer.Option(help="Clip the gradient norm to this (0: off).")]
-EmaDecay = Annotated[float, typer.Option(help="EMA decay of the weights (0: no EMA).")]
-Precision = Annotated[str, typer.Option(help="fp32 or bf16 (autocast where supported).")]
-SaveEvery = Annotated[int, typer.Option(help="Save a checkpoint every N steps (and at the end).")]
-KeepLast = Annotated[int, typer.Option(help="Checkpoints to keep.")]
-Seed = Annotated[int, typer.Option(help="Seed of data order, timesteps and noise.")]
+from semgen_cli.cli.options import Defaults, choice, constant
+
+TRAIN = Defaults("semgen_cli.training", "TrainConfig")
+MONITOR = Defaults("semgen_cli.validation", "MonitorConfig")
+"""TrainConfig's defaults and docstrings: train-latent's and train-semantic's training flags."""
+COMPRESSOR_TRAIN = Defaults("semgen_cli.training", "TrainConfig",
+                            Defaults("semgen_cli.steps.fit_compressor", "FitCompressorConfig").classvar("TRAIN_DEFAULTS"))
+"""fit-compressor's: TrainConfig's, with FitCompressorConfig.TRAIN_DEFAULTS over them."""
+
+PRESETS = constant("semgen_cli.models.presets", "PRESETS")
+ATTENTION_KINDS = constant("semgen_cli.models.dit", "ATTENTION_KINDS")
+Preset = Annotated[str, typer.Option(help=f"DiT size: {', '.join(PRESETS)}.", callback=choice("--preset", PRESETS))]
+
+Steps = Annotated[int, typer.Option(help=TRAIN.doc("steps"))]
+BatchSize = Annotated[int, typer.Option(help=TRAIN.doc("batch_size"))]
+GradAccum = Annotated[int, typer.Option(help=TRAIN.doc("grad_accum"))]
+Lr = Annotated[float, typer.Option(help=TRAIN.doc("lr"))]
+Warmup = Annotated[int, typer.Option(help=TRAIN.doc("warmup_steps"))]
+Schedule = Annotated[str, typer.Option(help=TRAIN.doc("schedule"))]
+WeightDecay = Annotated[float, typer.Option(help=TRAIN.doc("weight_decay"))]
+GradClip = Annotated[float, typer.Option(help=TRAIN.doc("grad_clip"))]
+EmaDecay = Annotated[float, typer.Option(help=TRAIN.doc("ema_decay"))]
+Precision = Annotated[str, typer.Option(help=TRAIN.doc("precision"))]
+SaveEvery = Annotated[int, typer.Option(help=TRAIN.doc("save_every"))]
+KeepLast = Annotated[int, typer.Option(help=TRAIN.doc("keep_last"))]
+Seed = Annotated[int, typer.Option(help=TRAIN.doc("seed"))]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint (exactly).")]
 AllowNewData = Annotated[bool, typer.Option("--allow-new-data", help="With --resume: continue the run on another data folder than it was trained on.")]
 INTERRUPTED = 130
 """Exit code of a training stopped by Ctrl-C (after its checkpoint is saved), so `a && b` stops."""
-Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+Workers = Annotated[int, typer.Option(help=TRAIN.doc("num_workers"))]
 Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU); checkpoints are sharded torch.distributed.checkpoint folders.")]
 ReportTo = Annotated[Optional[list[str]], typer.Option("--report-to", help="Also send every metrics.jsonl row (and sample video) to tensorboard, wandb or trackio (repeat or comma-separate for several; default none). TensorBoard writes OUT/tracking/tensorboard.")]
 ValClips = Annotated[int, typer.Option(help="Hold out this many clips (drawn with --seed, recorded in the run, never trained on) for --val-every and --sample-every.")]
 ValEvery = Annotated[int, typer.Option(help="Log val_loss over the held-out clips (fixed timesteps and noise) every N steps (0: never).")]
 SampleEvery = Annotated[int, typer.Option(help="Write sample videos into OUT/samples/step-N/ every N steps, with a checkpoint there (0: never).")]
 SampleSteps = Annotated[int, typer.Option(help="Euler steps of the sample videos (each stage).")]
-AsyncSave = Annotated[bool, typer.Option("--async-save", help="With --fsdp: write checkpoints in the background while training goes on (state.json and latest follow when done).")]
-EmaStart = Annotated[int, typer.Option(help="Step from which the EMA averages; before it the EMA copies the weights.")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved settings and exit without writing anything.")]
-AttentionBackend = Annotated[str, typer.Option(help="SDPA kernel: auto, flash, cudnn, efficient, math (all but auto and math need CUDA).")]
+AsyncSave = Annotated[bool, typer.Option("--async-save", help=TRAIN.doc("async_save"))]
+EmaStart = Annotated[int, typer.Option(help=TRAIN.doc("ema_start"))]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved settings and exit without writing anything (not even --out).")]
+ATTENTION_BACKENDS = constant("semgen_cli.models.acceleration", "ATTENTION_BACKENDS")
+AttentionBackend = Annotated[str, typer.Option(help=f"SDPA kernel: {', '.join(ATTENTION_BACKENDS)} (all but auto and math need CUDA).",
+                                               callback=choice("--attention-backend", ATTENTION_BACKENDS))]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile each DiT block (regional compilation).")]
 GradientCheckpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")]
 
@@ -44,8 +59,9 @@ MAX_BATCH, MAX_WORKERS = 1 << 20, 256
 (a batch of 10^12 samples never fills, 10^12 loader processes never start)."""
 
 
-def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every: int = 0,
-                 ema_start: int = 0, async_save: bool = False, fsdp: bool = False):
+def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers,
+                 sample_every: int = TRAIN.sample_every, ema_start: int = TRAIN.ema_start, async_save: bool = TRAIN.async_save,
+                 fsdp: bool = False):
     from semgen_cli.errors import ConfigError
     from semgen_cli.training import TrainConfig
 
@@ -75,6 +91,19 @@ def monitor_config(report_to, val_clips: int = 0, val_every: int = 0, sample_ste
 
     return MonitorConfig(report_to=tuple(report_to or ()), val_clips=val_clips, val_every=val_every, sample_steps=sample_steps,
                          val_prompts=str(val_prompts) if val_prompts is not None else None)
+
+
+def check_inputs(data: Path, runs: dict[str, tuple[str | Path | None, str]] | None = None) -> None:
+    """Open what the command reads first, the data index and each run folder a flag names
+    (flag → (path or None, the step that makes such runs)), with the library's own checks: a wrong
+    path is then refused in one line before the settings are printed and before --out exists."""
+    from semgen_cli.io.shards import Dataset
+    from semgen_cli.runs import read_run
+
+    Dataset(data)
+    for flag, (path, step) in (runs or {}).items():
+        if path is not None:
+            read_run(path, step, flag)
 
 
 def parse_seconds_list(text: str | None, flag: str) -> tuple[float, ...]:

@@ -10,6 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from semgen_cli.cli._common import console, err_console, settings_table
+from semgen_cli.cli.options import Defaults
+
+D = Defaults("semgen_cli.steps.drift", "DriftConfig")
 
 Folder = Annotated[Optional[Path], typer.Option(show_default=False, file_okay=False, dir_okay=True)]
 
@@ -27,22 +30,22 @@ def command(
             "background_consistency (--clip-b32), aesthetic_quality (--clip-l14 and --aesthetic-head).",
             show_default=False,
         ),
-    ] = None,
-    segment: Annotated[float, typer.Option(help="Fraction of the frames in each of the first and last segments.")] = 0.15,
+    ] = D.metrics,
+    segment: Annotated[float, typer.Option(help="Fraction of the frames in each of the first and last segments.")] = D.segment,
     fps: Annotated[
         Optional[float], typer.Option(help="Read frames at this rate (by timestamp). Default: every frame at the native rate.", show_default=False)
-    ] = None,
+    ] = D.fps,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout (no table, no progress).")] = False,
     plot: Annotated[
         Optional[Path], typer.Option(help="Write a PNG of each metric over time (sliding window), segments shaded.", dir_okay=False, show_default=False)
     ] = None,
-    dino: Annotated[Optional[Path], typer.Option("--dino", help="Local folder of DINO ViT-B/16 (e.g. facebook/dino-vitb16) for subject_consistency.", show_default=False)] = None,
-    clip_b32: Annotated[Optional[Path], typer.Option("--clip-b32", help="Local folder of CLIP ViT-B/32 (e.g. openai/clip-vit-base-patch32) for background_consistency.", show_default=False)] = None,
-    clip_l14: Annotated[Optional[Path], typer.Option("--clip-l14", help="Local folder of CLIP ViT-L/14 (e.g. openai/clip-vit-large-patch14) for aesthetic_quality.", show_default=False)] = None,
-    aesthetic_head: Annotated[Optional[Path], typer.Option("--aesthetic-head", help="safetensors file of the LAION aesthetic head (linear 768→1 or the MLP).", dir_okay=False, show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="Device for model metrics: auto, cpu, cuda, cuda:N.")] = "auto",
-    aggregate: Annotated[str, typer.Option(help="ends: first vs last segment (FramePack's Δdrift, as the SemanticGen paper reports); vde: also LV-Bench's Video Drift Error over --chunks equal chunks.")] = "ends",
-    chunks: Annotated[int, typer.Option(help="N, the equal chunks of --aggregate vde.")] = 10,
+    dino: Annotated[Optional[Path], typer.Option("--dino", help="Local folder of DINO ViT-B/16 (e.g. facebook/dino-vitb16) for subject_consistency.", show_default=False)] = D.dino,
+    clip_b32: Annotated[Optional[Path], typer.Option("--clip-b32", help="Local folder of CLIP ViT-B/32 (e.g. openai/clip-vit-base-patch32) for background_consistency.", show_default=False)] = D.clip_b32,
+    clip_l14: Annotated[Optional[Path], typer.Option("--clip-l14", help="Local folder of CLIP ViT-L/14 (e.g. openai/clip-vit-large-patch14) for aesthetic_quality.", show_default=False)] = D.clip_l14,
+    aesthetic_head: Annotated[Optional[Path], typer.Option("--aesthetic-head", help="safetensors file of the LAION aesthetic head (linear 768→1 or the MLP).", dir_okay=False, show_default=False)] = D.aesthetic_head,
+    device: Annotated[str, typer.Option(help="Device for model metrics: auto, cpu, cuda, cuda:N.")] = D.device,
+    aggregate: Annotated[str, typer.Option(help="ends: first vs last segment (FramePack's Δdrift, as the SemanticGen paper reports); vde: also LV-Bench's Video Drift Error over --chunks equal chunks.")] = D.aggregate,
+    chunks: Annotated[int, typer.Option(help="N, the equal chunks of --aggregate vde.")] = D.chunks,
 ) -> None:
     """Measure quality drift: each metric on the first and the last 15 % of the frames, Δ = |first − last|
     (FramePack's Δdrift), in points (100·Δ) for metrics on a 0–1 scale as papers report it, and the
@@ -172,7 +175,7 @@ def _labels(paths: list[str]) -> dict[str, str]:
     """File names when they are unique, else the paths as given."""
     names = [Path(p).name for p in paths]
     unique = len(set(names)) == len(names)
-    return {p: (n if unique else p) for p, n in zip(paths, names)}
+    return {p: (n if unique else p) for p, n in zip(paths, names, strict=True)}
 
 
 class _Row:

@@ -8,25 +8,29 @@ from typing import Annotated, Optional
 
 import typer
 
+from semgen_cli.cli.options import Defaults
+
+D = Defaults("semgen_cli.steps.extract", "ExtractConfig")
+
 
 def command(
     videos: Annotated[Path, typer.Argument(help="Folder of videos (recursive) with metadata.jsonl or .txt captions.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards and index.json.")] = Path("data"),
-    semantic: Annotated[str, typer.Option(help="Semantic encoder: qwen2.5-vl:PATH, vjepa2:PATH, videomae:PATH, toy (bundled), tiny.")] = "tiny",
-    vae: Annotated[str, typer.Option(help="VAE: wan:PATH, ltx:PATH, cogvideox:PATH, toy (bundled), tiny.")] = "tiny",
-    text: Annotated[str, typer.Option(help="Text encoder: umt5:PATH, t5:PATH, minilm, tiny.")] = "tiny",
-    size: Annotated[Optional[str], typer.Option(help="Frame size HxW (or N) for the VAE; default: first video's size rounded down to ×16.")] = None,
-    fps: Annotated[float, typer.Option(help="Frame rate the VAE sees.")] = 16.0,
-    semantic_fps: Annotated[float, typer.Option(help="Frame rate the semantic encoder sees (paper: 1.6).")] = 1.6,
-    semantic_size: Annotated[Optional[str], typer.Option(help="Frame size HxW given to the semantic encoder; default: --size.")] = None,
-    min_pixels: Annotated[Optional[int], typer.Option(help="Least pixels per frame the semantic encoder resizes to; default: Qwen2.5-VL's video bound 128·28² (the toy and tiny towers: 56²).")] = None,
-    max_pixels: Annotated[Optional[int], typer.Option(help="Most pixels per frame the semantic encoder resizes to; default: Qwen2.5-VL's video bound 768·28² (the toy and tiny towers: 1280·28²).")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Cut each video to its first N seconds (reported per sample).")] = None,
-    shard_size: Annotated[int, typer.Option(help="Videos per shard.")] = 64,
-    num_workers: Annotated[int, typer.Option(help="Decoding processes beside the encoders (0: decode inline).")] = 1,
-    dtype: Annotated[str, typer.Option(help="Storage dtype: float32, float16, bfloat16.")] = "float16",
-    allow_uncaptioned: Annotated[bool, typer.Option(help="Keep videos without captions (empty text) instead of failing them.")] = False,
-    device: Annotated[str, typer.Option(help="Encoder device: auto, cpu, cuda, cuda:N.")] = "auto",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for shards and index.json.")] = Path(D.out),
+    semantic: Annotated[str, typer.Option(help="Semantic encoder: qwen2.5-vl:PATH, vjepa2:PATH, videomae:PATH, toy (bundled), tiny.")] = D.semantic,
+    vae: Annotated[str, typer.Option(help="VAE: wan:PATH, ltx:PATH, cogvideox:PATH, toy (bundled), tiny.")] = D.vae,
+    text: Annotated[str, typer.Option(help="Text encoder: umt5:PATH, t5:PATH, minilm, tiny.")] = D.text,
+    size: Annotated[Optional[str], typer.Option(help="Frame size HxW (or N) for the VAE; default: first video's size rounded down to ×16.")] = D.size,
+    fps: Annotated[float, typer.Option(help="Frame rate the VAE sees.")] = D.fps,
+    semantic_fps: Annotated[float, typer.Option(help="Frame rate the semantic encoder sees (paper: 1.6).")] = D.semantic_fps,
+    semantic_size: Annotated[Optional[str], typer.Option(help="Frame size HxW given to the semantic encoder; default: --size.")] = D.semantic_size,
+    min_pixels: Annotated[Optional[int], typer.Option(help="Least pixels per frame the semantic encoder resizes to; default: Qwen2.5-VL's video bound 128·28² (the toy and tiny towers: 56²).")] = D.min_pixels,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Most pixels per frame the semantic encoder resizes to; default: Qwen2.5-VL's video bound 768·28² (the toy and tiny towers: 1280·28²).")] = D.max_pixels,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Cut each video to its first N seconds (reported per sample).")] = D.max_seconds,
+    shard_size: Annotated[int, typer.Option(help="Videos per shard.")] = D.shard_size,
+    num_workers: Annotated[int, typer.Option(help="Decoding processes beside the encoders (0: decode inline).")] = D.num_workers,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float32, float16, bfloat16.")] = D.dtype,
+    allow_uncaptioned: Annotated[bool, typer.Option(help="Keep videos without captions (empty text) instead of failing them.")] = D.allow_uncaptioned,
+    device: Annotated[str, typer.Option(help="Encoder device: auto, cpu, cuda, cuda:N.")] = D.device,
 ) -> None:
     """Encode videos into shards: semantic features, VAE latents and text embeddings.
 
@@ -54,7 +58,7 @@ def command(
         "size": "first video, ×16" if cfg.size is None else cfg.size, "fps (VAE)": fps,
         "fps (semantic)": semantic_fps,
         "pixels per frame (semantic)": "{} .. {}".format(*(given or default for given, default in
-                                                          zip((min_pixels, max_pixels), default_pixel_bounds(semantic)))),
+                                                          zip((min_pixels, max_pixels), default_pixel_bounds(semantic), strict=True))),
         "max seconds": max_seconds or "whole videos",
         "shard size": shard_size, "workers": num_workers, "dtype": dtype,
     })

@@ -9,34 +9,38 @@ from typing import Annotated
 import typer
 
 from semgen_cli.cli import _train as T
+from semgen_cli.cli.options import Defaults, constant
+
+D = Defaults("semgen_cli.steps.fit_compressor", "FitCompressorConfig")
+FEATURES = constant("semgen_cli.steps.fit_compressor", "FEATURES")
 
 
 def command(
     data: Annotated[Path, typer.Argument(help="Shard folder from `semgen extract`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/compressor"),
-    dim: Annotated[str, typer.Option(help="Compressed width (paper: 8; ablations 64 and none = raw features).")] = "8",
-    hidden: Annotated[int, typer.Option(help="Hidden width of the MLP.")] = 512,
-    kl_weight: Annotated[float, typer.Option(help="Weight of the KL term.")] = 1e-3,
-    features: Annotated[str, typer.Option(help="semantic, or vae (compressed-VAE ablation, paper Fig. 9: VAE latents cut into the semantic tokens' grid and rate, one token per semantic token; docs/baselines.md).")] = "semantic",
-    tokens_per_sample: Annotated[int, typer.Option(help="Feature tokens drawn per sample per batch item.")] = 256,
-    steps: T.Steps = 2000,
-    batch_size: T.BatchSize = 16,
-    grad_accum: T.GradAccum = 1,
-    lr: T.Lr = 1e-3,
-    warmup: T.Warmup = 0,
-    schedule: T.Schedule = "cosine",
-    weight_decay: T.WeightDecay = 0.0,
-    grad_clip: T.GradClip = 1.0,
-    ema_decay: T.EmaDecay = 0.0,
-    precision: T.Precision = "fp32",
-    save_every: T.SaveEvery = 1000,
-    keep_last: T.KeepLast = 2,
-    seed: T.Seed = 0,
-    num_workers: T.Workers = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(D.out),
+    dim: Annotated[str, typer.Option(help="Compressed width (paper: 8; ablations 64 and none = raw features).")] = str(D.dim).lower(),
+    hidden: Annotated[int, typer.Option(help="Hidden width of the MLP.")] = D.hidden,
+    kl_weight: Annotated[float, typer.Option(help="Weight of the KL term.")] = D.kl_weight,
+    features: Annotated[str, typer.Option(help=f"{' or '.join(FEATURES)}; vae: the compressed-VAE ablation (paper Fig. 9: VAE latents cut into the semantic tokens' grid and rate, one token per semantic token; docs/baselines.md).")] = D.features,
+    tokens_per_sample: Annotated[int, typer.Option(help="Feature tokens drawn per sample per batch item.")] = D.tokens_per_sample,
+    steps: T.Steps = T.COMPRESSOR_TRAIN.steps,
+    batch_size: T.BatchSize = T.COMPRESSOR_TRAIN.batch_size,
+    grad_accum: T.GradAccum = T.COMPRESSOR_TRAIN.grad_accum,
+    lr: T.Lr = T.COMPRESSOR_TRAIN.lr,
+    warmup: T.Warmup = T.COMPRESSOR_TRAIN.warmup_steps,
+    schedule: T.Schedule = T.COMPRESSOR_TRAIN.schedule,
+    weight_decay: T.WeightDecay = T.COMPRESSOR_TRAIN.weight_decay,
+    grad_clip: T.GradClip = T.COMPRESSOR_TRAIN.grad_clip,
+    ema_decay: T.EmaDecay = T.COMPRESSOR_TRAIN.ema_decay,
+    precision: T.Precision = T.COMPRESSOR_TRAIN.precision,
+    save_every: T.SaveEvery = T.COMPRESSOR_TRAIN.save_every,
+    keep_last: T.KeepLast = T.COMPRESSOR_TRAIN.keep_last,
+    seed: T.Seed = T.COMPRESSOR_TRAIN.seed,
+    num_workers: T.Workers = T.COMPRESSOR_TRAIN.num_workers,
     resume: T.Resume = False,
     allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
-    ema_start: T.EmaStart = 0,
+    ema_start: T.EmaStart = T.COMPRESSOR_TRAIN.ema_start,
     dry_run: T.DryRun = False,
     report_to: T.ReportTo = None,
 ) -> None:
@@ -58,6 +62,7 @@ def command(
     cfg = FitCompressorConfig(data=str(data), out=str(out), dim=dim_value, hidden=hidden, kl_weight=kl_weight, features=features, tokens_per_sample=tokens_per_sample)
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, ema_start=ema_start)
     monitor = T.monitor_config(report_to)
+    T.check_inputs(data)
     settings_table("semgen fit-compressor", {"data": data, "out": out, "dim": dim, "features": features, "hidden": hidden, "kl weight": kl_weight, "steps": steps if dim_value else "none (stats only)", "batch": f"{batch_size} × {tokens_per_sample} tokens", "lr": lr})
     if dry_run:
         return T.dry_run("semgen fit-compressor", train_cfg)

@@ -8,7 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from semgen_cli.cli._train import AttentionBackend, Compile
+from semgen_cli.cli.options import choice, constant
 from semgen_cli.steps.generate import GenerateConfig
+
+ATTENTION_KINDS = constant("semgen_cli.models.dit", "ATTENTION_KINDS")
 
 Run = Annotated[Optional[Path], typer.Option(file_okay=False, show_default=False)]
 
@@ -16,29 +20,29 @@ Run = Annotated[Optional[Path], typer.Option(file_okay=False, show_default=False
 def command(
     prompt: Annotated[Optional[str], typer.Argument(help="What the video shows (or use --prompts-file).", show_default=False)] = None,
     seconds: Annotated[Optional[str], typer.Option(help="Duration in seconds, e.g. 60 or 1.5 (default: the length the semantic run was trained on, or the --semantic-from video's).", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="mp4 to write; with --prompts-file, OUT-000.mp4, OUT-001.mp4, …", dir_okay=False)] = Path("out.mp4"),
-    latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (stage 1). Default: the bundled pipeline.", file_okay=False, show_default=False)] = None,
-    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (stage 2). Default: the bundled pipeline. Not with a Base-CT latent run (--condition none), which samples from the text alone.", file_okay=False, show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of all noise; the same seed gives the same frames.")] = 0,
-    steps: Annotated[Optional[int], typer.Option(help=f"Euler steps of both stages (default {GenerateConfig.latent_steps}).", show_default=False)] = None,
-    semantic_steps: Annotated[Optional[int], typer.Option(help="Euler steps of stage 2 (overrides --steps).", show_default=False)] = None,
-    latent_steps: Annotated[Optional[int], typer.Option(help="Euler steps of stage 1 (overrides --steps).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="mp4 to write; with --prompts-file, OUT-000.mp4, OUT-001.mp4, …", dir_okay=False)] = Path(GenerateConfig.out),
+    latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (stage 1). Default: the bundled pipeline.", file_okay=False, show_default=False)] = GenerateConfig.latent_run,
+    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (stage 2). Default: the bundled pipeline. Not with a Base-CT latent run (--condition none), which samples from the text alone.", file_okay=False, show_default=False)] = GenerateConfig.semantic_run,
+    seed: Annotated[int, typer.Option(help="Seed of all noise; the same seed gives the same frames.")] = GenerateConfig.seed,
+    steps: Annotated[Optional[int], typer.Option(help=f"Euler steps of both stages (default: {GenerateConfig.semantic_steps} for stage 2, {GenerateConfig.latent_steps} for stage 1).", show_default=False)] = None,
+    semantic_steps: Annotated[Optional[int], typer.Option(help=f"Euler steps of stage 2 (overrides --steps; default {GenerateConfig.semantic_steps}).", show_default=False)] = None,
+    latent_steps: Annotated[Optional[int], typer.Option(help=f"Euler steps of stage 1 (overrides --steps; default {GenerateConfig.latent_steps}).", show_default=False)] = None,
     cfg: Annotated[Optional[float], typer.Option("--cfg", help=f"CFG scale of both stages (default: {GenerateConfig.semantic_cfg:g} for stage 2, {GenerateConfig.latent_cfg:g} for stage 1; 1 = off).", show_default=False)] = None,
-    semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (overrides --cfg).", show_default=False)] = None,
-    latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (overrides --cfg).", show_default=False)] = None,
-    semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: half the σ max the latent run was trained with).", show_default=False)] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Frame rate (default: the runs' training fps).", show_default=False)] = None,
-    size: Annotated[Optional[str], typer.Option(help="HxW or N (default: the training size); multiples of VAE stride × patch.", show_default=False)] = None,
+    semantic_cfg: Annotated[Optional[float], typer.Option(help=f"CFG scale of stage 2 (overrides --cfg; default {GenerateConfig.semantic_cfg:g}).", show_default=False)] = None,
+    latent_cfg: Annotated[Optional[float], typer.Option(help=f"CFG scale of stage 1 (overrides --cfg; default {GenerateConfig.latent_cfg:g}).", show_default=False)] = None,
+    semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: half the σ max the latent run was trained with).", show_default=False)] = GenerateConfig.semantic_noise,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate (default: the runs' training fps).", show_default=False)] = GenerateConfig.fps,
+    size: Annotated[Optional[str], typer.Option(help="HxW or N (default: the training size); multiples of VAE stride × patch.", show_default=False)] = GenerateConfig.size,
     prompts_file: Annotated[Optional[Path], typer.Option(help="Text file, one prompt per line: one mp4 each, numbered.", dir_okay=False, show_default=False)] = None,
-    save_semantics: Annotated[bool, typer.Option("--save-semantics", help="Also write the plan as OUT.semantic.safetensors.")] = False,
-    semantic_from: Annotated[Optional[Path], typer.Option(help="Reference mp4 (or a saved .semantic.safetensors): skip stage 2 and use its semantic plan (paper Fig. 4).", dir_okay=False, show_default=False)] = None,
-    attention: Annotated[Optional[str], typer.Option(help="Override stage 1's attention: full or swin (default: as trained).", show_default=False)] = None,
-    vae: Annotated[Optional[str], typer.Option(help="Decode with this VAE (wan:PATH, toy, …) instead of the runs' own: it must share their encoder (same latents), e.g. a retrained or wider decoder.", show_default=False)] = None,
-    decode_chunk: Annotated[int, typer.Option(help="Latent frames per VAE decode call (memory stays flat in the length).")] = 4,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="DiT dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16.")] = "auto",
-    attention_backend: Annotated[str, typer.Option(help="SDPA kernel: auto, flash, cudnn, efficient, math (all but auto and math need CUDA).")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile each DiT block (regional compilation).")] = False,
+    save_semantics: Annotated[bool, typer.Option("--save-semantics", help="Also write the plan as OUT.semantic.safetensors.")] = GenerateConfig.save_semantics,
+    semantic_from: Annotated[Optional[Path], typer.Option(help="Reference mp4 (or a saved .semantic.safetensors): skip stage 2 and use its semantic plan (paper Fig. 4).", dir_okay=False, show_default=False)] = GenerateConfig.semantic_from,
+    attention: Annotated[Optional[str], typer.Option(help=f"Override stage 1's attention: {' or '.join(ATTENTION_KINDS)} (default: as trained).", show_default=False, callback=choice("--attention", ATTENTION_KINDS, optional=True))] = GenerateConfig.attention,
+    vae: Annotated[Optional[str], typer.Option(help="Decode with this VAE (wan:PATH, toy, …) instead of the runs' own: it must share their encoder (same latents), e.g. a retrained or wider decoder.", show_default=False)] = GenerateConfig.vae,
+    decode_chunk: Annotated[int, typer.Option(help="Latent frames per VAE decode call (memory stays flat in the length).")] = GenerateConfig.decode_chunk,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = GenerateConfig.device,
+    dtype: Annotated[str, typer.Option(help="DiT dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16.")] = GenerateConfig.dtype,
+    attention_backend: AttentionBackend = GenerateConfig.attention_backend,
+    compile: Compile = GenerateConfig.compile,
 ) -> None:
     """Generate a video from text (paper §3.3, §3.4): stage 2 plans compressed semantic tokens for the whole duration with full attention, stage 1 renders VAE latents over the whole duration with shifted-window attention conditioned on that plan, and the VAE decodes chunk by chunk straight into the mp4.
 

@@ -18,7 +18,6 @@ def command(
     from rich.table import Table
 
     from semgen_cli.cli._common import console, printable, settings_table
-    from semgen_cli.errors import InputError
     from semgen_cli.io.shards import Dataset
 
     if (data / "config.json").is_file() and not (data / "index.json").is_file():
@@ -51,17 +50,28 @@ def command(
             table.add_row(escape(printable(r["id"])), f"{r['duration']:.2f}", str(r["frames"]), str(r["latent_frames"]), str(r["semantic_tokens_t"]), escape(printable(r["caption"][:60])))
         console.print(table)
     if verify:
-        bad = 0
-        table = Table(title="verify", title_justify="left")
-        for col in ("shard", "samples", "bytes", "sha256"):
-            table.add_column(col)
-        for shard, problem in ds.verify():
-            table.add_row(shard.name, str(shard.samples), str(shard.bytes), "[green]ok[/]" if problem is None else f"[red]{escape(problem)}[/]")
-            bad += problem is not None
-        console.print(table)
-        if bad:
-            raise InputError(f"{data}: {bad} of {len(ds.shards)} shard(s) failed verification")
-        console.print(f"[green]all {len(ds.shards)} shard(s) match the index[/]")
+        _verify_shards(ds, data)
+
+
+def _verify_shards(ds, data: Path) -> None:
+    """Recompute every shard's sha256, show a table, and fail naming the folder if any differs."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from semgen_cli.cli._common import console
+    from semgen_cli.errors import InputError
+
+    bad = 0
+    table = Table(title="verify", title_justify="left")
+    for col in ("shard", "samples", "bytes", "sha256"):
+        table.add_column(col)
+    for shard, problem in ds.verify():
+        table.add_row(shard.name, str(shard.samples), str(shard.bytes), "[green]ok[/]" if problem is None else f"[red]{escape(problem)}[/]")
+        bad += problem is not None
+    console.print(table)
+    if bad:
+        raise InputError(f"{data}: {bad} of {len(ds.shards)} shard(s) failed verification")
+    console.print(f"[green]all {len(ds.shards)} shard(s) match the index[/]")
 
 
 def _inspect_run(run: Path, verify: bool) -> None:

@@ -8,18 +8,22 @@ from typing import Annotated, Optional
 
 import typer
 
+from semgen_cli.cli.options import Defaults, keyword_default
+
+D = Defaults("semgen_cli.toy.dataset", "ToyDataConfig")
+
 
 def command(
     out: Annotated[Path, typer.Argument(help="Folder to write clip-000000.mp4 … and metadata.jsonl into.", show_default=False)],
-    count: Annotated[int, typer.Option("--count", "-n", help="Number of clips.")] = 100,
-    seconds: Annotated[float, typer.Option("--seconds", help="Length of each clip in seconds.")] = 4.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same frames.")] = 0,
-    fps: Annotated[float, typer.Option("--fps", help="Frames per second.")] = 8.0,
-    size: Annotated[int, typer.Option("--size", help="Frame width and height in pixels (even, at least 40).")] = 64,
+    count: Annotated[int, typer.Option("--count", "-n", help="Number of clips.")] = D.count,
+    seconds: Annotated[float, typer.Option("--seconds", help="Length of each clip in seconds.")] = D.seconds,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same frames.")] = D.seed,
+    fps: Annotated[float, typer.Option("--fps", help="Frames per second.")] = D.fps,
+    size: Annotated[int, typer.Option("--size", help="Frame width and height in pixels (even, at least 40).")] = D.size,
     long_fraction: Annotated[
         float, typer.Option("--long-fraction", help="Fraction of clips that are long (--long-seconds), spread evenly.")
-    ] = 0.0,
-    long_seconds: Annotated[float, typer.Option("--long-seconds", help="Length of a long clip in seconds.")] = 60.0,
+    ] = D.long_fraction,
+    long_seconds: Annotated[float, typer.Option("--long-seconds", help="Length of a long clip in seconds.")] = D.long_seconds,
     exclude_combos: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -28,8 +32,8 @@ def command(
             "(e.g. red:circle:navy,blue:*:gray).",
         ),
     ] = None,
-    crf: Annotated[int, typer.Option("--crf", help="H.264 quality; 0 is lossless, so colours decode exactly.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous toy-data output in OUT.")] = False,
+    crf: Annotated[int, typer.Option("--crf", help="H.264 quality; 0 is lossless, so colours decode exactly.")] = D.crf,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous toy-data output in OUT.")] = keyword_default("semgen_cli.toy.dataset", "write_toy_dataset", "overwrite"),
 ) -> None:
     """Render toy-world clips (one coloured circle, square or triangle on a flat background, moving
     left/right/up/down with wrap-around or standing still) as mp4, with captions in metadata.jsonl.

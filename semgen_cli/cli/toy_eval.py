@@ -9,22 +9,27 @@ from typing import Annotated, Optional
 
 import typer
 
+from semgen_cli.cli.options import Defaults, keyword_default
+
+D = Defaults("semgen_cli.steps.toy_eval", "ToyEvalConfig")
+COUNT = keyword_default("semgen_cli.toy.prompts", "default_prompts", "count")
+
 
 def command(
-    prompts: Annotated[Optional[Path], typer.Option(help="File of toy-grammar prompts, one per line (default: the 24 built-in ones).")] = None,
-    seconds: Annotated[float, typer.Option(help="Duration of each video.")] = 20.0,
+    prompts: Annotated[Optional[Path], typer.Option(help="File of toy-grammar prompts, one per line (default: the built-in ones, --count of them).")] = None,
+    seconds: Annotated[float, typer.Option(help="Duration of each video.")] = D.seconds,
     pipeline: Annotated[Optional[Path], typer.Option(help="A pipeline.json (as examples/toy/bundle.py writes) naming the runs to score (default: the bundled one).")] = None,
-    latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (default: the bundled pipeline).")] = None,
-    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (default: the bundled pipeline; none for a Base-CT latent run, --condition none).")] = None,
-    count: Annotated[int, typer.Option(help="How many built-in prompts (held-out combinations first).")] = 24,
-    seed: Annotated[int, typer.Option(help="Seed of the first prompt's generation; prompt i uses seed + i.")] = 0,
-    steps: Annotated[Optional[int], typer.Option(help="Euler steps per stage (default: generate's).")] = None,
-    semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (default: generate's).")] = None,
-    latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (default: generate's).")] = None,
-    semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: generate's).")] = None,
-    vae: Annotated[Optional[str], typer.Option(help="Decode with this VAE instead of the pipeline's own (it must share its encoder; see generate --vae).", show_default=False)] = None,
-    keep: Annotated[Optional[Path], typer.Option(help="Keep the mp4s in this folder.")] = None,
-    plans: Annotated[str, typer.Option(help="stage2: the whole pipeline; rendered: skip stage 2 and give stage 1 the plan of a rendered clip of each prompt (stage 1 and the VAE alone: the pipeline's ceiling for a perfect stage 2).")] = "stage2",
+    latent_run: Annotated[Optional[Path], typer.Option(help="train-latent run (default: the bundled pipeline).")] = D.latent_run,
+    semantic_run: Annotated[Optional[Path], typer.Option(help="train-semantic run (default: the bundled pipeline; none for a Base-CT latent run, --condition none).")] = D.semantic_run,
+    count: Annotated[int, typer.Option(help="How many built-in prompts (held-out combinations first).")] = COUNT,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt's generation; prompt i uses seed + i.")] = D.seed,
+    steps: Annotated[Optional[int], typer.Option(help="Euler steps per stage (default: generate's).")] = D.steps,
+    semantic_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 2 (default: generate's).")] = D.semantic_cfg,
+    latent_cfg: Annotated[Optional[float], typer.Option(help="CFG scale of stage 1 (default: generate's).")] = D.latent_cfg,
+    semantic_noise: Annotated[Optional[float], typer.Option(help="σ of the noise on the plan given to stage 1 (default: generate's).")] = D.semantic_noise,
+    vae: Annotated[Optional[str], typer.Option(help="Decode with this VAE instead of the pipeline's own (it must share its encoder; see generate --vae).", show_default=False)] = D.vae,
+    keep: Annotated[Optional[Path], typer.Option(help="Keep the mp4s in this folder.")] = D.keep,
+    plans: Annotated[str, typer.Option(help="stage2: the whole pipeline; rendered: skip stage 2 and give stage 1 the plan of a rendered clip of each prompt (stage 1 and the VAE alone: the pipeline's ceiling for a perfect stage 2).")] = D.plans,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON only.")] = False,
 ) -> None:
     """Score a pipeline on the toy world: background colour, object colour, shape and motion direction, as accuracy over frames and over videos, plus drift between the first and last 15 %.

@@ -9,53 +9,57 @@ from typing import Annotated, Optional
 import typer
 
 from semgen_cli.cli import _train as T
+from semgen_cli.cli.options import Defaults, choice, constant
+
+D = Defaults("semgen_cli.steps.train_latent", "TrainLatentConfig")
+CONDITIONS = constant("semgen_cli.steps.train_latent", "CONDITIONS")
 
 
 def command(
     data: Annotated[Path, typer.Argument(help="Shard folder from `semgen extract`.")],
-    compressor: Annotated[Optional[Path], typer.Option(help="fit-compressor run folder (not needed with --condition none, nor with --init RUN: then RUN's compressor).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/latent"),
-    preset: Annotated[str, typer.Option(help="DiT size: tiny, toy, wan-1.3b, wan-14b.")] = "toy",
-    attention: Annotated[str, typer.Option(help="full, or swin (shifted windows along time; linear in length).")] = "swin",
-    window: Annotated[Optional[int], typer.Option(help="Swin window T_w in latent frames (default: the smallest in which every window, plain and shifted, of every video holds a semantic frame at the data's rates; a fine-tune or resume keeps the run's).")] = None,
-    condition: Annotated[str, typer.Option(help="semantic (SemanticGen), vae (Fig. 9 ablation), none (Base-CT / Base-CT-Swin).")] = "semantic",
-    freeze_compressor: Annotated[bool, typer.Option("--freeze-compressor", help="Do not fine-tune the compressor jointly.")] = False,
-    clip_seconds: Annotated[Optional[float], typer.Option(help="Training window in seconds (default: the shortest sample).")] = None,
-    semantic_noise: Annotated[float, typer.Option(help="Max σ of the noise added to semantic tokens in training (RAE).")] = 0.5,
-    text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
-    shift: Annotated[Optional[float], typer.Option(help="Timestep shift of training and sampling (default: Wan's 3.0 for 480p / 5.0 for 720p with --init wan:PATH, the init run's with --init RUN, else RAE's sqrt(elements/4096), at least 1).")] = None,
-    text_padding: Annotated[Optional[str], typer.Option(help="mask: captions' real tokens and a mask; wan: zero-padded to the text encoder's length with no mask, as Wan's pipeline feeds UMT5 (default: wan with --init wan:PATH, the init run's with --init RUN, else mask).")] = None,
-    motion_weight: Annotated[float, typer.Option(help="Weight α of moving latent positions in the loss: 1 + α·(their change between frames / its batch mean); 0: plain MSE.")] = 0.0,
-    init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = None,
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = False,
-    patch: Annotated[Optional[str], typer.Option(help="DiT patch T,H,W in latent cells (default: the preset's 1,2,2). 1,1,1 makes one token per latent cell (4× the tokens). With --init RUN of a coarser patch, RUN's patch embedding and head are resized to it.")] = None,
-    steps: T.Steps = 1000,
-    batch_size: T.BatchSize = 8,
-    grad_accum: T.GradAccum = 1,
-    lr: T.Lr = 1e-4,
-    warmup: T.Warmup = 0,
-    schedule: T.Schedule = "constant",
-    weight_decay: T.WeightDecay = 0.0,
-    grad_clip: T.GradClip = 1.0,
-    ema_decay: T.EmaDecay = 0.999,
-    precision: T.Precision = "auto",
-    save_every: T.SaveEvery = 500,
-    keep_last: T.KeepLast = 3,
-    seed: T.Seed = 0,
-    num_workers: T.Workers = 0,
+    compressor: Annotated[Optional[Path], typer.Option(help="fit-compressor run folder (not needed with --condition none, nor with --init RUN: then RUN's compressor).")] = D.compressor,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(D.out),
+    preset: T.Preset = D.preset,
+    attention: Annotated[str, typer.Option(help=f"{' or '.join(T.ATTENTION_KINDS)}; swin: shifted windows along time, linear in length.", callback=choice("--attention", T.ATTENTION_KINDS))] = D.attention,
+    window: Annotated[Optional[int], typer.Option(help="Swin window T_w in latent frames (default: the smallest in which every window, plain and shifted, of every video holds a semantic frame at the data's rates; a fine-tune or resume keeps the run's).")] = D.window,
+    condition: Annotated[str, typer.Option(help=f"{', '.join(CONDITIONS)}: SemanticGen, the Fig. 9 ablation, Base-CT / Base-CT-Swin.")] = D.condition,
+    freeze_compressor: Annotated[bool, typer.Option("--freeze-compressor", help="Do not fine-tune the compressor jointly.")] = D.freeze_compressor,
+    clip_seconds: Annotated[Optional[float], typer.Option(help="Training window in seconds (default: the shortest sample).")] = D.clip_seconds,
+    semantic_noise: Annotated[float, typer.Option(help="Max σ of the noise added to semantic tokens in training (RAE).")] = D.semantic_noise,
+    text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = D.text_dropout,
+    shift: Annotated[Optional[float], typer.Option(help="Timestep shift of training and sampling (default: Wan's 3.0 for 480p / 5.0 for 720p with --init wan:PATH, the init run's with --init RUN, else RAE's sqrt(elements/4096), at least 1).")] = D.shift,
+    text_padding: Annotated[Optional[str], typer.Option(help="mask: captions' real tokens and a mask; wan: zero-padded to the text encoder's length with no mask, as Wan's pipeline feeds UMT5 (default: wan with --init wan:PATH, the init run's with --init RUN, else mask).")] = D.text_padding,
+    motion_weight: Annotated[float, typer.Option(help="Weight α of moving latent positions in the loss: 1 + α·(their change between frames / its batch mean); 0: plain MSE.")] = D.motion_weight,
+    init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = D.init,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = D.gradient_checkpointing,
+    patch: Annotated[Optional[str], typer.Option(help="DiT patch T,H,W in latent cells (default: the preset's 1,2,2). 1,1,1 makes one token per latent cell (4× the tokens). With --init RUN of a coarser patch, RUN's patch embedding and head are resized to it.")] = D.patch,
+    steps: T.Steps = T.TRAIN.steps,
+    batch_size: T.BatchSize = T.TRAIN.batch_size,
+    grad_accum: T.GradAccum = T.TRAIN.grad_accum,
+    lr: T.Lr = T.TRAIN.lr,
+    warmup: T.Warmup = T.TRAIN.warmup_steps,
+    schedule: T.Schedule = T.TRAIN.schedule,
+    weight_decay: T.WeightDecay = T.TRAIN.weight_decay,
+    grad_clip: T.GradClip = T.TRAIN.grad_clip,
+    ema_decay: T.EmaDecay = T.TRAIN.ema_decay,
+    precision: T.Precision = T.TRAIN.precision,
+    save_every: T.SaveEvery = T.TRAIN.save_every,
+    keep_last: T.KeepLast = T.TRAIN.keep_last,
+    seed: T.Seed = T.TRAIN.seed,
+    num_workers: T.Workers = T.TRAIN.num_workers,
     resume: T.Resume = False,
     allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
     report_to: T.ReportTo = None,
-    val_clips: T.ValClips = 0,
-    val_every: T.ValEvery = 0,
-    sample_every: T.SampleEvery = 0,
-    sample_steps: T.SampleSteps = 10,
-    ema_start: T.EmaStart = 0,
-    async_save: T.AsyncSave = False,
-    attention_backend: T.AttentionBackend = "auto",
-    compile: T.Compile = False,
+    val_clips: T.ValClips = T.MONITOR.val_clips,
+    val_every: T.ValEvery = T.MONITOR.val_every,
+    sample_every: T.SampleEvery = T.TRAIN.sample_every,
+    sample_steps: T.SampleSteps = T.MONITOR.sample_steps,
+    ema_start: T.EmaStart = T.TRAIN.ema_start,
+    async_save: T.AsyncSave = T.TRAIN.async_save,
+    attention_backend: T.AttentionBackend = D.attention_backend,
+    compile: T.Compile = D.compile,
     dry_run: T.DryRun = False,
 ) -> None:
     """Stage 1 (paper §3.2, §3.4): train the latent DiT on VAE latents, conditioned in context on compressed semantic tokens and by cross-attention on text.
@@ -75,6 +79,8 @@ def command(
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every,
                                ema_start=ema_start, async_save=async_save, fsdp=fsdp)
     monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps)
+    if not resume:  # a resumed run needs neither: its checkpoint holds their weights
+        T.check_inputs(data, {"--compressor": (compressor if condition != "none" else None, "fit-compressor"), "--init": (cfg.init_run, "train-latent")})
     shift_used, shift_rule = resolve_shift(cfg, resume=resume)
     text_used = resolve_text(cfg, resume=resume)
     settings_table("semgen train-latent", {

@@ -9,47 +9,50 @@ from typing import Annotated, Optional
 import typer
 
 from semgen_cli.cli import _train as T
+from semgen_cli.cli.options import Defaults
+
+D = Defaults("semgen_cli.steps.train_semantic", "TrainSemanticConfig")
 
 
 def command(
     data: Annotated[Path, typer.Argument(help="Shard folder from `semgen extract`.")],
     latent_run: Annotated[Path, typer.Option(help="train-latent run folder; its compressor is frozen and reused.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/semantic"),
-    preset: Annotated[str, typer.Option(help="DiT size: tiny, toy, wan-1.3b, wan-14b.")] = "toy",
-    text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = 0.1,
-    shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Cut clips longer than this (default: whole clips).")] = None,
-    windows: Annotated[Optional[str], typer.Option(help="Also train on windows of these lengths in seconds, comma-separated (e.g. 10,20,40), cut from every longer clip at half-window strides, so durations between the data's clip lengths are trained too (default: whole clips only).")] = None,
-    init: Annotated[Optional[str], typer.Option(help="train-semantic run to start from (its EMA weights; same --preset): a fine-tune with a fresh optimiser and schedule, e.g. on new data. Or wan:PATH: Wan2.1's blocks (diffusers WanTransformer3DModel folder; --preset is then Wan's), with a fresh input and output projection for the compressed channels.")] = None,
-    steps: T.Steps = 1000,
-    batch_size: T.BatchSize = 8,
-    grad_accum: T.GradAccum = 1,
-    lr: T.Lr = 1e-4,
-    warmup: T.Warmup = 0,
-    schedule: T.Schedule = "constant",
-    weight_decay: T.WeightDecay = 0.0,
-    grad_clip: T.GradClip = 1.0,
-    ema_decay: T.EmaDecay = 0.999,
-    precision: T.Precision = "auto",
-    save_every: T.SaveEvery = 500,
-    keep_last: T.KeepLast = 3,
-    seed: T.Seed = 0,
-    num_workers: T.Workers = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(D.out),
+    preset: T.Preset = D.preset,
+    text_dropout: Annotated[float, typer.Option(help="Probability of dropping the text (for CFG).")] = D.text_dropout,
+    shift: Annotated[Optional[float], typer.Option(help="Timestep shift (default: RAE's sqrt(elements/4096)).")] = D.shift,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Cut clips longer than this (default: whole clips).")] = D.max_seconds,
+    windows: Annotated[Optional[str], typer.Option(help="Also train on windows of these lengths in seconds, comma-separated (e.g. 10,20,40), cut from every longer clip at half-window strides, so durations between the data's clip lengths are trained too (default: whole clips only).")] = ",".join(f"{w:g}" for w in D.windows) or None,
+    init: Annotated[Optional[str], typer.Option(help="train-semantic run to start from (its EMA weights; same --preset): a fine-tune with a fresh optimiser and schedule, e.g. on new data. Or wan:PATH: Wan2.1's blocks (diffusers WanTransformer3DModel folder; --preset is then Wan's), with a fresh input and output projection for the compressed channels.")] = D.init,
+    steps: T.Steps = T.TRAIN.steps,
+    batch_size: T.BatchSize = T.TRAIN.batch_size,
+    grad_accum: T.GradAccum = T.TRAIN.grad_accum,
+    lr: T.Lr = T.TRAIN.lr,
+    warmup: T.Warmup = T.TRAIN.warmup_steps,
+    schedule: T.Schedule = T.TRAIN.schedule,
+    weight_decay: T.WeightDecay = T.TRAIN.weight_decay,
+    grad_clip: T.GradClip = T.TRAIN.grad_clip,
+    ema_decay: T.EmaDecay = T.TRAIN.ema_decay,
+    precision: T.Precision = T.TRAIN.precision,
+    save_every: T.SaveEvery = T.TRAIN.save_every,
+    keep_last: T.KeepLast = T.TRAIN.keep_last,
+    seed: T.Seed = T.TRAIN.seed,
+    num_workers: T.Workers = T.TRAIN.num_workers,
     resume: T.Resume = False,
     allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
-    gradient_checkpointing: T.GradientCheckpointing = False,
-    ema_start: T.EmaStart = 0,
-    async_save: T.AsyncSave = False,
-    attention_backend: T.AttentionBackend = "auto",
-    compile: T.Compile = False,
+    gradient_checkpointing: T.GradientCheckpointing = D.gradient_checkpointing,
+    ema_start: T.EmaStart = T.TRAIN.ema_start,
+    async_save: T.AsyncSave = T.TRAIN.async_save,
+    attention_backend: T.AttentionBackend = D.attention_backend,
+    compile: T.Compile = D.compile,
     dry_run: T.DryRun = False,
     report_to: T.ReportTo = None,
-    val_clips: T.ValClips = 0,
-    val_every: T.ValEvery = 0,
-    sample_every: T.SampleEvery = 0,
-    sample_steps: T.SampleSteps = 10,
+    val_clips: T.ValClips = T.MONITOR.val_clips,
+    val_every: T.ValEvery = T.MONITOR.val_every,
+    sample_every: T.SampleEvery = T.TRAIN.sample_every,
+    sample_steps: T.SampleSteps = T.MONITOR.sample_steps,
     val_prompts: Annotated[Optional[Path], typer.Option(help="Prompts (one a line) the --sample-every videos render through this run and --latent-run (default: the held-out clips' captions).")] = None,
 ) -> None:
     """Stage 2 (paper §3.2, §3.4): train the semantic DiT to generate compressed semantic tokens from text, with full attention over whole clips.
@@ -64,6 +67,7 @@ def command(
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every,
                                ema_start=ema_start, async_save=async_save, fsdp=fsdp)
     monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps, val_prompts)
+    T.check_inputs(data, {"--latent-run": (latent_run, "train-latent"), "--init": (None if resume or init is None or cfg.init_wan else init, "train-semantic")})
     settings_table("semgen train-semantic", {
         "data": data, "latent run": latent_run, "out": out, "preset": f"Wan's ({init})" if init and init.startswith("wan:") else preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
         "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": train_cfg.precision, "seed": seed, "resume": resume,

@@ -149,6 +149,7 @@ class FitCompressorConfig:
     """What is compressed: semantic features, or VAE latents (the Fig. 9 ablation)."""
     tokens_per_sample: int = 256
     """Tokens drawn from each sample per batch item (samples differ in length)."""
+    TRAIN_DEFAULTS = {"steps": 2000, "batch_size": 16, "lr": 1e-3, "schedule": "cosine", "ema_decay": 0.0, "save_every": 1000, "keep_last": 2}  # TrainConfig fields where fit-compressor's differ (not a field)
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:

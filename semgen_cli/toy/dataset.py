@@ -42,7 +42,7 @@ set is a mistyped flag, not a data set (a 10^12-pixel frame, a year-long clip)."
 class ToyDataConfig:
     """Settings of one `semgen toy-data` run; `__post_init__` rejects bad values naming the flag."""
 
-    count: int
+    count: int = 100
     """Number of clips (--count)."""
     seconds: float = 4.0
     """Length of an ordinary clip in seconds (--seconds)."""

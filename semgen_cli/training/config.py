@@ -59,7 +59,7 @@ class TrainConfig:
     """AdamW betas."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0: no clipping; the norm is logged either way)."""
-    ema_decay: float = 0.9999
+    ema_decay: float = 0.999
     """Decay of the fp32 EMA of the weights (0 disables the EMA and ema.safetensors)."""
     ema_start: int = 0
     """Step from which the EMA averages; before it the EMA copies the weights (0: from the start)."""
@@ -67,7 +67,7 @@ class TrainConfig:
     """"auto", "fp32" or "bf16" (autocast to bfloat16 where the device supports it; weights stay
     fp32). "auto" resolves when the config is made: bf16 where CUDA with bf16 is available, else
     fp32; the resolved value is what a run records."""
-    save_every: int = 1000
+    save_every: int = 500
     """Save a checkpoint every this many steps (0: only at the end); the last step always saves."""
     keep_last: int = 3
     """Keep this many newest checkpoints (0: keep all)."""
