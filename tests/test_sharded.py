@@ -116,7 +116,6 @@ def test_corrupt_dcp_shard_is_named_before_loading(tmp_path):
 def _fake_dcp_checkpoint(tmp_path: Path) -> Path:
     """A DCP folder written in one process by the same code path as a sharded save."""
     from semgen_cli.training.sharded import sharded_state, start_sharded_save
-    from semgen_cli.training.state import _save_safetensors  # noqa: F401
 
     model = make_net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

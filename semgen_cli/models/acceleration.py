@@ -31,9 +31,9 @@ def check_attention_backend(name: str, device: torch.device | str | None = None)
         raise ConfigError(f"--attention-backend {name!r}: must be one of {', '.join(ATTENTION_BACKENDS)}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if name in _CUDA_ONLY and torch.device(device).type != "cuda":
-        raise ConfigError(f"--attention-backend {name}: needs CUDA (this runs on {torch.device(device).type}); "
-                          "use auto or math")
+    kind = str(device).split(":")[0]
+    if name in _CUDA_ONLY and kind != "cuda":
+        raise ConfigError(f"--attention-backend {name}: needs CUDA (this runs on {kind}); use auto or math")
 
 
 @contextmanager

@@ -127,7 +127,7 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         from semgen_cli.models.acceleration import check_attention_backend
 
-        check_attention_backend(self.attention_backend, None if self.device == "auto" else self.device.split(":")[0])
+        check_attention_backend(self.attention_backend, None if self.device == "auto" else self.device)
         if isinstance(self.prompts, str):
             self.prompts = [self.prompts]
         if not self.prompts:
