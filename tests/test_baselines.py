@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from semgen_cli.errors import ConfigError, MismatchError
-from semgen_cli.steps.fit_compressor import VaeLayout
+from semgen_cli.tokens import VaeLayout
 from semgen_cli.steps.generate import GenerateConfig, generate, resolve
 from tests.conftest import run_inproc
 
@@ -296,13 +296,14 @@ def test_train_semantic_init_wan_errors(runs, wan_stage2, tmp_path):
     assert "--init" in one_line_exit_2(run_inproc(*args, "--init", "wan:"))
     assert not (tmp_path / "s").exists()
     with pytest.raises(MismatchError, match="not semantic features or VAE latents|text-to-video baseline"):
-        from semgen_cli.steps.train_semantic import load_latent_compressor
+        from semgen_cli.runs import LatentRun
+        from semgen_cli.steps.train_semantic import stage2_compressor
 
         cfg = json.loads((runs / "lat" / "config.json").read_text())
         bad = tmp_path / "lat"
         bad.mkdir()
         (bad / "config.json").write_text(json.dumps({**cfg, "compressor": None}))
-        load_latent_compressor(bad)
+        stage2_compressor(LatentRun.from_dir(bad, "--latent-run"))
 
 
 def test_latent_run_without_its_compressor_is_refused(runs, tmp_path):

@@ -13,15 +13,14 @@ from semgen_cli.errors import ConfigError
 from semgen_cli.models import DiT, preset
 from semgen_cli.models.attention import window_plan
 from semgen_cli.models.compressor import Compressor, CompressorConfig
+from semgen_cli.geometry import ClipGeometry
 from semgen_cli.models.dit import semantic_times_from_fps
 from semgen_cli.steps.train_latent import (
     CompressorStats,
     LatentStep,
     TrainLatentConfig,
     empty_windows,
-    latent_frames_for,
     resolve_window,
-    semantic_tokens_for,
     smallest_window,
     window_gap,
 )
@@ -33,8 +32,9 @@ from tests.conftest import tiny_data
 
 def _empty_in_plan(frames: int, fps: float, sfps: float, window: int) -> int:
     """Windows without a semantic token, counted on the DiT's own plans (video tokens: 1 per frame)."""
-    T = latent_frames_for(frames / fps, fps)
-    sem = semantic_times_from_fps(semantic_tokens_for(frames / fps, sfps), sfps, fps / 4).round().clamp(0, T - 1).long()
+    g = ClipGeometry(fps, sfps)
+    T = g.latent_frames(frames / fps)
+    sem = semantic_times_from_fps(g.semantic_tokens(frames / fps), sfps, fps / 4).round().clamp(0, T - 1).long()
     slots = torch.cat([torch.arange(T), sem])
     is_sem = torch.cat([torch.zeros(T, dtype=torch.bool), torch.ones(len(sem), dtype=torch.bool)])
     empty = 0
@@ -51,27 +51,28 @@ def _empty_in_plan(frames: int, fps: float, sfps: float, window: int) -> int:
 @pytest.mark.parametrize("fps, frames", [(16, 960), (16, 333), (8, 480), (24, 1440)])
 def test_empty_windows_agrees_with_the_dit_plan(fps, frames):
     for window in (4, 7, 10):
-        assert empty_windows(frames, fps, 1.6, window) == _empty_in_plan(frames, fps, 1.6, window)
+        assert empty_windows(frames, ClipGeometry(fps, 1.6), window) == _empty_in_plan(frames, fps, 1.6, window)
 
 
 def test_default_rates_need_a_wider_window_than_4():
     # extract's defaults (16 fps, 1.6 semantic fps): a semantic frame every 5 latent frames
-    assert empty_windows(60 * 16, 16, 1.6, 4) > 0
-    w = smallest_window(16, 1.6, 5.0)
-    assert w == 10 and window_gap(16, 1.6, w, 5.0) is None and window_gap(16, 1.6, w - 1, 5.0) is not None
-    assert all(empty_windows(f, 16, 1.6, w) == 0 for f in range(80, 16 * 61, 37))
+    g16, g8 = ClipGeometry(16, 1.6), ClipGeometry(8, 1.6)
+    assert empty_windows(60 * 16, g16, 4) > 0
+    w = smallest_window(g16, 5.0)
+    assert w == 10 and window_gap(g16, w, 5.0) is None and window_gap(g16, w - 1, 5.0) is not None
+    assert all(empty_windows(f, g16, w) == 0 for f in range(80, 16 * 61, 37))
     # toy rates (8 fps): every 2.5 latent frames
-    assert smallest_window(8, 1.6, 4.0) == 8 and window_gap(8, 1.6, 4, 4.0) == (4.25, 1)
+    assert smallest_window(g8, 4.0) == 8 and window_gap(g8, 4, 4.0) == (4.25, 1)
 
 
 def test_resolve_window_keeps_a_recorded_window_and_refuses_an_empty_one():
     cfg = TrainLatentConfig("d", compressor="c", window=4)
-    assert resolve_window(cfg, 8, 1.6, 4.0, recorded=4) == 4  # the run's DiT was trained with it
+    assert resolve_window(cfg, ClipGeometry(8, 1.6), 4.0, recorded=4) == 4  # the run's DiT was trained with it
     with pytest.raises(ConfigError, match="smallest window that works is 8"):
-        resolve_window(cfg, 8, 1.6, 4.0, recorded=None)
-    assert resolve_window(TrainLatentConfig("d", compressor="c"), 8, 1.6, 4.0, recorded=None) == 8
-    assert resolve_window(TrainLatentConfig("d", compressor="c"), 8, 1.6, 4.0, recorded=6) == 6
-    assert resolve_window(TrainLatentConfig("d", condition="none"), 8, 1.6, 4.0, recorded=None) == 4
+        resolve_window(cfg, ClipGeometry(8, 1.6), 4.0, recorded=None)
+    assert resolve_window(TrainLatentConfig("d", compressor="c"), ClipGeometry(8, 1.6), 4.0, recorded=None) == 8
+    assert resolve_window(TrainLatentConfig("d", compressor="c"), ClipGeometry(8, 1.6), 4.0, recorded=6) == 6
+    assert resolve_window(TrainLatentConfig("d", condition="none"), ClipGeometry(8, 1.6), 4.0, recorded=None) == 4
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +105,13 @@ def _latent_run(data, out, *flags):
 def test_joint_run_stores_the_statistics_of_its_ema_compressor(data, tmp_path):
     from semgen_cli.io.shards import Dataset
     from semgen_cli.runs import split_state
-    from semgen_cli.steps.fit_compressor import load_compressor, posterior_stats
+    from semgen_cli.runs import CompressorRun
+    from semgen_cli.tokens import posterior_stats
     from semgen_cli.training import load_checkpoint_weights
 
     run = _latent_run(data, tmp_path / "joint")
     assert json.loads((run / "config.json").read_text())["dit"]["window"] == 8  # derived from the rates
-    fitted = load_compressor(data.parent / "comp")[0]
+    fitted = CompressorRun.from_dir(data.parent / "comp", "--compressor").load()
     for which in ("ema", "model"):
         state = split_state(load_checkpoint_weights(run, which), "compressor")
         assert not torch.equal(state["stats_mean"], fitted.stats_mean)  # recomputed, not fit-compressor's
@@ -128,13 +130,13 @@ def test_joint_run_stores_the_statistics_of_its_ema_compressor(data, tmp_path):
 @pytest.mark.slow
 def test_frozen_compressor_stays_in_eval_mode_and_keeps_its_statistics(data, tmp_path):
     from semgen_cli.runs import split_state
-    from semgen_cli.steps.fit_compressor import load_compressor
+    from semgen_cli.runs import CompressorRun
     from semgen_cli.training import load_checkpoint_weights
 
     run = _latent_run(data, tmp_path / "frozen", "--freeze-compressor")
     kls = [json.loads(line)["kl"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert kls and all(k == 0.0 for k in kls)  # no sampling, no KL
-    fitted = load_compressor(data.parent / "comp")[0].state_dict()
+    fitted = CompressorRun.from_dir(data.parent / "comp", "--compressor").load().state_dict()
     state = split_state(load_checkpoint_weights(run, "ema"), "compressor")
     assert all(torch.equal(state[k], fitted[k]) for k in fitted)
 

@@ -44,12 +44,13 @@ def losses(run: Path) -> dict[int, float]:
 
 
 def test_fit_compressor_writes_weights_and_stats(compressor):
-    from semgen_cli.steps.fit_compressor import load_compressor
+    from semgen_cli.runs import CompressorRun
 
-    comp, cfg = load_compressor(compressor)
-    assert cfg["compressor"]["dim"] == 8 and cfg["fingerprint"].startswith("compressor:")
-    assert len(cfg["stats"]["mean"]) == 8 and all(s > 0 for s in cfg["stats"]["std"])
-    assert "fingerprint" in cfg["data"]["components"]["semantic"]
+    run = CompressorRun.from_dir(compressor, "--compressor")
+    assert run.load().config.dim == 8
+    assert run.compressor["dim"] == 8 and run.fingerprint.startswith("compressor:")
+    assert len(run.stats["mean"]) == 8 and all(s > 0 for s in run.stats["std"])
+    assert "fingerprint" in run.components["semantic"]
 
 
 def test_fit_compressor_dim_none_only_measures(data, tmp_path):
@@ -85,11 +86,10 @@ def test_train_latent_baselines_and_vae_condition(data, tmp_path):
 
 
 def test_train_latent_compressor_joint_vs_frozen(data, compressor, tmp_path):
-    from semgen_cli.runs import split_state
-    from semgen_cli.steps.fit_compressor import load_compressor
+    from semgen_cli.runs import CompressorRun, split_state
     from semgen_cli.training import load_checkpoint_weights
 
-    start = load_compressor(compressor)[0].state_dict()
+    start = CompressorRun.from_dir(compressor, "--compressor").load().state_dict()
     for flag, changed in (([], True), (["--freeze-compressor"], False)):
         out = tmp_path / ("frozen" if flag else "joint")
         r = run_cli("train-latent", str(data), "--compressor", str(compressor), "--preset", "tiny", "--batch-size", "2", "--steps", "2", "--lr", "1e-2", *flag, "--out", str(out))
@@ -121,7 +121,7 @@ def test_train_latent_errors(data, compressor, tmp_path):
 
 
 def test_motion_weights_favour_what_moves():
-    from semgen_cli.steps.train_latent import motion_weights
+    from semgen_cli.flow import motion_weights
 
     z = torch.zeros(2, 4, 5, 6, 6)
     z[:, :, :, 0, 0] = 3.0  # a fixed pattern (like a VAE's border) never moves
@@ -182,11 +182,13 @@ def test_corrupted_shard_is_a_clear_error(data, compressor, tmp_path):
 def test_window_alignment_keeps_semantic_positions_fixed():
     from fractions import Fraction
 
-    from semgen_cli.steps.train_latent import latent_frames_for, latents_per_token, semantic_tokens_for
+    from semgen_cli.geometry import ClipGeometry
 
-    assert latents_per_token(8, 1.6) == Fraction(5, 2)
-    assert latents_per_token(16, 1.6) == Fraction(5)
-    assert latent_frames_for(4, 8) == 9 and semantic_tokens_for(4, 1.6) == 3
+    assert ClipGeometry(8, 1.6).latents_per_token == Fraction(5, 2)
+    assert ClipGeometry(16, 1.6).latents_per_token == Fraction(5)
+    assert ClipGeometry(8, 1.6).latent_frames(4) == 9 and ClipGeometry(8, 1.6).semantic_tokens(4) == 3
+    ltx = ClipGeometry(8, 1.6, temporal_stride=8)  # an LTX-Video VAE: half the latent frames, each token spans half as many
+    assert ltx.latent_frames(4) == 5 and ltx.latents_per_token == Fraction(5, 4) and ltx.period == 5
 
 
 def test_train_semantic_resume_is_exact(data, latent, tmp_path):
@@ -206,15 +208,14 @@ def test_train_latent_init_from_run_fine_tunes_its_dit(data, compressor, latent,
     import shutil
 
     from semgen_cli.models.dit import DiT, DiTConfig
-    from semgen_cli.runs import split_state
-    from semgen_cli.steps.fit_compressor import load_compressor
-    from semgen_cli.steps.train_latent import init_from_run
+    from semgen_cli.runs import CompressorRun, LatentRun, split_state
     from semgen_cli.training import load_checkpoint_weights, load_sampling_weights
 
-    comp, comp_cfg = load_compressor(compressor)
+    comp_run = CompressorRun.from_dir(compressor, "--compressor")
+    comp = comp_run.load()
     cfg = json.loads((latent / "config.json").read_text())
     dit = DiT(DiTConfig.from_dict(cfg["dit"]))
-    init_from_run(dit, comp, latent, "semantic", comp_cfg["fingerprint"])
+    LatentRun.from_dir(latent, "--init").init_weights(dit, comp_run.fingerprint, comp, "semantic")
     ema = load_checkpoint_weights(latent, "ema")
     for module, prefix in ((dit, "dit"), (comp, "compressor")):  # the fixture trained its compressor too
         want = split_state(ema, prefix)
@@ -331,16 +332,15 @@ def test_train_latent_init_run_without_compressor_errors(data, tmp_path):
 def test_train_semantic_init_starts_from_another_runs_weights(data, latent, tmp_path):
     """--init loads the other run's EMA DiT weights (a fine-tune with a fresh schedule)."""
     from semgen_cli.models.dit import DiT, DiTConfig
-    from semgen_cli.runs import split_state
-    from semgen_cli.steps.train_semantic import init_from_run, load_latent_compressor
+    from semgen_cli.runs import LatentRun, SemanticRun, split_state
     from semgen_cli.training import load_checkpoint_weights
 
     common = ["train-semantic", str(data), "--latent-run", str(latent), "--preset", "tiny", "--batch-size", "2"]
     assert run_cli(*common, "--steps", "3", "--out", str(tmp_path / "a")).returncode == 0
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
-    _, fp, _ = load_latent_compressor(latent)
+    _, fp = LatentRun.from_dir(latent, "--latent-run").load_compressor()
     dit = DiT(DiTConfig.from_dict(cfg["dit"]))
-    init_from_run(dit, tmp_path / "a", fp)
+    SemanticRun.from_dir(tmp_path / "a", "--init").init_weights(dit, fp)
     want = split_state(load_checkpoint_weights(tmp_path / "a", "ema"), "dit")
     for k, v in dit.state_dict().items():
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)
@@ -463,14 +463,13 @@ def test_train_latent_patch_init_resizes_a_coarser_run(data, compressor, latent,
     """--patch 1,1,1 --init RUN (patch 1,2,2): the blocks come from RUN, the patch embedding and
     head are RUN's resized (resize_patch); the run records its patch, and --resume keeps it."""
     from semgen_cli.models.dit import DiT, DiTConfig, resize_patch
-    from semgen_cli.runs import split_state
-    from semgen_cli.steps.fit_compressor import load_compressor
-    from semgen_cli.steps.train_latent import init_from_run
+    from semgen_cli.runs import CompressorRun, LatentRun, split_state
     from semgen_cli.training import load_checkpoint_weights
 
-    comp, comp_cfg = load_compressor(compressor)
+    comp_run = CompressorRun.from_dir(compressor, "--compressor")
+    comp = comp_run.load()
     dit = DiT(DiTConfig.from_dict({**json.loads((latent / "config.json").read_text())["dit"], "patch": [1, 1, 1]}))
-    init_from_run(dit, comp, latent, "semantic", comp_cfg["fingerprint"])
+    LatentRun.from_dir(latent, "--init").init_weights(dit, comp_run.fingerprint, comp, "semantic")
     want = resize_patch(split_state(load_checkpoint_weights(latent, "ema"), "dit"), (1, 2, 2), (1, 1, 1))
     for k, v in dit.state_dict().items():
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)

@@ -67,7 +67,7 @@ def test_wan_padding_is_wan_pipelines_and_gives_wans_output(wan):
     torch.testing.assert_close(batch["text"], ref, rtol=0, atol=0)
     full = torch.ones(1, stored.shape[0], dtype=torch.bool)
     cond, uncond = run_text({"text": stored[None], "text_mask": full}, {"text": torch.zeros(1, stored.shape[0], 16), "text_mask": full},
-                            {"text": {"padding": "wan", "length": enc.max_length}})
+                            {"padding": "wan", "length": enc.max_length})
     torch.testing.assert_close(cond["text"], ref, rtol=0, atol=0)
     assert "text_mask" not in cond and uncond["text"].shape == ref.shape and not uncond["text"].any()
     # fed so, a Wan-initialised DiT gives Wan's output for the prompt; trimmed and masked it does not

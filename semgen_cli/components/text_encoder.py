@@ -152,3 +152,22 @@ def _load_text_encoder(spec, device, dtype, max_length) -> TextEncoder:
     module = freeze(module)
     fp = _fingerprint(kind, module, tokenizer)
     return TextEncoder(spec, place(module, device, dtype), tokenizer, fp, device, dtype, max_length)
+
+
+def pad_text(texts: list[torch.Tensor], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text embeddings (L_i, D) → (B, L, D) zero-padded to the longest, and its mask (B, L).
+    An empty caption still attends to one (zero) token. With `length` (Wan's way): zero-padded to
+    `length` tokens and no mask, every position attended to."""
+    if length is not None:
+        text = torch.zeros(len(texts), length, texts[0].shape[1])
+        for i, t in enumerate(texts):
+            text[i, : t.shape[0]] = t[:length]
+        return text, None
+    L = max(max(t.shape[0] for t in texts), 1)
+    text = torch.zeros(len(texts), L, texts[0].shape[1])
+    mask = torch.zeros(len(texts), L, dtype=torch.bool)
+    for i, t in enumerate(texts):
+        text[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    mask[:, 0] |= ~mask.any(1)
+    return text, mask

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from semgen_cli.errors import InputError, MismatchError
+from semgen_cli.errors import InputError
 from semgen_cli.io.atomic import follow_umask as follow_umask  # re-exported: importers of these names from here keep working
 from semgen_cli.io.atomic import save_tensors_atomic, write_json_atomic, write_text_atomic
 from semgen_cli.io.atomic import write_problem as write_problem
@@ -275,15 +275,6 @@ class Dataset:
             digest = sha256_file(path)
             yield s, None if digest == s.sha256 else f"{path}: sha256 {digest[:12]}… does not match the index ({s.sha256[:12]}…)"
 
-    def require_components(self, expected: dict, source: str) -> None:
-        """Refuse to mix artifacts made with different encoders (fingerprints differ)."""
-        for role, fp in expected.items():
-            have = self.components.get(role, {}).get("fingerprint")
-            if fp is not None and have != fp:
-                raise MismatchError(
-                    f"{self.root}: {role} fingerprint {have} differs from {fp} used by {source}; "
-                    "extract the data with the same components"
-                )
 
 
 # ----------------------------------------------------------------------------- write side

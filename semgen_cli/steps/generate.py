@@ -50,10 +50,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from semgen_cli.errors import ConfigError, InputError, MismatchError, out_of_memory
 from semgen_cli.reporting import NULL, Reporter
+
+if TYPE_CHECKING:
+    from semgen_cli.runs import LatentRun, SemanticRun
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -228,8 +231,8 @@ class Resolved:
     semantic_run: Path | None
     pipeline: str
     """'bundled default' or 'given runs'."""
-    lat: dict
-    sem: dict | None
+    lat: LatentRun
+    sem: SemanticRun | None
     seconds: float
     fps: float
     trained_fps: float
@@ -263,10 +266,10 @@ class Resolved:
     def settings(self, cfg: GenerateConfig) -> dict[str, Any]:
         """The rows of the settings table (and the `settings` of the mp4 metadata)."""
         comps = self.components
-        attention = cfg.attention or self.lat["dit"]["attention"]
+        attention = cfg.attention or self.lat.dit["attention"]
         if attention == "swin":
-            attention += f" (T_w={self.lat['dit']['window']})"
-        condition = self.lat["settings"].get("condition")
+            attention += f" (T_w={self.lat.dit['window']})"
+        condition = self.lat.condition
         baseline = self.plan_source == "none"
         rows = {
             "pipeline": self.pipeline,
@@ -293,8 +296,7 @@ class Resolved:
 
 def resolve(cfg: GenerateConfig) -> Resolved:
     """Check the runs and the flags against each other from config.json files; load no weights."""
-    from semgen_cli.runs import read_run
-    from semgen_cli.steps.train_latent import latent_frames_for, semantic_tokens_for
+    from semgen_cli.runs import LatentRun, SemanticRun, check_pair
 
     # 1. which runs
     pipeline = "given runs"
@@ -305,11 +307,11 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     elif latent_run is None:
         raise ConfigError("--semantic-run given without --latent-run; pass the latent run it was trained on too")
     latent_run = Path(latent_run)
-    lat = read_run(latent_run, "train-latent", "--latent-run")
-    condition = lat["settings"].get("condition")
+    lat = LatentRun.from_dir(latent_run, "--latent-run")
+    condition = lat.condition
     if condition == "none":  # Base-CT / Base-CT-Swin: a text-to-video model, no plan
         _check_baseline_flags(cfg, latent_run, semantic_run)
-    elif condition not in ("semantic", "vae") or not lat.get("compressor"):
+    elif condition not in ("semantic", "vae") or not lat.compressor:
         raise MismatchError(f"--latent-run {latent_run}: trained with --condition {condition} and no compressor; retrain it with semgen train-latent")
     elif semantic_run is None and cfg.semantic_from is None:
         raise ConfigError("--latent-run given without --semantic-run; pass the semantic run too (or --semantic-from ref.mp4)")
@@ -318,16 +320,14 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     sem = None
     if semantic_run is not None:
         semantic_run = Path(semantic_run)
-        sem = read_run(semantic_run, "train-semantic", "--semantic-run")
-        _check_pair(latent_run, lat, semantic_run, sem)
+        sem = SemanticRun.from_dir(semantic_run, "--semantic-run")
+        check_pair(lat, sem)
 
     # 2. frame rates and size
-    comps = lat["data"]["components"]
-    p = lat["data"]["producer"]
-    vae = comps["vae"]
-    t_stride, s_stride = int(vae["temporal_stride"]), int(vae["spatial_stride"])
-    pt, ph, pw = lat["dit"]["patch"]
-    trained_fps = float(p["fps"])
+    comps, p, geometry = lat.components, lat.producer, lat.geometry
+    t_stride, s_stride = geometry.temporal_stride, geometry.spatial_stride
+    pt, ph, pw = lat.dit["patch"]
+    trained_fps = geometry.fps
     fps = float(cfg.fps or trained_fps)
     warnings: list[str] = []
     if abs(fps - trained_fps) > 1e-9:
@@ -341,17 +341,16 @@ def resolve(cfg: GenerateConfig) -> Resolved:
         )
     if tuple(size) != trained_size:
         warnings.append(f"--size {size[0]}x{size[1]}: the latent model was trained at {trained_size[0]}x{trained_size[1]}")
-    sfps = float(p["semantic_fps"])
+    sfps = geometry.semantic_fps
     ssize = tuple(int(v) for v in (p.get("semantic_size") or p["size"]))
-    temporal_patch = int(comps["semantic"].get("temporal_patch", 2))
 
     # 3. duration
     plan_source = "none" if condition == "none" else "stage 2"
-    max_seconds = float(sem["max_seconds"]) if sem is not None else None
+    max_seconds = float(sem.max_seconds) if sem is not None else None
     seconds = cfg.seconds
     if cfg.semantic_from is not None:
         plan_source = "saved plan" if cfg.semantic_from.endswith(".safetensors") else "reference video"
-        ref_seconds = _plan_seconds(cfg.semantic_from, sfps, temporal_patch) if plan_source == "saved plan" else _probe_seconds(cfg.semantic_from)
+        ref_seconds = _plan_seconds(cfg.semantic_from, sfps, geometry.temporal_patch) if plan_source == "saved plan" else _probe_seconds(cfg.semantic_from)
         if seconds is None:
             seconds = ref_seconds
         elif seconds > ref_seconds + 1e-6:
@@ -368,17 +367,17 @@ def resolve(cfg: GenerateConfig) -> Resolved:
             f"--seconds {seconds:g} is longer than the {max_seconds:g} s the semantic model was trained on; "
             "it extrapolates, expect the plan to degrade"
         )
-    T = latent_frames_for(seconds, fps, t_stride)
+    T = geometry.latent_frames(seconds, fps)
     T = -(-T // pt) * pt  # whole temporal patches; the extra frames are decoded and cut
-    C = int(lat["latent_shape"][0])
-    channels = int(lat["dit"]["semantic_dim"])
+    C = int(lat.latent_shape[0])
+    channels = int(lat.dit["semantic_dim"])
     Ts, (hs, ws) = 0, (0, 0)
     if channels:
-        Ts = semantic_tokens_for(seconds, sfps, temporal_patch)
-        hs, ws = (int(v) for v in lat["semantic_grid"][:2])
+        Ts = geometry.semantic_tokens(seconds)
+        hs, ws = (int(v) for v in lat.semantic_grid[:2])
 
     # 4. the plan's noise level
-    sigma_max = float(lat["settings"].get("semantic_noise", 0.0)) if channels else 0.0
+    sigma_max = lat.semantic_noise if channels else 0.0
     sigma = SIGMA_FRACTION * sigma_max if cfg.semantic_noise is None else float(cfg.semantic_noise)
     if sigma > sigma_max + 1e-9:
         warnings.append(f"--semantic-noise {sigma:g} is above the {sigma_max:g} the latent model was trained with")
@@ -387,17 +386,17 @@ def resolve(cfg: GenerateConfig) -> Resolved:
     #    the square of the length: say so
     n1 = (T // pt) * (size[0] // s_stride // ph) * (size[1] // s_stride // pw) + Ts * hs * ws  # latent + in-context semantic tokens
     n2 = 0
-    memory = _length_memory(C * T * (size[0] // s_stride) * (size[1] // s_stride), n1, lat["dit"], cfg.latent_cfg != 1)
+    memory = _length_memory(C * T * (size[0] // s_stride) * (size[1] // s_stride), n1, lat.dit, cfg.latent_cfg != 1)
     if plan_source == "stage 2":
-        sp = sem["dit"]["patch"]
+        sp = sem.dit["patch"]
         n2 = (Ts // int(sp[0])) * (hs // int(sp[1])) * (ws // int(sp[2]))
-        memory = max(memory, _length_memory(channels * Ts * hs * ws, n2, sem["dit"], cfg.semantic_cfg != 1))
+        memory = max(memory, _length_memory(channels * Ts * hs * ws, n2, sem.dit, cfg.semantic_cfg != 1))
     if max_seconds is not None and seconds > 10 * max_seconds:
         warnings.append(
             f"--seconds {seconds:g} is {seconds / max_seconds:.0f}× the trained length: stage 2 attends over {n2} tokens at once "
             f"(its time grows with the square of the length), estimated peak memory {_gib(memory)} beyond the models"
         )
-    if (cfg.attention or lat["dit"]["attention"]) == "full":
+    if (cfg.attention or lat.dit["attention"]) == "full":
         warnings += _full_attention_cost(lat, n1)
 
     return Resolved(
@@ -423,14 +422,14 @@ def _check_baseline_flags(cfg: GenerateConfig, latent_run: Path, semantic_run) -
         raise ConfigError(f"--semantic-noise: {what}; drop --semantic-noise")
 
 
-def _full_attention_cost(lat: dict, tokens: int) -> list[str]:
+def _full_attention_cost(lat: LatentRun, tokens: int) -> list[str]:
     """A warning when full attention runs over more tokens than one training window held: the
     attention of every layer costs tokens² (time; memory too where SDPA has no fused kernel)."""
-    _, h, w = (int(v) for v in lat["latent_shape"])
-    pt, ph, pw = (int(v) for v in lat["dit"]["patch"])
-    window = lat.get("window") or {}
+    _, h, w = (int(v) for v in lat.latent_shape)
+    pt, ph, pw = (int(v) for v in lat.dit["patch"])
+    window = lat.window or {}
     trained = int(window.get("latents", 1)) // pt * (h // ph) * (w // pw)
-    trained += int(window.get("semantic_tokens", 0)) * math.prod(int(v) for v in (lat.get("semantic_grid") or [0, 0])[:2])
+    trained += int(window.get("semantic_tokens", 0)) * math.prod(int(v) for v in (lat.semantic_grid or [0, 0])[:2])
     if tokens <= trained:
         return []
     return [f"full attention over {tokens} tokens per layer, {(tokens / trained) ** 2:.3g}× the attention cost of the "
@@ -485,32 +484,6 @@ def check_memory(r: "Resolved", device) -> None:
         raise ConfigError(
             f"--seconds {r.seconds:g} at {r.fps:g} fps and {r.size[0]}x{r.size[1]}: needs an estimated {_gib(r.memory_bytes)} of memory beyond the models, more than the "
             f"{_gib(have)} of {what}; ask for fewer seconds"
-        )
-
-
-def _check_pair(latent_run: Path, lat: dict, semantic_run: Path, sem: dict) -> None:
-    """Refuse a semantic run that was not trained on this latent run's space (cheap checks).
-
-    Stage 2 sees only text embeddings and semantic features (compressed by the latent run's
-    compressor, whose fingerprint is checked where it is loaded), so its data must share the text
-    and semantic encoders with stage 1's. The VAE may differ: a stage 1 fine-tuned on the latents
-    of a new VAE still takes the plans of the stage 2 it was paired with."""
-    from semgen_cli.steps.train_semantic import stage2_roles
-
-    for role in stage2_roles(lat["settings"].get("condition")):
-        want = lat["data"]["components"].get(role, {}).get("fingerprint")
-        have = sem["data"]["components"].get(role, {}).get("fingerprint")
-        if want != have:
-            raise MismatchError(
-                f"--semantic-run {semantic_run}: its {role} encoder {have} differs from {want} of --latent-run {latent_run}; "
-                "use runs trained on data from the same components"
-            )
-    c = int(lat["dit"]["semantic_dim"])
-    grid = [int(v) for v in lat["semantic_grid"][:2]]
-    if int(sem.get("channels", -1)) != c or [int(v) for v in sem.get("semantic_grid", [])] != grid:
-        raise MismatchError(
-            f"--semantic-run {semantic_run}: generates {sem.get('channels')}-channel tokens on a {sem.get('semantic_grid')} grid, "
-            f"--latent-run {latent_run} reads {c} channels on {grid}; train the semantic run on this latent run"
         )
 
 
@@ -674,10 +647,7 @@ class Pipeline:
     """The loaded models of one latent run + semantic run, ready to turn prompts into latents."""
 
     def __init__(self, cfg: GenerateConfig, r: Resolved, reporter: Reporter = NULL) -> None:
-        import torch
-
-        from semgen_cli.models.compressor import Compressor, CompressorConfig
-        from semgen_cli.models.dit import DiT, DiTConfig
+        from semgen_cli.models.dit import DiT
         from semgen_cli.runs import split_state, tensors_fingerprint
         from semgen_cli.training import load_sampling_weights
 
@@ -689,29 +659,25 @@ class Pipeline:
         lat_state = load_sampling_weights(r.latent_run)
         comp_state = split_state(lat_state, "compressor")
         fp = tensors_fingerprint(comp_state, "compressor:")
-        if r.sem is not None and r.plan_source == "stage 2" and r.sem["latent_run"]["compressor_fingerprint"] != fp:
+        if r.sem is not None and r.plan_source == "stage 2" and r.sem.compressor_fingerprint != fp:
             raise MismatchError(
-                f"--semantic-run {r.semantic_run} was trained on compressor {r.sem['latent_run']['compressor_fingerprint']} "
-                f"(latent run {r.sem['latent_run'].get('path')}), but --latent-run {r.latent_run} holds {fp}; "
+                f"--semantic-run {r.semantic_run} was trained on compressor {r.sem.compressor_fingerprint} "
+                f"(latent run {r.sem.latent_run.get('path')}), but --latent-run {r.latent_run} holds {fp}; "
                 "pass the latent run the semantic run was trained on"
             )
         self.compressor_fingerprint = fp if comp_state else None  # None: a Base-CT run has no compressor
-        dit_cfg = dict(r.lat["dit"])
-        if cfg.attention is not None:
-            dit_cfg["attention"] = cfg.attention
-        self.latent_dit = _build(DiT, DiTConfig.from_dict(dit_cfg), split_state(lat_state, "dit"), self.device, self.dtype, "--latent-run", r.latent_run)
+        override = {"attention": cfg.attention} if cfg.attention is not None else {}
+        self.latent_dit = _build(DiT, r.lat.dit_config(**override), split_state(lat_state, "dit"), self.device, self.dtype, "--latent-run", r.latent_run)
         self.compressor = None
         if cfg.semantic_from is not None:
-            self.compressor = Compressor(CompressorConfig.from_dict(r.lat["compressor"]))
-            self.compressor.load_state_dict(comp_state)
-            self.compressor.eval().to(self.device)
+            self.compressor = r.lat.load_compressor(lat_state)[0].to(self.device)
         del lat_state, comp_state
 
         # 2. stage 2
         self.semantic_dit = None
         if r.plan_source == "stage 2":
             sem_state = load_sampling_weights(r.semantic_run)
-            self.semantic_dit = _build(DiT, DiTConfig.from_dict(r.sem["dit"]), split_state(sem_state, "dit"), self.device, self.dtype, "--semantic-run", r.semantic_run)
+            self.semantic_dit = _build(DiT, r.sem.dit_config(), split_state(sem_state, "dit"), self.device, self.dtype, "--semantic-run", r.semantic_run)
             del sem_state
 
         from semgen_cli.models.acceleration import compile_blocks
@@ -726,7 +692,7 @@ class Pipeline:
         self.text_encoder = _checked(load_text_encoder(text["spec"], device=self.device, max_length=text.get("max_length")), text, "text")
         self.vae = _checked(load_vae(cfg.vae or comps["vae"]["spec"], device=self.device), comps["vae"], "vae")
         self.semantic_encoder = None
-        if r.plan_source == "reference video" and r.lat["settings"].get("condition") == "semantic":
+        if r.plan_source == "reference video" and r.lat.condition == "semantic":
             s = comps["semantic"]
             extra = {k: s[k] for k in ("min_pixels", "max_pixels") if k in s}
             self.semantic_encoder = _checked(load_semantic_encoder(s["spec"], device=self.device, fps=r.semantic_fps, **extra), s, "semantic")
@@ -751,8 +717,8 @@ class Pipeline:
 
         r = self.r
         noise = torch.randn((1, r.channels, r.semantic_tokens, *r.semantic_grid), generator=generator)  # (1, c, Ts, hs, ws)
-        cond, uncond = run_text(cond, uncond, r.sem)
-        z = euler_sample(self.semantic_dit, noise.to(self.device), self.cfg.semantic_steps, shift=float(r.sem["shift"]),
+        cond, uncond = run_text(cond, uncond, r.sem.text)
+        z = euler_sample(self.semantic_dit, noise.to(self.device), self.cfg.semantic_steps, shift=float(r.sem.shift),
                          cfg_scale=self.cfg.semantic_cfg, cond=cond, uncond=uncond, progress=progress)
         return z.float().permute(0, 2, 3, 4, 1).contiguous()  # (1, Ts, hs, ws, c)
 
@@ -762,7 +728,7 @@ class Pipeline:
         from semgen_cli.io.video import read_video
 
         r = self.r
-        if r.lat["settings"].get("condition") == "vae":
+        if r.lat.condition == "vae":
             feats = self._vae_tokens(path).to(self.device)  # (Ts, hs, ws, C·r·a·b)
         else:
             frames = read_video(path, fps=r.semantic_fps, size=r.semantic_size, max_seconds=r.seconds)  # (Fs, H, W, 3)
@@ -777,13 +743,12 @@ class Pipeline:
     def _vae_tokens(self, path: str):
         """The VAE tokens (Ts, hs, ws, d) of a reference video, as `fit-compressor --features vae` made them."""
         from semgen_cli.io.video import read_video
-        from semgen_cli.steps.fit_compressor import VaeLayout
+        from semgen_cli.tokens import VaeLayout
 
         r = self.r
-        layout = VaeLayout.from_dict(r.lat["vae_layout"])
-        size = tuple(int(v) for v in r.lat["data"]["producer"]["size"])
-        stride = int(r.components["vae"]["temporal_stride"])
-        span = math.ceil(r.semantic_tokens * layout.latents_per_token) * stride + 1  # frames the tokens read
+        layout = VaeLayout.from_dict(r.lat.vae_layout)
+        size = tuple(int(v) for v in r.lat.producer["size"])
+        span = r.lat.geometry.video_frames(math.ceil(r.semantic_tokens * layout.latents_per_token) + 1)  # frames the tokens read
         frames = read_video(path, fps=r.trained_fps, size=size, max_seconds=span / r.trained_fps)  # (F, H, W, 3)
         frames = frames[: self.vae.valid_frames(len(frames))]
         return layout.tokens(self.vae.encode(frames), r.semantic_tokens)  # (Ts, hs, ws, d)
@@ -808,31 +773,27 @@ class Pipeline:
         import torch
 
         from semgen_cli.flow import euler_sample
-        from semgen_cli.models.dit import semantic_times_from_fps
 
         r = self.r
         sem_cond = {}
         if plan is not None:
-            stride = int(r.components["vae"]["temporal_stride"])
-            temporal_patch = int(r.components["semantic"].get("temporal_patch", 2))
-            times = semantic_times_from_fps(r.semantic_tokens, r.semantic_fps, r.fps / stride, temporal_patch)[None]  # (1, Ts)
+            times = r.lat.geometry.semantic_times(r.semantic_tokens, fps=r.fps)[None]  # (1, Ts), at the output's frame rate
             sem_cond = {
                 "semantic": plan + r.sigma * plan_eps.to(self.device),  # the RAE noise the model was trained under, at fixed σ
                 "semantic_sigma": torch.full((1,), r.sigma, device=self.device),
                 "semantic_times": times.to(self.device),
             }
-        cond, uncond = run_text(cond, uncond, r.lat)
-        z = euler_sample(self.latent_dit, noise.to(self.device), self.cfg.latent_steps, shift=float(r.lat["shift"]),
+        cond, uncond = run_text(cond, uncond, r.lat.text)
+        z = euler_sample(self.latent_dit, noise.to(self.device), self.cfg.latent_steps, shift=float(r.lat.shift),
                          cfg_scale=self.cfg.latent_cfg, cond={**cond, **sem_cond}, uncond=uncond, progress=progress)
         return z[0].float()  # (C, T, h, w)
 
 
-def run_text(cond: dict, uncond: dict, run_config: dict) -> tuple[dict, dict]:
-    """The text conditions the way the run in `run_config` was trained on them: as they are (real
-    tokens, all-True mask), or for Wan's padding the real tokens zero-padded to the run's length
-    (1, L, D) with no mask, and zeros of that shape unconditionally (diffusers' WanPipeline feeds
-    UMT5 embeddings so)."""
-    text = run_config.get("text") or {}
+def run_text(cond: dict, uncond: dict, text: dict) -> tuple[dict, dict]:
+    """The text conditions the way a run whose `text` record is `text` was trained on them: as
+    they are (real tokens, all-True mask), or for Wan's padding the real tokens zero-padded to the
+    run's length (1, L, D) with no mask, and zeros of that shape unconditionally (diffusers'
+    WanPipeline feeds UMT5 embeddings so)."""
     if text.get("padding") != "wan":
         return cond, uncond
     emb = cond["text"]  # (1, n, D), the caption's real tokens
@@ -976,7 +937,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     videos = []
     many = len(cfg.prompts) > 1
     with torch.inference_mode():
-        for i, (prompt, path) in enumerate(zip(cfg.prompts, paths)):
+        for i, (prompt, path) in enumerate(zip(cfg.prompts, paths, strict=True)):
             tag = f"[{i + 1}/{len(paths)}] " if many else ""
             stages = _Stages(device)
             seed = int(seeds[i] if seeds is not None else cfg.seed)
@@ -995,7 +956,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             elif r.plan_source == "stage 2":
                 name = f"{tag}semantic plan"
                 reporter.start(name, total=cfg.semantic_steps, unit="steps")
-                plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n: reporter.advance(name))
+                plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n, name=name: reporter.advance(name))
                 reporter.finish(name)
             elif r.plan_source == "reference video":
                 plan = pipe.plan_from_reference(source)
@@ -1009,12 +970,12 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             name = f"{tag}latents"
             reporter.start(name, total=cfg.latent_steps, unit="steps")
             try:
-                latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n: reporter.advance(name))
+                latents = pipe.latents(plan, cond, uncond, noise, plan_eps, lambda s, n, name=name: reporter.advance(name))
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 if not out_of_memory(err):
                     raise
                 raise ConfigError(f"--seconds {r.seconds:g}: stage 1 ran out of memory on {device} ({r.stage1_tokens} tokens, "
-                                  f"{cfg.attention or r.lat['dit']['attention']} attention); ask for fewer --seconds or a smaller --size") from None
+                                  f"{cfg.attention or r.lat.dit['attention']} attention); ask for fewer --seconds or a smaller --size") from None
             _require_finite(latents, f"the sampled latents of {path.name}")
             reporter.finish(name)
             stages.end()

@@ -95,9 +95,9 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
     from semgen_cli.toy.prompts import is_held_out
 
     if cfg.plans == "rendered" and cfg.latent_run:
-        from semgen_cli.runs import read_run
+        from semgen_cli.runs import LatentRun
 
-        if read_run(cfg.latent_run, "train-latent", "--latent-run")["settings"].get("condition") == "none":
+        if LatentRun.from_dir(cfg.latent_run, "--latent-run").condition == "none":
             raise ConfigError(f"--plans rendered: --latent-run {cfg.latent_run} is a text-to-video baseline (--condition none) that takes no plan; use --plans stage2")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(cfg.keep) if cfg.keep else Path(tmp)
@@ -133,12 +133,12 @@ def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter, seeds: list[
     import numpy as np
 
     from semgen_cli.io.video import write_video
-    from semgen_cli.runs import read_run
+    from semgen_cli.runs import LatentRun
     from semgen_cli.steps.generate import default_pipeline, generate
     from semgen_cli.toy.world import render, spec_for_caption
 
     latent_run = gen_cfg.latent_run or default_pipeline()[0]
-    producer = read_run(latent_run, "train-latent", "--latent-run")["data"]["producer"]
+    producer = LatentRun.from_dir(latent_run, "--latent-run").producer
     fps, (h, w) = float(producer["fps"]), producer["size"]
     refs = []
     for i, prompt in enumerate(gen_cfg.prompts):

@@ -12,7 +12,7 @@ holds a semantic frame at the data's rates (`smallest_window`); a `--window` tha
 empty is refused. Baselines by flag:
 `--condition none` is Base-CT (`--attention full`) / Base-CT-Swin (`--attention swin`), and
 `--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9),
-laid out on the semantic tokens' grid and rate (`fit_compressor.VaeLayout`), so the two arms
+laid out on the semantic tokens' grid and rate (`semgen_cli.tokens.VaeLayout`), so the two arms
 see the same number of condition tokens at the same RoPE times.
 
 Objective (DESIGN §2, `semgen_cli.flow`): rectified flow, `z_t = (1−t)·z0 + t·ε`, the DiT predicts
@@ -37,11 +37,15 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from semgen_cli.components.text_encoder import pad_text
 from semgen_cli.errors import ConfigError, InputError, MismatchError
-from semgen_cli.io.shards import Dataset, write_json_atomic
+from semgen_cli.flow import drop_text
+from semgen_cli.geometry import ClipGeometry
+from semgen_cli.io.shards import Dataset
 from semgen_cli.reporting import NULL, Reporter
+from semgen_cli.runs import RUN_VERSION, CompressorRun, LatentRun, differing_component
+from semgen_cli.tokens import check_vae_layout, posterior_stats
 
 CONDITIONS = ("semantic", "vae", "none")
 TEXT_PADDINGS = ("mask", "wan")
@@ -122,6 +126,9 @@ class TrainLatentConfig:
             raise ConfigError(f"--shift must be a positive number, got {self.shift}")
         if self.text_padding not in (None, *TEXT_PADDINGS):
             raise ConfigError(f"--text-padding must be one of {', '.join(TEXT_PADDINGS)}, got {self.text_padding!r}")
+        self._check_patch_and_init()
+
+    def _check_patch_and_init(self) -> None:
         if self.patch is not None:
             self.patch = tuple(int(x) for x in self.patch)
             if len(self.patch) != 3 or min(self.patch) < 1:
@@ -137,32 +144,14 @@ class TrainLatentConfig:
         return self.init if self.init and not self.init.startswith("wan:") else None
 
 
-def latent_frames_for(seconds: float, fps: float, stride: int = 4) -> int:
-    """Latent frames of a clip: F = round(s·fps) frames → 1 + ceil((F − 1)/stride)."""
-    frames = max(1, round(seconds * fps))
-    return 1 + math.ceil((frames - 1) / stride)
-
-
-def semantic_tokens_for(seconds: float, semantic_fps: float, temporal_patch: int = 2) -> int:
-    """Semantic tokens along time: ceil(floor(s·fps_sem)/2), at least 1."""
-    frames = max(1, math.floor(seconds * semantic_fps + 1e-6))
-    return math.ceil(frames / temporal_patch)
-
-
-def latents_per_token(fps: float, semantic_fps: float, temporal_patch: int = 2, stride: int = 4) -> Fraction:
-    """How many latent frames one semantic token spans (8 fps, 1.6 fps → 5/2)."""
-    return Fraction(temporal_patch * fps / (semantic_fps * stride)).limit_denominator(1000)
-
-
-def empty_windows(frames: int, fps: float, semantic_fps: float, window: int) -> int:
+def empty_windows(frames: int, geometry: ClipGeometry, window: int) -> int:
     """How many attention windows (plain and shifted, as `window_plan` cuts them) of a video of
-    `frames` frames at `fps` hold no semantic frame, the semantic frames at `semantic_fps`."""
+    `frames` frames at the data's fps hold no semantic frame (`geometry`: the data's rates)."""
     from semgen_cli.models.attention import window_ids
-    from semgen_cli.models.dit import semantic_times_from_fps
 
-    seconds = frames / fps
-    T = latent_frames_for(seconds, fps)
-    slots = semantic_times_from_fps(semantic_tokens_for(seconds, semantic_fps), semantic_fps, fps / 4.0).round().clamp(0, T - 1).long()
+    seconds = frames / geometry.fps
+    T = geometry.latent_frames(seconds)
+    slots = geometry.semantic_times(geometry.semantic_tokens(seconds)).round().clamp(0, T - 1).long()
     empty = 0
     for shift in (0, window // 2 if T > window else 0):
         every = window_ids(torch.arange(T), T, window, shift).unique()
@@ -170,46 +159,46 @@ def empty_windows(frames: int, fps: float, semantic_fps: float, window: int) -> 
     return empty
 
 
-def window_gap(fps: float, semantic_fps: float, window: int, from_seconds: float) -> tuple[float, int] | None:
+def window_gap(geometry: ClipGeometry, window: int, from_seconds: float) -> tuple[float, int] | None:
     """The shortest video, at least `from_seconds` long, with windows that hold no semantic frame:
     (its seconds, how many), or None when every length has a semantic frame in every window.
 
     Semantic frames repeat every `latents_per_token` latent frames (period p/q: q frames every p)
     and windows every `window`, so the pattern at the end of a video repeats every lcm(p, window)
-    latent frames (4 video frames each); two such periods past the shortest length cover them all."""
-    p = latents_per_token(fps, semantic_fps).numerator
-    first = max(1, round(from_seconds * fps))
-    for frames in range(first, first + 4 * (2 * math.lcm(p, window) + 2 * window) + 1):
-        n = empty_windows(frames, fps, semantic_fps, window)
+    latent frames (a temporal stride of video frames each); two such periods past the shortest
+    length cover them all."""
+    first = max(1, round(from_seconds * geometry.fps))
+    for frames in range(first, first + geometry.temporal_stride * (2 * math.lcm(geometry.period, window) + 2 * window) + 1):
+        n = empty_windows(frames, geometry, window)
         if n:
-            return frames / fps, n
+            return frames / geometry.fps, n
     return None
 
 
-def smallest_window(fps: float, semantic_fps: float, from_seconds: float, largest: int = 64) -> int:
+def smallest_window(geometry: ClipGeometry, from_seconds: float, largest: int = 64) -> int:
     """The smallest swin window (latent frames) with a semantic frame in every window, plain and
     shifted, of every video at least `from_seconds` long at these rates (`window_gap`)."""
     for window in range(2, largest + 1):
-        if window_gap(fps, semantic_fps, window, from_seconds) is None:
+        if window_gap(geometry, window, from_seconds) is None:
             return window
-    raise ConfigError(f"no --window up to {largest} latent frames gives every window a semantic frame at {fps:g} fps and "
-                      f"{semantic_fps:g} semantic fps; extract with a higher --semantic-fps")
+    raise ConfigError(f"no --window up to {largest} latent frames gives every window a semantic frame at {geometry.fps:g} fps and "
+                      f"{geometry.semantic_fps:g} semantic fps; extract with a higher --semantic-fps")
 
 
-def resolve_window(cfg: "TrainLatentConfig", fps: float, semantic_fps: float, seconds: float, recorded: int | None) -> int:
+def resolve_window(cfg: "TrainLatentConfig", geometry: ClipGeometry, seconds: float, recorded: int | None) -> int:
     """The swin window to train with: --window, else the recorded one (--init RUN, --resume),
     else `smallest_window`. A --window that leaves windows without a semantic frame is refused,
     unless it is the window the DiT was already trained with (`recorded`)."""
     if cfg.attention != "swin" or cfg.condition != "semantic":  # vae tokens sit on every latent frame
         return cfg.window or recorded or 4
     if cfg.window is None:
-        return recorded or smallest_window(fps, semantic_fps, seconds)
+        return recorded or smallest_window(geometry, seconds)
     if cfg.window != recorded:
-        gap = window_gap(fps, semantic_fps, cfg.window, seconds)
+        gap = window_gap(geometry, cfg.window, seconds)
         if gap is not None:
-            raise ConfigError(f"--window {cfg.window}: {gap[1]} windows of a {gap[0]:g} s video hold no semantic frame at {fps:g} fps "
-                              f"and {semantic_fps:g} semantic fps; the smallest window that works is "
-                              f"{smallest_window(fps, semantic_fps, seconds)} (leave --window out to use it)")
+            raise ConfigError(f"--window {cfg.window}: {gap[1]} windows of a {gap[0]:g} s video hold no semantic frame at {geometry.fps:g} fps "
+                              f"and {geometry.semantic_fps:g} semantic fps; the smallest window that works is "
+                              f"{smallest_window(geometry, seconds)} (leave --window out to use it)")
     return cfg.window
 
 
@@ -226,10 +215,10 @@ class LatentWindows(torch.utils.data.Dataset):
     takes_seed = True
 
     def __init__(self, data: Dataset, latents: int, tokens: int, fields: tuple[str, ...], vae_layout=None) -> None:
-        p = data.producer
+        geometry = ClipGeometry.of(data.producer, data.components)
         self.data, self.latents, self.tokens, self.fields, self.vae_layout = data, latents, tokens, fields, vae_layout
-        self.ratio = latents_per_token(float(p["fps"]), float(p["semantic_fps"]))
-        self.period = self.ratio.numerator  # latent frames spanning ratio.denominator whole tokens
+        self.ratio = geometry.latents_per_token
+        self.period = geometry.period  # latent frames spanning ratio.denominator whole tokens
         self.index = [i for i, r in enumerate(data.records) if r["latent_frames"] >= latents and r["semantic_tokens_t"] >= tokens]
         if not self.index:
             longest = max((r["duration"] for r in data.records), default=0.0)
@@ -259,34 +248,6 @@ class LatentWindows(torch.utils.data.Dataset):
         if "text" in x:
             out["text"] = x["text"].float()
         return out
-
-
-def pad_text(texts: list[torch.Tensor], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Text embeddings (L_i, D) → (B, L, D) zero-padded to the longest, and its mask (B, L).
-    An empty caption still attends to one (zero) token. With `length` (Wan's way): zero-padded to
-    `length` tokens and no mask, every position attended to."""
-    if length is not None:
-        text = torch.zeros(len(texts), length, texts[0].shape[1])
-        for i, t in enumerate(texts):
-            text[i, : t.shape[0]] = t[:length]
-        return text, None
-    L = max(max(t.shape[0] for t in texts), 1)
-    text = torch.zeros(len(texts), L, texts[0].shape[1])
-    mask = torch.zeros(len(texts), L, dtype=torch.bool)
-    for i, t in enumerate(texts):
-        text[i, : t.shape[0]] = t
-        mask[i, : t.shape[0]] = True
-    mask[:, 0] |= ~mask.any(1)
-    return text, mask
-
-
-def drop_text(text: torch.Tensor, mask: torch.Tensor | None, p: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Classifier-free-guidance dropout: with probability `p` a sample's text becomes zeros with an
-    all-True mask (no mask for Wan's padding), the same "no text" that sampling uses for the
-    unconditional branch."""
-    drop = torch.rand(text.shape[0], generator=generator, device=generator.device).to(text.device) < p
-    text = torch.where(drop[:, None, None], torch.zeros_like(text), text)
-    return text, None if mask is None else torch.where(drop[:, None], torch.ones_like(mask), mask)
 
 
 def collate(items: list[dict], text_length: int | None = None) -> dict:
@@ -336,7 +297,7 @@ class LatentStep(nn.Module):
         return self.compressor.normalize(mean), kl
 
     def forward(self, batch: dict, generator: torch.Generator):
-        from semgen_cli.flow import interpolate, noise_condition, sample_timesteps, velocity_target
+        from semgen_cli.flow import flow_loss, noise_condition, sample_timesteps
 
         z0 = batch["latents"]  # (B, C, T, h, w)
         B, dev = z0.shape[0], z0.device
@@ -349,14 +310,8 @@ class LatentStep(nn.Module):
             cond.update(semantic=sem, semantic_sigma=sigma, semantic_times=self.semantic_times if self.semantic_times.numel() else None)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
-        v = self.dit(interpolate(z0, eps, t), t, **cond)
-        err = (v.float() - velocity_target(z0, eps).float()).square()
-        mse = err.mean()
-        metrics = {"mse": float(mse.detach())}
-        if self.motion_weight:
-            w = motion_weights(z0.float(), self.motion_weight)
-            mse = (err * w).mean() / w.mean()
-            metrics["weighted_mse"] = float(mse.detach())
+        metrics: dict = {}
+        mse = flow_loss(self.dit, z0, t, eps, motion_weight=self.motion_weight, metrics=metrics, **cond)
         loss = mse + self.kl_weight * kl
         return loss, {**metrics, "kl": float(kl.detach())}
 
@@ -380,8 +335,6 @@ class CompressorStats:
     def __call__(self, model: "LatentStep", ema: dict[str, torch.Tensor] | None) -> None:
         import copy
 
-        from semgen_cli.steps.fit_compressor import posterior_stats
-
         source = copy.deepcopy(model.compressor).eval()
         if ema is not None:
             source.load_state_dict({k[len("compressor."):]: v for k, v in ema.items() if k.startswith("compressor.")})
@@ -399,24 +352,6 @@ class CompressorStats:
         self.reporter.info(f"compressor statistics recomputed: channel means {mean.min():+.3g}..{mean.max():+.3g}, stds {std.min():.3g}..{std.max():.3g}")
 
 
-def motion_weights(z0: torch.Tensor, alpha: float, cap: float = 10.0) -> torch.Tensor:
-    """Per-position loss weights (B, 1, T, h, w) that favour what moves.
-
-    m is the norm over channels of a latent position's change from the frame before and to the
-    frame after (the larger of the two), divided by its mean over the batch, and capped at `cap`
-    so a near-still batch does not blow noise up; the weight is 1 + alpha·m. Still regions (the
-    background, and a VAE's fixed border pattern) keep weight about 1; an object that moves gets
-    more. Why: in small toy runs the loss is spent on the flat background, and stage 1 renders a
-    moving object in one surge per latent frame."""
-    if z0.shape[2] < 2:
-        return torch.ones_like(z0[:, :1])
-    d = (z0[:, :, 1:] - z0[:, :, :-1]).norm(dim=1, keepdim=True)  # (B, 1, T-1, h, w)
-    pad = torch.zeros_like(d[:, :, :1])
-    m = torch.maximum(torch.cat([pad, d], 2), torch.cat([d, pad], 2))  # into / out of each frame
-    m = (m / m.mean().clamp_min(1e-8)).clamp_max(cap)
-    return 1 + alpha * m
-
-
 def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int, compressor=None, compressor_fingerprint: str | None = None, load_init: bool = True, init_state=None):
     from semgen_cli.models.dit import DiT
     from semgen_cli.models.presets import preset
@@ -427,7 +362,8 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
         dit = DiT(dit_cfg)
         if load_init:  # not when resuming: the checkpoint holds the weights
             # without --compressor the compressor already is the init run's (compressor_of_run)
-            init_from_run(dit, compressor if cfg.compressor else None, cfg.init, cfg.condition, compressor_fingerprint, state=init_state)
+            LatentRun.from_dir(cfg.init, "--init").init_weights(dit, compressor_fingerprint, compressor if cfg.compressor else None,
+                                                                cfg.condition, state=init_state)
         return dit
     if cfg.init:
         dit = DiT.from_wan(cfg.init[len("wan:"):], semantic_dim=semantic_dim, attention=cfg.attention, window=cfg.window)
@@ -440,65 +376,20 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
     return DiT(dit_cfg)
 
 
-def init_from_run(dit, compressor, run: str | Path, condition: str, compressor_fingerprint: str | None, flag: str = "--init", state=None) -> None:
-    """Load the DiT (and compressor) weights of train-latent `run` (EMA, else model; `state`: those
-    weights already read, by `compressor_of_run`) in place.
-
-    The run may have been trained on another VAE's latents (that is what a fine-tune is for), but
-    it must read the same conditions: the same DiT shape, and a compressor fitted by the same
-    fit-compressor run, since the in-context tokens mean what that compressor makes of the
-    semantic features. The compressor continues from the state the run ended with (the same
-    weights when that run kept it frozen). A DiT whose patch is finer than the run's gets the
-    run's weights resized (`resize_patch`)."""
-    from semgen_cli.models.dit import resize_patch
-    from semgen_cli.runs import read_run, split_state
-    from semgen_cli.training import load_sampling_weights
-
-    before = read_run(run, "train-latent", flag)
-    theirs_dit, ours = dict(before.get("dit") or {}), dit.config.to_dict()
-    new_patch = tuple(ours["patch"])
-    old_patch = tuple(theirs_dit.pop("patch", new_patch))
-    if any(o % n for o, n in zip(old_patch, new_patch)):
-        raise MismatchError(f"{flag} {run}: trained with patch {','.join(map(str, old_patch))}, which --patch "
-                            f"{','.join(map(str, new_patch))} does not divide; pass a patch whose sizes divide it")
-    if theirs_dit != {k: v for k, v in ours.items() if k != "patch"}:
-        s = before.get("settings", {})
-        theirs = f"preset {s.get('preset', '?')}, {s.get('attention', '?')} attention, window {s.get('window', '?')}, {before.get('dit', {}).get('in_channels', '?')} latent channels"
-        raise MismatchError(f"{flag} {run}: trained with another DiT ({theirs}); pass the same --preset/--attention/--window")
-    if before.get("settings", {}).get("condition") != condition:
-        raise MismatchError(f"{flag} {run}: conditioned on {before.get('settings', {}).get('condition')}, not {condition}")
-    source = (before.get("compressor_source") or {}).get("fingerprint")
-    if source != compressor_fingerprint:
-        raise MismatchError(f"{flag} {run}: started from compressor {source}, not the --compressor given ({compressor_fingerprint}); pass the same --compressor")
-    state = load_sampling_weights(run) if state is None else state
-    dit_state = split_state(state, "dit")
-    if old_patch != new_patch:
-        dit_state = resize_patch(dit_state, old_patch, new_patch)
-    dit.load_state_dict(dit_state)
-    if compressor is not None:
-        compressor.load_state_dict(split_state(state, "compressor"))
-
-
-def compressor_of_run(run: str | Path, flag: str = "--init"):
-    """(compressor, a record like load_compressor's, the run's sampling weights) of train-latent
-    `run`: the compressor it ended
-    with, standing in for --compressor when fine-tuning a run whose fit-compressor folder is not at
-    hand (a bundle such as semgen_cli/assets/toy/runs/latent keeps only the runs). The record names
-    the fit-compressor run the compressor came from, so the new run has the same lineage."""
-    from semgen_cli.models.compressor import Compressor, CompressorConfig
-    from semgen_cli.runs import read_run, split_state
-    from semgen_cli.training import load_sampling_weights
-
-    before = read_run(run, "train-latent", flag)
-    source = before.get("compressor_source")
-    if before.get("compressor") is None or source is None:
-        raise MismatchError(f"{flag} {run}: trained without a compressor (--condition none); pass --compressor")
-    compressor = Compressor(CompressorConfig.from_dict(before["compressor"]))
-    state = load_sampling_weights(run)
-    compressor.load_state_dict(split_state(state, "compressor"))
-    record = {"fingerprint": source["fingerprint"], "features": source["features"], "path": source["path"],
-              "data": {"components": before["data"]["components"]}, "vae_layout": before.get("vae_layout")}
-    return compressor.eval(), record, state
+def compressor_of_run(run: LatentRun, flag: str = "--init"):
+    """(compressor, a CompressorRun standing for the fit it came from, the run's sampling weights)
+    of train-latent `run`: the compressor it ended with, standing in for --compressor when
+    fine-tuning a run whose fit-compressor folder is not at hand (a bundle such as
+    semgen_cli/assets/toy/runs/latent keeps only the runs). The record names the fit-compressor
+    run the compressor came from, so the new run has the same lineage."""
+    source = run.compressor_source
+    if run.compressor is None or source is None:
+        raise MismatchError(f"{flag} {run.path}: trained without a compressor (--condition none); pass --compressor")
+    state = run.sampling_weights()
+    compressor, _ = run.load_compressor(state, flag)
+    record = CompressorRun(step=CompressorRun.STEP, settings={}, data={"components": run.components}, compressor=run.compressor,
+                           features=source["features"], vae_layout=run.vae_layout, fingerprint=source["fingerprint"], path=Path(source["path"]))
+    return compressor, record, state
 
 
 def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False, monitor=None):
@@ -511,53 +402,54 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
         return _train_latent(cfg, train_cfg, resume, reporter, resume_hint, fsdp, monitor)
 
 
+def _condition_compressor(cfg: TrainLatentConfig, data: Dataset, resume: bool):
+    """(compressor, the CompressorRun it stands for, the --init run's weights or None, VAE layout)
+    of a run conditioned on semantic or VAE tokens; all None for --condition none."""
+    if cfg.condition == "none":
+        return None, None, None, None
+    init_state, vae_layout = None, None
+    if cfg.compressor:
+        comp_run = CompressorRun.from_dir(cfg.compressor, "--compressor")
+        compressor = comp_run.load()
+    else:  # --init RUN without --compressor; a resumed run reads its own config (the init run may be gone)
+        own = resume and (Path(cfg.out) / "checkpoints" / "latest").is_file()
+        # the DiT starts from the same weights as the compressor: read once, kept for build_dit
+        compressor, comp_run, init_state = compressor_of_run(LatentRun.from_dir(cfg.out, "--out") if own else LatentRun.from_dir(cfg.init, "--init"))
+        if own:
+            init_state = None  # resuming: the checkpoint holds the DiT's weights
+    named = f"--compressor {cfg.compressor}" if cfg.compressor else f"the compressor of --init {cfg.init}"
+    if comp_run.features != cfg.condition:
+        raise MismatchError(f"{named}: fitted on {comp_run.features} features, but --condition is {cfg.condition}")
+    diff = differing_component(("semantic" if cfg.condition == "semantic" else "vae",), comp_run.components, data.components)
+    if diff is not None:
+        role, want, have = diff
+        raise MismatchError(f"{cfg.data}: {role} encoder {have} differs from {want} that {named} was fitted on; fit the compressor on this data")
+    if cfg.condition == "vae":
+        vae_layout = check_vae_layout(comp_run.vae_layout, data, named)
+    compressor.train(not cfg.freeze_compressor)
+    for param in compressor.parameters():
+        param.requires_grad_(not cfg.freeze_compressor)
+    if compressor.config.dim is not None:  # the decoder is fit-compressor's; no stage-1 loss reaches it (DDP would
+        compressor.decoder.requires_grad_(False)  # stop on parameters that never get a gradient)
+    return compressor, comp_run, init_state, vae_layout
+
+
 def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, monitor):
     from semgen_cli.models.acceleration import attention_backend, compile_blocks
-    from semgen_cli.models.dit import semantic_times_from_fps
-    from semgen_cli.steps.fit_compressor import load_compressor
     from semgen_cli.training import check_run_dir, train
 
     data = Dataset(cfg.data)
     if not len(data):
         raise InputError(f"{cfg.data}: the data set has no samples")
     p = data.producer
-    fps, sfps = float(p["fps"]), float(p["semantic_fps"])
-    compressor, comp_run, init_state, vae_layout = None, None, None, None
-    if cfg.condition != "none":
-        if cfg.compressor:
-            compressor, comp_run = load_compressor(cfg.compressor)
-        else:  # --init RUN without --compressor; a resumed run reads its own config (the init run may be gone)
-            own = resume and (Path(cfg.out) / "checkpoints" / "latest").is_file()
-            # the DiT starts from the same weights as the compressor: read once, kept for build_dit
-            compressor, comp_run, init_state = compressor_of_run(Path(cfg.out) if own else cfg.init)
-            if own:
-                init_state = None  # resuming: the checkpoint holds the DiT's weights
-        named = f"--compressor {cfg.compressor}" if cfg.compressor else f"the compressor of --init {cfg.init}"
-        if comp_run["features"] != cfg.condition:
-            raise MismatchError(f"{named}: fitted on {comp_run['features']} features, but --condition is {cfg.condition}")
-        role = "semantic" if cfg.condition == "semantic" else "vae"
-        want = comp_run["data"]["components"].get(role, {}).get("fingerprint")
-        have = data.components.get(role, {}).get("fingerprint")
-        if want != have:
-            raise MismatchError(
-                f"{cfg.data}: {role} encoder {have} differs from {want} that {named} was fitted on; "
-                "fit the compressor on this data"
-            )
-        if cfg.condition == "vae":
-            from semgen_cli.steps.fit_compressor import check_vae_layout
-
-            vae_layout = check_vae_layout(comp_run.get("vae_layout"), data, named)
-        compressor.train(not cfg.freeze_compressor)
-        for param in compressor.parameters():
-            param.requires_grad_(not cfg.freeze_compressor)
-        if compressor.config.dim is not None:  # the decoder is fit-compressor's; no stage-1 loss reaches it (DDP would
-            compressor.decoder.requires_grad_(False)  # stop on parameters that never get a gradient)
+    geometry = ClipGeometry.of(p, data.components)
+    compressor, comp_run, init_state, vae_layout = _condition_compressor(cfg, data, resume)
     # training window
     shortest = min(r["duration"] for r in data.records)
     seconds = cfg.clip_seconds or shortest
-    n_lat = latent_frames_for(seconds, fps)
-    n_tok = semantic_tokens_for(seconds, sfps)
-    cfg.window = resolve_window(cfg, fps, sfps, seconds, _recorded_window(cfg, resume))
+    n_lat = geometry.latent_frames(seconds)
+    n_tok = geometry.semantic_tokens(seconds)
+    cfg.window = resolve_window(cfg, geometry, seconds, _recorded_window(cfg, resume))
     fields = ("latents", "text") + (("semantic",) if cfg.condition == "semantic" else ())
     dataset = LatentWindows(data, n_lat, n_tok, fields, vae_layout)
     sample = dataset[_first_key()]
@@ -565,7 +457,7 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     text_dim = sample["text"].shape[-1]
     semantic_times = None
     if cfg.condition != "none":  # VAE tokens sit where the semantic tokens of their span would
-        semantic_times = semantic_times_from_fps(n_tok, sfps, fps / 4.0)
+        semantic_times = geometry.semantic_times(n_tok)
     sem_dim = compressor.config.out_dim if compressor is not None else 0
     shift, _ = resolve_shift(cfg, data, resume)
     text = resolve_text(cfg, data, resume)
@@ -577,15 +469,16 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run["fingerprint"] if comp_run else None, load_init=resume_from is None, init_state=init_state)
+    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run.fingerprint if comp_run else None, load_init=resume_from is None, init_state=init_state)
     del init_state
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     config = {
         "step": "train-latent",
+        "version": RUN_VERSION,
         "settings": asdict(cfg),
         "dit": dit.config.to_dict(),
         "compressor": compressor.config.to_dict() if compressor is not None else None,
-        "compressor_source": {"path": comp_run.get("path") or str(Path(cfg.compressor).resolve()), "fingerprint": comp_run["fingerprint"], "features": comp_run["features"]} if comp_run else None,
+        "compressor_source": {"path": str(Path(comp_run.path).resolve()), "fingerprint": comp_run.fingerprint, "features": comp_run.features} if comp_run else None,
         "vae_layout": vae_layout.to_dict() if vae_layout else None,
         "window": {"seconds": seconds, "latents": n_lat, "semantic_tokens": n_tok},
         "latent_shape": [C, h, w],
@@ -596,9 +489,10 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data), "windows": len(dataset)},
         "validation": hooks.record,
     }
+    run = LatentRun.from_dict(LatentRun.migrate(config, out / "config.json"), out)
     if resume and (out / "config.json").is_file():
-        _check_same_architecture(out, config)
-    write_json_atomic(out / "config.json", config)
+        _check_same_architecture(out, run)
+    run.save()
     step = LatentStep(dit, compressor, cfg, semantic_times, shift)
     swin = f"swin window T_w = {cfg.window} latent frames; " if cfg.attention == "swin" else ""
     reporter.info(f"DiT {cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; {swin}window {seconds:g} s = {n_lat} latent frames, {n_tok} semantic tokens; {len(dataset)} samples")
@@ -619,13 +513,14 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
 
 def _recorded_window(cfg: TrainLatentConfig, resume: bool) -> int | None:
     """The window the DiT was trained with: this run's (--resume), else --init RUN's."""
-    from semgen_cli.io.shards import read_json
-
     own = Path(cfg.out) / "config.json"
-    run = own if resume and own.is_file() else (Path(cfg.init_run) / "config.json" if cfg.init_run else None)
-    if run is None or not run.is_file():
+    if resume and own.is_file():
+        run = LatentRun.from_dir(cfg.out, "--out")
+    elif cfg.init_run and (Path(cfg.init_run) / "config.json").is_file():
+        run = LatentRun.from_dir(cfg.init_run, "--init")
+    else:
         return None
-    return (read_json(run).get("dit") or {}).get("window")
+    return run.dit.get("window")
 
 
 def _first_key():
@@ -634,16 +529,14 @@ def _first_key():
     return Sample(0, 0)
 
 
-def _earlier(cfg: TrainLatentConfig, resume: bool) -> tuple[dict | None, str]:
-    """The config.json a run's defaults follow: its own when resuming (the init run may be gone),
-    else that of the train-latent run --init names; (None, "") for neither."""
-    from semgen_cli.runs import read_run
-
+def _earlier(cfg: TrainLatentConfig, resume: bool) -> tuple[LatentRun | None, str]:
+    """The run a run's defaults follow: its own when resuming (the init run may be gone), else
+    the train-latent run --init names; (None, "") for neither."""
     own = Path(cfg.out) / "config.json"
     if resume and own.is_file():
-        return read_run(cfg.out, "train-latent", "--out"), "the resumed run's"
+        return LatentRun.from_dir(cfg.out, "--out"), "the resumed run's"
     if cfg.init_run:
-        return read_run(cfg.init_run, "train-latent", "--init"), f"that of --init {cfg.init}"
+        return LatentRun.from_dir(cfg.init_run, "--init"), f"that of --init {cfg.init}"
     return None, ""
 
 
@@ -659,15 +552,15 @@ def resolve_shift(cfg: TrainLatentConfig, data: Dataset | None = None, resume: b
     if cfg.shift is not None:
         return float(cfg.shift), "--shift"
     before, whose = _earlier(cfg, resume)
-    if before is not None and before.get("shift") is not None and (resume or not (cfg.init or "").startswith("wan:")):
-        return float(before["shift"]), whose
+    if before is not None and before.shift is not None and (resume or not (cfg.init or "").startswith("wan:")):
+        return float(before.shift), whose
     data = data if data is not None else Dataset(cfg.data)
     if cfg.init and cfg.init.startswith("wan:"):
         h, w = data.producer["size"]
         return (WAN_SHIFT_720P, "Wan's, 720p") if min(h, w) >= 720 else (WAN_SHIFT_480P, "Wan's, 480p")
     C, _, h, w = data.fields["latents"]["shape"]
     seconds = cfg.clip_seconds or min(r["duration"] for r in data.records)
-    n = int(C) * latent_frames_for(seconds, float(data.producer["fps"])) * int(h) * int(w)
+    n = int(C) * ClipGeometry.of(data.producer, data.components).latent_frames(seconds) * int(h) * int(w)
     return dimension_shift(n), f"sqrt({n} / 4096), at least 1"
 
 
@@ -679,7 +572,7 @@ def resolve_text(cfg: TrainLatentConfig, data: Dataset | None = None, resume: bo
     if padding is None:
         before, _ = _earlier(cfg, resume)
         if before is not None and (resume or not (cfg.init or "").startswith("wan:")):
-            padding = (before.get("text") or {}).get("padding", "mask")
+            padding = before.text.get("padding", "mask")
         elif cfg.init and cfg.init.startswith("wan:"):
             padding = "wan"
         else:
@@ -694,13 +587,11 @@ def resolve_text(cfg: TrainLatentConfig, data: Dataset | None = None, resume: bo
     return {"padding": "wan", "length": int(length)}
 
 
-def _check_same_architecture(out: Path, config: dict) -> None:
-    from semgen_cli.runs import read_run
-
-    before = read_run(out, "train-latent", "--out")  # its shape checked: an emptied config is named as such
+def _check_same_architecture(out: Path, run: LatentRun) -> None:
+    before = LatentRun.from_dir(out, "--out")  # its shape checked: an emptied config is named as such
     for key in ("dit", "compressor", "latent_shape"):
-        if before.get(key) != config.get(key):
+        if getattr(before, key) != getattr(run, key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")
-    if before.get("text", {"padding": "mask"}) != config["text"]:
-        raise MismatchError(f"{out}: the run was trained with text padding {before.get('text', {}).get('padding', 'mask')}, not "
-                            f"{config['text']['padding']}; pass the same --text-padding or a new --out")
+    if before.text != run.text:
+        raise MismatchError(f"{out}: the run was trained with text padding {before.text.get('padding', 'mask')}, not "
+                            f"{run.text['padding']}; pass the same --text-padding or a new --out")

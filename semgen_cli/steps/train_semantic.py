@@ -16,7 +16,7 @@ a minute plans any length in that range. Batches group clips of similar length (
 
 On a `--condition vae` latent run (the compressed-VAE space of paper Fig. 9) the same model learns
 that run's compressed VAE tokens instead: the clip's latents on the semantic grid and rate
-(`fit_compressor.VaeLayout`), so both arms plan the same number of tokens.
+(`semgen_cli.tokens.VaeLayout`), so both arms plan the same number of tokens.
 
 `--init wan:PATH` starts the blocks from Wan2.1 (a diffusers `WanTransformer3DModel` folder), as
 the paper fine-tunes its pre-trained video model for stage 2 too: Wan's width, depth and text
@@ -26,16 +26,20 @@ embedder, with a fresh patch embedding and output head for the compressed channe
 from __future__ import annotations
 
 import functools
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from semgen_cli.components.text_encoder import pad_text
 from semgen_cli.errors import ConfigError, InputError, MismatchError
-from semgen_cli.io.shards import Dataset, write_json_atomic
+from semgen_cli.flow import drop_text
+from semgen_cli.geometry import ClipGeometry
+from semgen_cli.io.shards import Dataset
 from semgen_cli.reporting import NULL, Reporter
+from semgen_cli.runs import RUN_VERSION, LatentRun, SemanticRun, check_pair
+from semgen_cli.tokens import check_vae_layout
 
 
 @dataclass
@@ -133,8 +137,6 @@ class WholeClips(torch.utils.data.Dataset):
 def collate(items: list[dict], text_length: int | None = None) -> dict:
     """Pad semantic tokens along time (with `frame_mask`) and text (with `text_mask`, or, with
     `text_length`, Wan's way: zero-padded to that many tokens and no mask)."""
-    from semgen_cli.steps.train_latent import pad_text
-
     text, text_mask = pad_text([it["text"] for it in items], text_length)
     Ts = max(it["semantic"].shape[0] for it in items)
     shape = items[0]["semantic"].shape[1:]
@@ -164,9 +166,8 @@ class SemanticStep(nn.Module):
             return self.compressor.normalize(mean).permute(0, 4, 1, 2, 3).contiguous()
 
     def forward(self, batch: dict, generator: torch.Generator):
-        from semgen_cli.flow import interpolate, sample_timesteps, velocity_target
+        from semgen_cli.flow import flow_loss, sample_timesteps
         from semgen_cli.models.dit import frame_mask_to_token_mask
-        from semgen_cli.steps.train_latent import drop_text
 
         self.compressor.eval()
         z0 = self.targets(batch["semantic"])  # (B, c, Ts, hs, ws)
@@ -176,10 +177,8 @@ class SemanticStep(nn.Module):
         fmask = batch["frame_mask"]  # (B, Ts)
         t = sample_timesteps(B, generator=generator, shift=self.shift, device=generator.device).to(dev)
         eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(dev)
-        v = self.dit(interpolate(z0, eps, t), t, text, tmask, token_mask=frame_mask_to_token_mask(fmask, hs, ws))
-        err = (v.float() - velocity_target(z0, eps).float()).pow(2)  # (B, c, Ts, hs, ws)
-        weight = fmask[:, None, :, None, None].to(err.dtype).expand_as(err)
-        loss = (err * weight).sum() / weight.sum()
+        loss = flow_loss(self.dit, z0, t, eps, mask=fmask[:, None, :, None, None], text=text, text_mask=tmask,
+                         token_mask=frame_mask_to_token_mask(fmask, hs, ws))
         return loss, {"tokens_t": float(fmask.sum(1).float().mean())}
 
 
@@ -204,47 +203,13 @@ def build_semantic_dit(cfg: TrainSemanticConfig, channels: int, text_dim: int, l
     return dit
 
 
-def init_from_run(dit, run: str | Path, compressor_fingerprint: str, flag: str = "--init") -> None:
-    """Load the DiT weights of train-semantic `run` (EMA, else model) into `dit` in place."""
-    from semgen_cli.runs import read_run, split_state
-    from semgen_cli.training import load_sampling_weights
-
-    before = read_run(run, "train-semantic", flag)
-    if before.get("dit") != dit.config.to_dict():
-        theirs = before.get("settings", {}).get("preset", "?")
-        raise MismatchError(f"{flag} {run}: trained with another DiT (preset {theirs}); pass the same --preset")
-    if before.get("latent_run", {}).get("compressor_fingerprint") != compressor_fingerprint:
-        raise MismatchError(f"{flag} {run}: generates the space of another compressor; use a --latent-run with the same compressor")
-    dit.load_state_dict(split_state(load_sampling_weights(run), "dit"))
-
-
-def load_latent_compressor(latent_run: str | Path, flag: str = "--latent-run"):
-    """(compressor in eval mode, its fingerprint, the latent run config) from a train-latent run."""
-    from semgen_cli.models.compressor import Compressor, CompressorConfig
-    from semgen_cli.runs import read_run, split_state, tensors_fingerprint
-    from semgen_cli.training import load_sampling_weights
-
-    cfg = read_run(latent_run, "train-latent", flag)
-    if cfg.get("compressor") is None:
-        raise MismatchError(f"{flag} {latent_run}: trained without semantic tokens (--condition none, a text-to-video baseline that `semgen generate` samples alone); stage 2 needs a semantic or vae latent run")
-    if cfg["settings"]["condition"] not in ("semantic", "vae"):
-        raise MismatchError(f"{flag} {latent_run}: conditioned on {cfg['settings']['condition']} tokens, not semantic features or VAE latents")
-    comp_state = split_state(load_sampling_weights(latent_run), "compressor")
-    compressor = Compressor(CompressorConfig.from_dict(cfg["compressor"]))
-    compressor.load_state_dict(comp_state)
-    return compressor.eval(), tensors_fingerprint(comp_state, "compressor:"), cfg
-
-
-STAGE2_ROLES = ("semantic", "text")
-"""The components whose outputs stage 2 reads (text embeddings, semantic features compressed by
-stage 1's compressor): its data and its stage 1's must share them. The VAE may differ, since stage
-2 never sees latents: a stage 1 fine-tuned on a new VAE's latents keeps its stage 2."""
-
-
-def stage2_roles(condition: str | None) -> tuple[str, ...]:
-    """The components stage 2 reads for a latent run conditioned on `condition`: the compressed-VAE
-    arm (Fig. 9) reads VAE latents where SemanticGen reads semantic features."""
-    return ("vae", "text") if condition == "vae" else STAGE2_ROLES
+def stage2_compressor(lat: LatentRun, flag: str = "--latent-run"):
+    """(compressor in eval mode, its fingerprint) of the latent run stage 2 generates the space of."""
+    if lat.compressor is None:
+        raise MismatchError(f"{flag} {lat.path}: trained without semantic tokens (--condition none, a text-to-video baseline that `semgen generate` samples alone); stage 2 needs a semantic or vae latent run")
+    if lat.condition not in ("semantic", "vae"):
+        raise MismatchError(f"{flag} {lat.path}: conditioned on {lat.condition} tokens, not semantic features or VAE latents")
+    return lat.load_compressor(flag=flag)
 
 
 def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False, monitor=None):
@@ -265,24 +230,16 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     data = Dataset(cfg.data)
     if not len(data):
         raise InputError(f"{cfg.data}: the data set has no samples")
-    compressor, comp_fp, lat = load_latent_compressor(cfg.latent_run)
+    lat = LatentRun.from_dir(cfg.latent_run, "--latent-run")
+    compressor, comp_fp = stage2_compressor(lat)
     vae_layout = None
-    if lat["settings"]["condition"] == "vae":
-        from semgen_cli.steps.fit_compressor import check_vae_layout
-
-        vae_layout = check_vae_layout(lat.get("vae_layout"), data, f"--latent-run {cfg.latent_run}")
-    for role in stage2_roles(lat["settings"]["condition"]):
-        want = lat["data"]["components"].get(role, {}).get("fingerprint")
-        have = data.components.get(role, {}).get("fingerprint")
-        if want != have:
-            raise MismatchError(f"{cfg.data}: {role} encoder {have} differs from {want} of --latent-run {cfg.latent_run}; use data extracted with the same components")
-    p = data.producer
-    from semgen_cli.steps.train_latent import semantic_tokens_for
-
+    if lat.condition == "vae":
+        vae_layout = check_vae_layout(lat.vae_layout, data, f"--latent-run {cfg.latent_run}")
+    geometry = ClipGeometry.of(data.producer, data.components)
     max_tokens = None
     if cfg.max_seconds is not None:
-        max_tokens = semantic_tokens_for(cfg.max_seconds, float(p["semantic_fps"]))
-    windows = tuple(semantic_tokens_for(w, float(p["semantic_fps"])) for w in cfg.windows)
+        max_tokens = geometry.semantic_tokens(cfg.max_seconds)
+    windows = tuple(geometry.semantic_tokens(w) for w in cfg.windows)
     dataset = WholeClips(data, max_tokens, windows, vae_layout)
     if windows:
         reporter.info(f"{len(dataset) - len(data)} windows of {', '.join(map(str, sorted(set(windows))))} tokens from longer clips, beside {len(data)} whole clips")
@@ -290,6 +247,8 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     _, hs, ws, _ = first["semantic"].shape
     text_dim = first["text"].shape[-1]
     c = compressor.config.out_dim
+    check_pair(lat, SemanticRun(step=SemanticRun.STEP, settings={}, data={"components": data.components}, semantic_grid=[hs, ws], channels=c),
+               semantic_named=f"{cfg.data}")
     records = data.records
     mean_t = sum(dataset.clip_lengths) / len(dataset.clip_lengths)  # whole clips: windows leave the default shift as it was
     shift = cfg.shift or dimension_shift(int(c * mean_t * hs * ws))
@@ -307,6 +266,7 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "step": "train-semantic",
+        "version": RUN_VERSION,
         "settings": asdict(cfg),
         "dit": dit.config.to_dict(),
         "latent_run": {"path": str(Path(cfg.latent_run).resolve()), "compressor_fingerprint": comp_fp},
@@ -318,22 +278,22 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
         "text_dropout": cfg.text_dropout,
         "text": stage2_text(cfg, data),
         "train": train_cfg.to_dict(),
-        "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data)},
+        "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": data.producer, "fields": data.fields,
+                 "samples": len(data)},
         "validation": hooks.record,
     }
+    run = SemanticRun.from_dict(SemanticRun.migrate(config, out / "config.json"), out)
     if resume and (out / "config.json").is_file():
-        from semgen_cli.runs import read_run
-
-        before = read_run(out, "train-semantic", "--out")  # its shape checked: an emptied config is named as such
-        if before.get("dit") != config["dit"] or before.get("latent_run", {}).get("compressor_fingerprint") != comp_fp:
+        before = SemanticRun.from_dir(out, "--out")  # its shape checked: an emptied config is named as such
+        if before.dit != run.dit or before.compressor_fingerprint != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
     if cfg.init is not None and cfg.init_wan is None and resume_from is None:
-        init_from_run(dit, cfg.init, comp_fp)
+        SemanticRun.from_dir(cfg.init, "--init").init_weights(dit, comp_fp)
         reporter.info(f"weights from --init {cfg.init}")
-    write_json_atomic(out / "config.json", config)
+    run.save()
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
-    reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {config['max_seconds']:.1f} s; shift {shift:.3g}")
-    batcher = functools.partial(collate, text_length=config["text"].get("length"))
+    reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {run.max_seconds:.1f} s; shift {shift:.3g}")
+    batcher = functools.partial(collate, text_length=run.text.get("length"))
     compile_blocks(dit, cfg.compile)
     with hooks.trackers(out, config, resume) as trackers, attention_backend(cfg.attention_backend):
         result = train(step, hooks.dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
