@@ -148,6 +148,8 @@ class _Run:
     settings: dict
     data: dict
     train: dict | None = None
+    validation: dict | None = None
+    """The held-out clips and monitoring settings (`semgen_cli.validation`) of a trainer's run."""
     version: int = RUN_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)
 
