@@ -170,10 +170,10 @@ def _parse_config(path: Path) -> dict:
     from semgen_cli.errors import InputError
     from semgen_cli.io.small_files import read_small_text
 
+    text = read_small_text(path, "--config", CONFIG_MAX_BYTES, "a JSON, YAML or TOML file of option values")
     fmt = CONFIG_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise InputError(f"--config {path}: unknown extension; give a .json, .yaml, .yml or .toml file of option values")
-    text = read_small_text(path, "--config", CONFIG_MAX_BYTES, f"a {fmt} file of option values")
     try:
         if fmt == "JSON":
             data = json.loads(text)
