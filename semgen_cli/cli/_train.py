@@ -191,7 +191,7 @@ def _parse_config(path: Path) -> dict:
         reason = " ".join(str(err).split())[:160]
         raise InputError(f"--config {path}: not valid {fmt} ({reason})") from None
     if not isinstance(data, dict):
-        raise InputError(f"--config {path}: expected a {fmt} mapping of option values (name: value)")
+        raise InputError(f"--config {path}: expected a {fmt} {'object' if fmt == 'JSON' else 'mapping'} of option values (name: value)")
     return data
 
 
