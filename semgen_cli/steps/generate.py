@@ -52,13 +52,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from semgen_cli import parallel
 from semgen_cli.errors import ConfigError, InputError, MismatchError, out_of_memory
+from semgen_cli.pipeline_file import default_pipeline
 from semgen_cli.reporting import NULL, Reporter
 
 if TYPE_CHECKING:
     from semgen_cli.runs import LatentRun, SemanticRun
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MAX_PROMPT_CHARS = 8192
@@ -126,6 +127,8 @@ class GenerateConfig:
     """SDPA kernel of both DiTs (`semgen_cli.models.acceleration`): auto, flash, cudnn, efficient, math."""
     compile: bool = False
     """torch.compile each block of both DiTs (regional compilation)."""
+    parallel: str = "auto"
+    """Under torchrun: auto, none, prompt, guidance, window or guidance+window (semgen_cli/parallel)."""
 
     def __post_init__(self) -> None:
         from semgen_cli.models.acceleration import check_attention_backend
@@ -173,35 +176,6 @@ class GenerateConfig:
             raise ConfigError(f"--out {self.out}: semgen writes H.264 mp4; give a name ending in .mp4")
         if self.semantic_from is not None and not Path(self.semantic_from).is_file():
             raise InputError(f"--semantic-from {self.semantic_from}: no such file")
-
-
-def default_pipeline(path: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """The runs a pipeline file names: ``{"latent_run": PATH, "semantic_run": PATH}``, paths
-    relative to the file's folder. Default: the bundled embedded default,
-    ``semgen_cli/assets/pipeline.json``."""
-    from semgen_cli.io.shards import read_json
-
-    if path is None:
-        path, what, fix = ASSETS / "pipeline.json", "bundled pipeline file", "reinstall semgen"
-        if not path.is_file():
-            raise ConfigError(
-                "no bundled default pipeline in this install yet (semgen_cli/assets/pipeline.json); "
-                "pass --latent-run and --semantic-run"
-            )
-    else:
-        path, what, fix = Path(path), "pipeline file", "write it with examples/toy/bundle.py"
-        if not path.is_file():
-            raise InputError(f"--pipeline {path}: no such file (give a pipeline.json written by examples/toy/bundle.py)")
-    d = read_json(path, what)
-    try:
-        runs = (path.parent / d["latent_run"]).resolve(), (path.parent / d["semantic_run"]).resolve()
-    except (KeyError, TypeError):
-        raise InputError(f"{path}: expected {{\"latent_run\": PATH, \"semantic_run\": PATH}}; {fix}") from None
-    from semgen_cli.io.shards import check_file_record
-
-    for rel, rec in (d.get("files") or {}).items():  # sizes only (cheap); `semgen inspect RUN --verify` hashes
-        check_file_record(path.parent / rel, rec, hashes=False)
-    return runs
 
 
 def output_paths(out: str | os.PathLike, count: int) -> list[Path]:
@@ -928,7 +902,8 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     stages = _Stages(device)
     stages.begin("load")
     reporter.info(f"loading the runs and components on {device} ({str(dtype).removeprefix('torch.')})…")
-    pipe = Pipeline(cfg, r, reporter)
+    par = parallel.plan_for(cfg, r)  # several ranks under torchrun: who makes which prompt, and how
+    pipe = parallel.load(par, lambda: Pipeline(cfg, r, reporter))
     stages.end()
     load_seconds, load_memory = stages.seconds.pop("load"), stages.memory.pop("load")
     # the VAE that decodes may have another decoder than the runs' own (the encoder may not differ)
@@ -938,6 +913,8 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
     many = len(cfg.prompts) > 1
     with torch.inference_mode():
         for i, (prompt, path) in enumerate(zip(cfg.prompts, paths, strict=True)):
+            if not par.takes(i):
+                continue
             tag = f"[{i + 1}/{len(paths)}] " if many else ""
             stages = _Stages(device)
             seed = int(seeds[i] if seeds is not None else cfg.seed)
@@ -956,7 +933,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             elif r.plan_source == "stage 2":
                 name = f"{tag}semantic plan"
                 reporter.start(name, total=cfg.semantic_steps, unit="steps")
-                plan = pipe.plan_from_stage2(cond, uncond, g, lambda s, n, name=name: reporter.advance(name))
+                plan = parallel.same_plan(par, pipe.plan_from_stage2(cond, uncond, g, lambda s, n, name=name: reporter.advance(name)))
                 reporter.finish(name)
             elif r.plan_source == "reference video":
                 plan = pipe.plan_from_reference(source)
@@ -979,6 +956,8 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
             _require_finite(latents, f"the sampled latents of {path.name}")
             reporter.finish(name)
             stages.end()
+            if not par.writes:  # per-video parallel modes: rank 0 decodes and writes
+                continue
 
             meta = {
                 "prompt": prompt, "seed": seed, "seconds": r.seconds, "frames": r.frames, "fps": r.fps,
@@ -1016,6 +995,7 @@ def _generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved
                     "memory_per_stage": stages.memory, "memory_kind": stages.meter.kind,
                 })
             videos.append(VideoOut(path, sidecar, sem_path, prompt, r.seconds, r.frames, r.fps, seed, stages.seconds, stages.memory))
+    videos = sorted(parallel.gather_objects(par, videos), key=lambda v: str(v.path))  # prompt-parallel: every rank's videos
     return GenerateResult(
         videos=videos, load_seconds=load_seconds, load_memory=load_memory, memory_kind=stages.meter.kind,
         pipeline=r.pipeline, latent_run=r.latent_run, semantic_run=r.semantic_run if r.plan_source == "stage 2" else None,
