@@ -123,10 +123,17 @@ class GenerateConfig:
     vae: str | None = None
     """Decode with this VAE spec instead of the runs' own; its encoder must be theirs (same
     `encoder_fingerprint`, so the same latents), e.g. a retrained or wider decoder."""
+    attention_backend: str = "auto"
+    """SDPA kernel of both DiTs (`semgen_cli.models.acceleration`): auto, flash, cudnn, efficient, math."""
+    compile: bool = False
+    """torch.compile each block of both DiTs (regional compilation)."""
     parallel: str = "auto"
     """Under torchrun: auto, none, prompt, guidance, window or guidance+window (semgen_cli/parallel)."""
 
     def __post_init__(self) -> None:
+        from semgen_cli.models.acceleration import check_attention_backend
+
+        check_attention_backend(self.attention_backend, None if self.device == "auto" else self.device)
         if isinstance(self.prompts, str):
             self.prompts = [self.prompts]
         if not self.prompts:
@@ -646,6 +653,11 @@ class Pipeline:
             self.semantic_dit = _build(DiT, r.sem.dit_config(), split_state(sem_state, "dit"), self.device, self.dtype, "--semantic-run", r.semantic_run)
             del sem_state
 
+        from semgen_cli.models.acceleration import compile_blocks
+
+        for dit in (self.latent_dit, self.semantic_dit):
+            compile_blocks(dit, cfg.compile and dit is not None)
+
         # 3. frozen components, checked against the fingerprints the runs recorded
         from semgen_cli.components import load_semantic_encoder, load_text_encoder, load_vae
 
@@ -842,12 +854,14 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     from contextlib import ExitStack
 
     from semgen_cli.io.lock import hold
+    from semgen_cli.models.acceleration import attention_backend
 
     paths = output_paths(cfg.out, len(cfg.prompts))
     check_writable(paths)  # an unwritable place is named as such, not as a lock that cannot be taken
     with ExitStack() as stack:
         for path in paths:
             stack.enter_context(hold(path, "output file", folder=False))
+        stack.enter_context(attention_backend(cfg.attention_backend))
         return _generate(cfg, reporter, resolved, references, seeds)
 
 
