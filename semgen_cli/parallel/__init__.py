@@ -142,7 +142,7 @@ def plan_for(cfg, r) -> ParallelPlan:
     from semgen_cli.parallel.window import plain_windows
 
     rank, size = world()
-    dit = r.lat["dit"]
+    dit = r.lat.dit
     frames = r.latent_frames // int(dit["patch"][0])
     swin = (cfg.attention or dit["attention"]) == "swin"
     windows = plain_windows(frames, int(dit["window"])) if swin and size > 1 else 1  # arithmetic: no tensor of the length
