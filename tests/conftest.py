@@ -66,17 +66,39 @@ def cli():
     return run_cli
 
 
+_CLICK: dict = {}  # the click command typer builds from semgen's app, built once per session
+
+
+def _cached_get_command(real):
+    """typer.main.get_command that builds semgen's click command once: typer rebuilds it (every
+    command's options, ~0.07 s of CPU) on each `app()` call, which `main()` makes once per process
+    but run_inproc makes hundreds of times. Any other Typer instance goes to `real`."""
+    from semgen_cli.cli.app import app
+
+    def get_command(typer_instance):
+        if typer_instance is not app:
+            return real(typer_instance)
+        if "semgen" not in _CLICK:
+            _CLICK["semgen"] = real(typer_instance)
+        return _CLICK["semgen"]
+
+    return get_command
+
+
 def run_inproc(*args: str) -> subprocess.CompletedProcess:
     """Run `semgen ARGS` inside this process (much faster than a subprocess: torch, diffusers
     and transformers are imported once). Same exit codes and output as the console script."""
     import contextlib
     import io
 
+    import typer.main
+
     from semgen_cli.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
+    argv, real = sys.argv, typer.main.get_command
     sys.argv = ["semgen", *map(str, args)]
+    typer.main.get_command = _cached_get_command(real)
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -84,7 +106,7 @@ def run_inproc(*args: str) -> subprocess.CompletedProcess:
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
-        sys.argv = argv
+        sys.argv, typer.main.get_command = argv, real
     return subprocess.CompletedProcess(["semgen", *args], code, out.getvalue(), err.getvalue())
 
 
@@ -117,12 +139,31 @@ def load_example(path: str):
     return module
 
 
-def tiny_data(root: Path, count: int, compressor_steps: int, batch: int) -> Path:
-    """`root/data`: `count` toy clips of 4 s (seed 5) extracted at 8 fps with the tiny components,
-    and `root/comp`, a compressor fitted on them, all through the CLI in this process."""
+_EXTRACTED: dict[int, Path] = {}  # count → the first root whose videos/ and data/ tiny_extracted built
+
+
+def tiny_extracted(root: Path, count: int) -> Path:
+    """`root/data`: `count` toy clips of 4 s (seed 5, in `root/videos`) extracted at 8 fps with the
+    tiny components through the CLI in this process. A `count` already built in this session is
+    copied (the same bytes: toy-data and extract are deterministic), so each caller owns its folders."""
+    import shutil
+
+    built = _EXTRACTED.get(count)
+    if built is not None and (built / "data" / "index.json").is_file():
+        shutil.copytree(built / "videos", root / "videos")
+        shutil.copytree(built / "data", root / "data")
+        return root / "data"
     assert run_inproc("toy-data", str(root / "videos"), "--count", str(count), "--seconds", "4", "--seed", "5").returncode == 0
     r = run_inproc("extract", str(root / "videos"), "--out", str(root / "data"), "--fps", "8", "--num-workers", "0")
     assert r.returncode == 0, r.stderr
+    _EXTRACTED[count] = root
+    return root / "data"
+
+
+def tiny_data(root: Path, count: int, compressor_steps: int, batch: int) -> Path:
+    """`root/data` (see `tiny_extracted`) and `root/comp`, a compressor fitted on it, all through the
+    CLI in this process."""
+    tiny_extracted(root, count)
     r = run_inproc("fit-compressor", str(root / "data"), "--out", str(root / "comp"), "--steps", str(compressor_steps),
                    "--batch-size", str(batch))
     assert r.returncode == 0, r.stderr

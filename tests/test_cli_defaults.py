@@ -195,7 +195,7 @@ def data(tmp_path_factory):
     must be refused before the data is read, not only when there is none."""
     from tests.conftest import tiny_data
 
-    return tiny_data(tmp_path_factory.mktemp("preset"), count=2, compressor_steps=1, batch=2)
+    return tiny_data(tmp_path_factory.mktemp("preset"), count=4, compressor_steps=1, batch=2)
 
 
 @pytest.mark.parametrize("command", ["train-latent", "train-semantic"])

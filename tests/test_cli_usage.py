@@ -73,13 +73,18 @@ def test_out_naming_a_directory_is_a_usage_error(tmp_path):
     _assert_usage_error(r, "generate --out DIR")
 
 
-def test_console_script_help_version_and_a_usage_error():
-    assert _console("--version").returncode == 0
-    r = _console("extract", "--help")
-    assert r.returncode == 0 and "Usage" in r.stdout
+def test_console_script_usage_error():
     r = _console("train-latent", "DATA", "--steps", "abc")
     _assert_usage_error(r, "semgen train-latent DATA --steps abc (console script)")
     assert "--steps" in r.stderr
+
+
+@pytest.mark.slow
+def test_console_script_help_and_version():
+    """Two more processes of the installed script (in-process: test_cli.py's help and version tests)."""
+    assert _console("--version").returncode == 0
+    r = _console("extract", "--help")
+    assert r.returncode == 0 and "Usage" in r.stdout
 
 
 def test_click_kind_matches_any_click():

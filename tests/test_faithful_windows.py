@@ -77,8 +77,8 @@ def test_resolve_window_keeps_a_recorded_window_and_refuses_an_empty_one():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """Tiny toy data: 3 clips of 4 s at 8 fps, tiny components, and a compressor."""
-    return tiny_data(tmp_path_factory.mktemp("faithful"), count=3, compressor_steps=10, batch=4)
+    """Tiny toy data: 4 clips of 4 s at 8 fps (the shared extraction), tiny components, and a compressor."""
+    return tiny_data(tmp_path_factory.mktemp("faithful"), count=4, compressor_steps=10, batch=4)
 
 
 def test_train_latent_refuses_a_window_with_empty_windows(data, tmp_path):

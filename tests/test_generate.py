@@ -183,7 +183,7 @@ def test_chunked_decode_equals_whole_decode():
     from semgen_cli.components import load_vae
 
     vae = load_vae("tiny")
-    latents = torch.randn(4, 5, 8, 8, generator=torch.Generator().manual_seed(0))  # (C, T, h, w) → 17 frames
+    latents = torch.randn(4, 5, 4, 4, generator=torch.Generator().manual_seed(0))  # (C, T, h, w) → 17 frames
     whole = vae.decode(latents)
     for chunk in (1, 2, 3):
         parts = list(decoded_frames(vae, latents, 17, chunk))

@@ -10,17 +10,13 @@ import torch
 
 from semgen_cli.errors import ConfigError
 from tests.conftest import run_inproc as run_cli
+from tests.conftest import tiny_extracted
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Tiny toy data: 4 clips of 4 s at 8 fps, tiny components."""
-    root = tmp_path_factory.mktemp("stages")
-    r = run_cli("toy-data", str(root / "videos"), "--count", "4", "--seconds", "4", "--seed", "5")
-    assert r.returncode == 0, r.stderr
-    r = run_cli("extract", str(root / "videos"), "--out", str(root / "data"), "--fps", "8", "--num-workers", "0")
-    assert r.returncode == 0, r.stdout + r.stderr
-    return root / "data"
+    return tiny_extracted(tmp_path_factory.mktemp("stages"), count=4)
 
 
 @pytest.fixture(scope="module")

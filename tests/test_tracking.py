@@ -161,7 +161,7 @@ def test_unknown_tracker_name_is_exit_2_and_writes_nothing(tmp_path):
 def test_fit_compressor_reports_to_tensorboard(tmp_path):
     from tests.conftest import tiny_data
 
-    data = tiny_data(tmp_path, count=2, compressor_steps=1, batch=2)
+    data = tiny_data(tmp_path, count=4, compressor_steps=1, batch=2)  # count 4: the extraction other modules share
     r = run_inproc("fit-compressor", str(data), "--steps", "3", "--batch-size", "2", "--report-to", "tensorboard", "--out", str(tmp_path / "c2"))
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in (tmp_path / "c2" / "metrics.jsonl").read_text().splitlines()]
