@@ -155,7 +155,7 @@ def test_source_reader_matches_the_imported_dataclasses():
     from semgen_cli.training import TrainConfig
     from semgen_cli.validation import MonitorConfig
 
-    for cls in (TrainConfig, TrainLatentConfig, FitCompressorConfig):
+    for cls in (TrainConfig, TrainLatentConfig, FitCompressorConfig, MonitorConfig):
         d = Defaults(cls.__module__, cls.__name__)
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:

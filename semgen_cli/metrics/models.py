@@ -239,7 +239,7 @@ class AestheticHead:
             layers.append((w, b))
         if not layers:
             raise ConfigError(f"{flag} {path}: no linear weights found (expected keys 'weight'/'bias' or 'layers.N.weight')")
-        for (w0, _), (w1, _) in zip(layers, layers[1:]):
+        for (w0, _), (w1, _) in zip(layers, layers[1:], strict=False):
             if w1.shape[1] != w0.shape[0]:
                 raise ConfigError(f"{flag} {path}: layer shapes do not chain ({w0.shape} then {w1.shape})")
         if layers[-1][0].shape[0] != 1:
