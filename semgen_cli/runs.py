@@ -148,6 +148,8 @@ class _Run:
     settings: dict
     data: dict
     train: dict | None = None
+    validation: dict | None = None
+    """What `semgen_cli.validation` held out and monitored while training (None: nothing)."""
     version: int = RUN_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)
 

@@ -309,7 +309,7 @@ def test_an_extract_rerun_rehashes_the_shards_it_keeps(runs, tmp_path):
 def test_the_bundle_records_its_weights_and_generate_checks_their_sizes(tmp_path):
     from semgen_cli.errors import InputError
     from semgen_cli.io.shards import read_json, sha256_file
-    from semgen_cli.steps.generate import ASSETS, default_pipeline
+    from semgen_cli.pipeline_file import ASSETS, default_pipeline
 
     p = read_json(ASSETS / "pipeline.json")
     assert len(p["files"]) == 2

@@ -60,7 +60,7 @@ def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
     import importlib.util
     from pathlib import Path
 
-    import semgen_cli.steps.generate as G
+    import semgen_cli.pipeline_file as P
 
     spec = importlib.util.spec_from_file_location("bundle", Path(__file__).parents[1] / "examples" / "toy" / "bundle.py")
     bundle = importlib.util.module_from_spec(spec)
@@ -80,7 +80,7 @@ def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
     w = str(work.resolve())
     assert bundle.relative_paths({"data": {"path": w + "/data"}, "x": [w, w + "x/y", "/elsewhere"]}, w) == {
         "data": {"path": "WORKDIR/data"}, "x": ["WORKDIR", w + "x/y", "/elsewhere"]}
-    monkeypatch.setattr(G, "ASSETS", assets)
+    monkeypatch.setattr(P, "ASSETS", assets)
     r = run_inproc("generate", "a red circle moving left on a black background", "--seconds", "1", "--steps", "1", "--out", tmp_path / "o.mp4")
     assert r.returncode == 0, r.stderr
     assert "bundled default" in r.stdout

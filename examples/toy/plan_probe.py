@@ -104,7 +104,8 @@ def main(argv=None) -> None:
     import torch
 
     from semgen_cli.io.video import write_video
-    from semgen_cli.steps.generate import GenerateConfig, Pipeline, initial_noise, resolve
+    from semgen_cli.pipeline import Pipeline, initial_noise
+    from semgen_cli.steps.generate import GenerateConfig, resolve
     from semgen_cli.toy.prompts import default_prompts
     from semgen_cli.toy.world import parse_caption, render, sample_spec
 

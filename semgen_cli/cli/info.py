@@ -17,7 +17,7 @@ def command() -> None:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"}
     try:
         from semgen_cli.io.shards import read_json
-        from semgen_cli.steps.generate import ASSETS, default_pipeline
+        from semgen_cli.pipeline_file import ASSETS, default_pipeline
 
         latent, semantic = default_pipeline()
         bundle = read_json(ASSETS / "pipeline.json")
