@@ -149,7 +149,7 @@ class _Run:
     data: dict
     train: dict | None = None
     validation: dict | None = None
-    """What `semgen_cli.validation` held out and monitored while training (None: nothing)."""
+    """The held-out clips and monitoring of the run (`semgen_cli.validation.record`); None without."""
     version: int = RUN_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)
 
