@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as Fn
 
 from semgen_cli.components._common import (
     TINY_SEED, fingerprint, freeze, load_error, place, quiet_loading, parse_spec, read_config, require_folder, seeded,

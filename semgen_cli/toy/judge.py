@@ -165,7 +165,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     the torus: walking across an edge continues on the other side with coordinates beyond the
     frame, so an object that straddles an edge comes out contiguous."""
     h, w = mask.shape
-    remaining = set(zip(*(a.tolist() for a in np.nonzero(mask))))
+    remaining = set(zip(*(a.tolist() for a in np.nonzero(mask)), strict=True))
     best: list[tuple[int, int]] = []
     while remaining:
         start = remaining.pop()
