@@ -267,7 +267,7 @@ class LatentRun(_Run):
 
     STEP: ClassVar[str] = "train-latent"
     IMPLIED: ClassVar[dict[str, Any]] = {"vae_layout": None, "text": {"padding": "mask"}, "compressor_source": None,
-                                         "compressor": None, "semantic_grid": None}
+                                         "compressor": None, "semantic_grid": None, "validation": None}
 
     dit: dict = field(default_factory=dict)
     compressor: dict | None = None
@@ -278,6 +278,8 @@ class LatentRun(_Run):
     semantic_grid: list | None = None
     shift: float = 1.0
     text: dict = field(default_factory=lambda: {"padding": "mask"})
+    validation: dict | None = None
+    """The held-out clips (`semgen_cli.validation`), None without --val-clips."""
 
     @property
     def condition(self) -> str:
@@ -350,7 +352,7 @@ class SemanticRun(_Run):
     generates, and the longest clip it was trained on."""
 
     STEP: ClassVar[str] = "train-semantic"
-    IMPLIED: ClassVar[dict[str, Any]] = {"text": {"padding": "mask"}}
+    IMPLIED: ClassVar[dict[str, Any]] = {"text": {"padding": "mask"}, "validation": None}
 
     dit: dict = field(default_factory=dict)
     latent_run: dict = field(default_factory=dict)
@@ -361,6 +363,8 @@ class SemanticRun(_Run):
     shift: float = 1.0
     text_dropout: float = 0.0
     text: dict = field(default_factory=lambda: {"padding": "mask"})
+    validation: dict | None = None
+    """The held-out clips (`semgen_cli.validation`), None without --val-clips."""
 
     @property
     def compressor_fingerprint(self) -> str | None:
