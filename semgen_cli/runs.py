@@ -148,8 +148,6 @@ class _Run:
     settings: dict
     data: dict
     train: dict | None = None
-    validation: dict | None = None
-    """The held-out clips and monitoring of the run (`semgen_cli.validation.record`); None without."""
     version: int = RUN_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)
 
