@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from semgen_cli import parallel
 from semgen_cli.errors import ConfigError, InputError, MismatchError, out_of_memory
 from semgen_cli.io.outputs import Commit, semantics_path, sidecar_path
 from semgen_cli.profiling import Stages
@@ -40,8 +41,9 @@ class Pipeline:
     """The loaded models of one latent run + semantic run, ready to turn prompts into videos.
     Loading is timed (`load_seconds`, `load_memory`)."""
 
-    def __init__(self, cfg: GenerateConfig, r: Resolved, reporter: Reporter = NULL) -> None:
+    def __init__(self, cfg: GenerateConfig, r: Resolved, reporter: Reporter = NULL, par: parallel.ParallelPlan | None = None) -> None:
         self.cfg, self.r, self.reporter = cfg, r, reporter
+        self.par = par if par is not None else parallel.ParallelPlan()  # one process unless `generate.load` joined ranks
         self.device, self.dtype = pick_device(cfg.device, cfg.dtype)
         stages = Stages(self.device)
         stages.begin("load")
@@ -100,12 +102,13 @@ class Pipeline:
             self.semantic_encoder = _checked(load_semantic_encoder(s["spec"], device=self.device, fps=r.semantic_fps, **extra), s, "semantic")
 
     # -- one video ----------------------------------------------------------------------------------
-    def generate_one(self, prompt: str, seed: int, plan: str | None = None, out: str | Path | None = None, tag: str = "") -> VideoOut:
+    def generate_one(self, prompt: str, seed: int, plan: str | None = None, out: str | Path | None = None, tag: str = "") -> VideoOut | None:
         """One video of `prompt`, every noise drawn from `seed` (`initial_noise`), written to `out`
         (default: the config's --out) with its sidecar and, with --save-semantics, its plan.
         `plan`: the reference video or saved plan to read the plan from instead of the config's
         --semantic-from (one loaded pipeline then serves a reference per prompt); `tag` prefixes
-        the progress bars."""
+        the progress bars. Under torchrun in a per-video parallel mode, ranks other than the first
+        help sample and return None (the first decodes and writes)."""
         import torch
 
         r = self.r
@@ -121,6 +124,8 @@ class Pipeline:
             stages.end()
             z_plan = self._plan(cond, uncond, g, source, path, tag, stages)
             latents = self._stage1(z_plan, cond, uncond, noise, plan_eps, path, tag, stages)
+            if not self.par.writes:  # per-video parallel modes: rank 0 decodes and writes
+                return None
             video = self._write(prompt, seed, source, z_plan, latents, path, tag, stages)
         self.memory_kind = stages.meter.kind
         return video
@@ -135,7 +140,7 @@ class Pipeline:
         if r.plan_source == "stage 2":
             name = f"{tag}semantic plan"
             reporter.start(name, total=self.cfg.semantic_steps, unit="steps")
-            plan = self.plan_from_stage2(cond, uncond, generator, lambda s, n: reporter.advance(name))
+            plan = parallel.same_plan(self.par, self.plan_from_stage2(cond, uncond, generator, lambda s, n: reporter.advance(name)))
             reporter.finish(name)
         elif r.plan_source == "reference video":
             plan = self.plan_from_reference(source)

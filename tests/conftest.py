@@ -88,6 +88,35 @@ def run_inproc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["semgen", *args], code, out.getvalue(), err.getvalue())
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(path: str):
+    """The script examples/PATH (e.g. "toy/train_vae.py") as a module, the one way tests load the
+    example scripts. It is registered in sys.modules under its file name, as Python does for a
+    script's sibling imports: a script that imports a sibling (train_ssl_encoder.py imports
+    train_semantic_encoder) gets the sibling loaded the same way first."""
+    import importlib.util
+
+    file = EXAMPLES / path
+    if not file.is_file():
+        raise FileNotFoundError(f"examples/{path}: no such script")
+    name = file.stem
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as err:
+        sibling = file.with_name(f"{err.name}.py")
+        if not sibling.is_file() or err.name in sys.modules:
+            del sys.modules[name]
+            raise
+        load_example(str(sibling.relative_to(EXAMPLES)))
+        spec.loader.exec_module(module)
+    return module
+
+
 def tiny_data(root: Path, count: int, compressor_steps: int, batch: int) -> Path:
     """`root/data`: `count` toy clips of 4 s (seed 5) extracted at 8 fps with the tiny components,
     and `root/comp`, a compressor fitted on them, all through the CLI in this process."""

@@ -13,7 +13,7 @@ import pytest
 
 from semgen_cli.io.shards import read_json
 from semgen_cli.steps.generate import GenerateConfig
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_inproc
 
 ASSETS = Path(__file__).resolve().parents[1] / "semgen_cli" / "assets"
 PIPELINE = ASSETS / "pipeline.json"
@@ -47,7 +47,7 @@ def test_bundle_component_fingerprints_match_what_loads():
 
 
 def test_info_names_the_bundle():
-    r = run_cli("info")
+    r = run_inproc("info")
     assert r.returncode == 0, r.stderr
     assert "toy" in r.stdout and "pipeline.json" in r.stdout
     p = read_json(PIPELINE)

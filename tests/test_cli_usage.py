@@ -1,6 +1,7 @@
-"""Usage errors through the installed console script, as a user meets them: one short message,
-exit 2, never a traceback, whatever click the installed typer brings (typer ≥ 0.16 vendors its
-own click, whose exceptions are not the `click` package's)."""
+"""Usage errors as a user meets them: one short message, exit 2, never a traceback, whatever click
+the installed typer brings (typer ≥ 0.16 vendors its own click, whose exceptions are not the
+`click` package's). Each case runs through `main()` in this process (what the console script
+calls); the installed console script itself is run for help, version and one usage error."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from semgen_cli.cli.app import COMMANDS
+from tests.conftest import run_inproc
 
 
 def _console_script() -> str:
@@ -23,9 +25,13 @@ def _console_script() -> str:
     return found
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _console(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "100"}
     return subprocess.run([_console_script(), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return run_inproc(*args)
 
 
 def _assert_usage_error(r: subprocess.CompletedProcess, what: str) -> None:
@@ -67,10 +73,13 @@ def test_out_naming_a_directory_is_a_usage_error(tmp_path):
     _assert_usage_error(r, "generate --out DIR")
 
 
-def test_help_and_version_exit_0():
-    assert _run("--version").returncode == 0
-    r = _run("extract", "--help")
+def test_console_script_help_version_and_a_usage_error():
+    assert _console("--version").returncode == 0
+    r = _console("extract", "--help")
     assert r.returncode == 0 and "Usage" in r.stdout
+    r = _console("train-latent", "DATA", "--steps", "abc")
+    _assert_usage_error(r, "semgen train-latent DATA --steps abc (console script)")
+    assert "--steps" in r.stderr
 
 
 def test_click_kind_matches_any_click():

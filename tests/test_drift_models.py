@@ -44,7 +44,7 @@ def folders(tmp_path_factory):
     rng = np.random.default_rng(0)
     save_file({"weight": rng.normal(size=(1, 12)).astype(np.float32), "bias": np.array([5.0], np.float32)}, str(root / "linear.safetensors"))
     mlp = {}
-    for i, (o, n) in zip((0, 2, 4, 6, 7), ((20, 12), (10, 20), (6, 10), (4, 6), (1, 4))):
+    for i, (o, n) in zip((0, 2, 4, 6, 7), ((20, 12), (10, 20), (6, 10), (4, 6), (1, 4)), strict=True):
         mlp[f"layers.{i}.weight"] = rng.normal(size=(o, n)).astype(np.float32) * 0.3
         mlp[f"layers.{i}.bias"] = rng.normal(size=(o,)).astype(np.float32)
     save_file(mlp, str(root / "mlp.safetensors"))

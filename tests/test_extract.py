@@ -234,17 +234,17 @@ def test_resume_refuses_shards_made_by_other_weights_behind_the_same_spec(tmp_pa
     diffusers.AutoencoderKLWan(**TINY_WAN_CONFIG).save_pretrained(vae_dir)
     args = ["extract", str(videos), "--out", str(data), "--vae", f"wan:{vae_dir}", "--fps", "8", "--semantic-fps", "2",
             "--shard-size", "2", "--num-workers", "0"]
-    assert run_cli(*args).returncode == 0
+    assert run_inproc(*args).returncode == 0
     (data / "index.json").unlink()  # as if stopped before the last shard's index: a resume follows
     (data / ".progress" / "shard-00001.json").unlink()
     shard0 = (data / "shard-00000.safetensors").read_bytes()
     torch.manual_seed(2)
     diffusers.AutoencoderKLWan(**TINY_WAN_CONFIG).save_pretrained(vae_dir)
-    r = run_cli(*args)
+    r = run_inproc(*args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and str(data) in r.stderr and "vae wan:" in r.stderr and "another --out" in r.stderr
     assert (data / "shard-00000.safetensors").read_bytes() == shard0 and not (data / "index.json").exists()
-    r = run_cli(*args[:3], str(tmp_path / "fresh"), *args[4:])  # a new --out works
+    r = run_inproc(*args[:3], str(tmp_path / "fresh"), *args[4:])  # a new --out works
     assert r.returncode == 0, r.stderr
 
 
@@ -252,20 +252,20 @@ def test_cli_extract_inspect_verify_and_flipped_byte(tmp_path):
     videos = make_videos(tmp_path / "videos", n=2)
     (videos / "broken.mp4").write_bytes(b"\x00" * 100)
     data = tmp_path / "data"
-    r = run_cli("extract", str(videos), "--out", str(data), "--fps", "8", "--num-workers", "1")
+    r = run_inproc("extract", str(videos), "--out", str(data), "--fps", "8", "--num-workers", "1")
     assert r.returncode == 1, r.stdout + r.stderr  # one input failed
     assert "semgen fit-compressor" in r.stdout and "failures.jsonl" in r.stdout
-    ok = run_cli("inspect", str(data), "--verify")
+    ok = run_inproc("inspect", str(data), "--verify")
     assert ok.returncode == 0 and "match the index" in ok.stdout, ok.stdout + ok.stderr
     shard = next(data.glob("shard-*.safetensors"))
     b = bytearray(shard.read_bytes()); b[-10] ^= 0xFF; shard.write_bytes(bytes(b))
-    bad = run_cli("inspect", str(data), "--verify")
+    bad = run_inproc("inspect", str(data), "--verify")
     assert bad.returncode == 2 and "failed verification" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_cli_bad_flag_is_one_line(tmp_path):
-    r = run_cli("extract", str(tmp_path), "--size", "abc")
+    r = run_inproc("extract", str(tmp_path), "--size", "abc")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--size" in r.stderr
 
 

@@ -16,6 +16,7 @@ from semgen_cli.steps import generate as G
 from semgen_cli.io.outputs import output_paths
 from semgen_cli.pipeline import decoded_frames
 from semgen_cli.steps.generate import GenerateConfig, generate, resolve
+from tests.conftest import run_inproc
 
 PROMPT = "a red circle moving left on a black background"
 FPS = 8
@@ -167,8 +168,8 @@ def test_sigma_default_is_half_the_trained_max(runs, tmp_path):
     [["--seconds", "-1"], ["--seconds", "abc"], ["--seconds", "0"], ["--steps", "0"], ["--size", "60"]],
     ids=["negative", "not-a-number", "zero", "steps", "size"],
 )
-def test_cli_bad_flags_are_one_line_exit_2(runs, tmp_path, cli, args):
-    res = cli("generate", "x", "--latent-run", str(runs / "lat"), "--semantic-run", str(runs / "sem"), "--out", str(tmp_path / "c.mp4"), *args)
+def test_cli_bad_flags_are_one_line_exit_2(runs, tmp_path, args):
+    res = run_inproc("generate", "x", "--latent-run", str(runs / "lat"), "--semantic-run", str(runs / "sem"), "--out", str(tmp_path / "c.mp4"), *args)
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(lines) == 1 and lines[0].startswith("error:"), lines
@@ -243,7 +244,7 @@ def test_same_seed_same_frames_other_seed_other_frames(runs, tmp_path):
 @pytest.mark.slow
 def test_initial_noise_replays_generates_plan(runs, tmp_path):
     """initial_noise(r, seed) then plan_from_stage2 on its generator gives the plan generate saved
-    for that seed (what examples/toy/plan_probe.py relies on to score toy-eval's plans)."""
+    for that seed (what examples/toy/diagnostics/plan_probe.py relies on to score toy-eval's plans)."""
     import torch
     from safetensors.torch import load_file
 

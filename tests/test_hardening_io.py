@@ -98,7 +98,7 @@ def test_same_stem_and_flattened_paths_keep_their_own_tensors_and_captions(tmp_p
     recs[1]["id"] = recs[0]["id"]
     shard.write_text("".join(json.dumps(x) + "\n" for x in recs))
     with pytest.raises(InputError, match=r"share the sample id .*extract the videos again"):
-        Dataset(data).records
+        _ = Dataset(data).records
     (data / "index.json").unlink()
     before = snapshot(data)
     r = run_inproc("extract", videos, "--out", data, "--fps", "8", "--semantic-fps", "2", "--shard-size", "4", "--num-workers", "0", "--dtype", "float32")
@@ -287,7 +287,7 @@ def test_plan_mp4_and_sidecar_are_committed_together(runs, tmp_path, monkeypatch
     real = G.decoded_frames
 
     def interrupted(*a, **k):
-        for i, part in enumerate(real(*a, **k)):
+        for part in real(*a, **k):
             yield part
             raise KeyboardInterrupt
 

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -293,7 +292,6 @@ def test_kill_int_of_a_background_training_saves_and_exits_130(tmp_path):
     script = f"""
 import signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 import time
 from semgen_cli.training import train
 from tests.test_training import NoisyPoints, collate, loss_fn, make_net, cfg
@@ -304,7 +302,9 @@ def slow(m, b, g):
 r = train(make_net(), NoisyPoints(), collate, slow, cfg(steps=500, save_every=0), {str(tmp_path / 'run')!r})
 sys.exit(130 if r.interrupted else 0)
 """
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    root = str(Path(__file__).resolve().parents[1])  # `tests` importable in the child
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     assert p.stdout.readline().strip() == "go"
     p.send_signal(2)
     assert p.wait(timeout=60) == 130

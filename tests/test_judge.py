@@ -50,7 +50,7 @@ def assert_perfect(result, s: ClipSpec) -> None:
 
 @pytest.mark.parametrize("colour, background", list(itertools.product(COLOURS, BACKGROUNDS)))
 def test_every_colour_on_every_background(colour, background):
-    for shape, motion in zip(SHAPES, ("left", "up", "still")):
+    for shape, motion in zip(SHAPES, ("left", "up", "still"), strict=True):
         s = spec(colour=colour, background=background, shape=shape, motion=motion, seconds=0.5, x=3.3, y=61.7)
         assert_perfect(judge(render(s), s.caption), s)
 
@@ -75,7 +75,7 @@ def test_covering_set_raw():
         assert_perfect(judge(render(s), s.caption), s)
 
 
-@pytest.mark.parametrize("crf", [0, 17])
+@pytest.mark.parametrize("crf", [0, pytest.param(17, marks=pytest.mark.slow)])  # crf 0 in the fast tier
 def test_covering_set_after_h264_round_trip(tmp_path, crf):
     from semgen_cli.io.video import read_video, write_video
 

@@ -1,9 +1,8 @@
-"""examples/toy/plan_probe.py finds the odd token out in a plan frame and scores its steps, with
+"""examples/toy/diagnostics/plan_probe.py finds the odd token out in a plan frame and scores its steps, with
 wrap-around; on the bundled pipeline's rendered clips every step is forward (slow)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-PROBE = Path(__file__).resolve().parents[1] / "examples" / "toy" / "plan_probe.py"
+from tests.conftest import load_example
+
+PROBE = Path(__file__).resolve().parents[1] / "examples" / "toy" / "diagnostics" / "plan_probe.py"
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("plan_probe", PROBE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("toy/diagnostics/plan_probe.py")
 
 
 def _plan(cells: list[tuple[int, int]], grid=(4, 4), c: int = 8) -> torch.Tensor:

@@ -4,7 +4,6 @@ whole `reproduce.sh --quick` end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,26 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import load_example
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER, TOY = ROOT / "examples" / "paper", ROOT / "examples" / "toy"
 ATTRS = ("background", "colour", "shape", "motion")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def report():
-    return _load("paper_report", PAPER / "report.py")
+    return load_example("paper/report.py")
 
 
 @pytest.fixture(scope="module")
 def ssl():
-    return _load("train_ssl_encoder", TOY / "train_ssl_encoder.py")
+    return load_example("toy/train_ssl_encoder.py")
 
 
 # -- synthetic results -----------------------------------------------------------------------------
@@ -195,7 +189,7 @@ def test_ssl_masking_and_targets(ssl):
     assert float(x.min()) == -1.0
 
 
-def test_ssl_tower_saves_and_loads_through_the_users_loader(ssl, tmp_path):
+def test_ssl_tower_saves_and_loads_through_the_users_loader(ssl, tmp_path, capsys):
     """A 1-step tower is the plain Qwen2.5-VL vision class (save_pretrained), loaded by
     `load_semantic_encoder("qwen2.5-vl:PATH")` as `semgen extract --semantic` loads it."""
     from semgen_cli.components import load_semantic_encoder
@@ -213,9 +207,9 @@ def test_ssl_tower_saves_and_loads_through_the_users_loader(ssl, tmp_path):
     clip = render(sample_spec(np.random.default_rng(0), seconds=1.0))
     feats = enc.encode(resize_center_crop(clip[[0, 2, 4, 6]], 112))
     assert tuple(feats.shape) == (2, 4, 4, 64) and bool(feats.isfinite().all())
-    r = subprocess.run([sys.executable, str(TOY / "train_ssl_encoder.py"), "--probe", "toy", "--probe-clips", "0"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--probe needs --probe-clips of at least 1" in r.stderr
+    with pytest.raises(SystemExit) as refused:
+        ssl.main(["--probe", "toy", "--probe-clips", "0"])
+    assert refused.value.code == 2 and "--probe needs --probe-clips of at least 1" in capsys.readouterr().err
 
 
 # -- end to end ------------------------------------------------------------------------------------------

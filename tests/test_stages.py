@@ -393,6 +393,7 @@ def test_train_semantic_refuses_a_baseline_latent_run(data, tmp_path):
     assert r.returncode == 2 and "no such run folder" in r.stderr
 
 
+@pytest.mark.slow  # end to end; fast tier: test_training samples every N steps through train()
 def test_validation_samples_and_val_loss_leave_losses_alone(data, compressor, tmp_path):
     from semgen_cli.io.video import probe, read_metadata
 

@@ -39,6 +39,7 @@ SPEC = ClipSpec(colour="red", shape="circle", background="navy", motion="right",
                 x=20.0, y=30.0, seconds=33 / 8)
 
 
+@pytest.mark.slow  # fast tier: test_toy_diagnostics round-trips clips through the bundled VAE
 def test_toy_vae_round_trip():
     _need(VAE_DIR)
     from semgen_cli.components import load_vae

@@ -10,7 +10,7 @@ import pytest
 from semgen_cli.errors import ConfigError, InputError
 from semgen_cli.toy.prompts import HELD_OUT, default_prompts, held_out_flag, is_held_out
 from semgen_cli.toy.world import parse_caption, parse_combos
-from tests.conftest import run_inproc
+from tests.conftest import load_example, run_inproc
 
 
 def test_default_prompts_cover_held_out_and_every_value():
@@ -55,22 +55,17 @@ def test_info_runs():
 
 
 def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
-    """examples/toy/bundle.py keeps only what sampling needs and writes pipeline.json last;
-    generate with no runs then uses it."""
-    import importlib.util
-    from pathlib import Path
-
+    """write_pipeline (examples/toy/bundle.py) keeps only what sampling needs and writes
+    pipeline.json last; generate with no runs then uses it."""
     import semgen_cli.pipeline_file as P
 
-    spec = importlib.util.spec_from_file_location("bundle", Path(__file__).parents[1] / "examples" / "toy" / "bundle.py")
-    bundle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bundle)
     work = tmp_path / "work"
     work.mkdir()
     (work / "latent").symlink_to(runs / "lat")
     (work / "semantic").symlink_to(runs / "sem")
     assets = tmp_path / "assets"
-    bundle.main(str(work), str(assets))
+    bundle = load_example("toy/bundle.py")
+    bundle.main([str(work), str(assets)])
     pipeline = json.loads((assets / "pipeline.json").read_text())
     assert pipeline["latent_run"] == "toy/runs/latent" and pipeline["held_out_combinations"]
     assert pipeline["components"]["vae"]["encoder_fingerprint"].startswith("wan-encoder:")  # what a new decoder must match
@@ -78,14 +73,14 @@ def test_bundle_becomes_the_default_pipeline(runs, tmp_path, monkeypatch):
     assert kept == ["config.json", "ema.safetensors", "latest", "state.json"]
     # the training machine's paths under WORKDIR are written relative to it, others stay
     w = str(work.resolve())
-    assert bundle.relative_paths({"data": {"path": w + "/data"}, "x": [w, w + "x/y", "/elsewhere"]}, w) == {
+    assert P.relative_paths({"data": {"path": w + "/data"}, "x": [w, w + "x/y", "/elsewhere"]}, w) == {
         "data": {"path": "WORKDIR/data"}, "x": ["WORKDIR", w + "x/y", "/elsewhere"]}
     monkeypatch.setattr(P, "ASSETS", assets)
     r = run_inproc("generate", "a red circle moving left on a black background", "--seconds", "1", "--steps", "1", "--out", tmp_path / "o.mp4")
     assert r.returncode == 0, r.stderr
     assert "bundled default" in r.stdout
     (work / "latent2").symlink_to(runs / "lat")  # runs named otherwise inside the training folder
-    bundle.main(str(work), str(tmp_path / "assets2"), latent="latent2")
+    P.write_pipeline(work, tmp_path / "assets2", latent="latent2")
     assert (tmp_path / "assets2" / "toy" / "runs" / "latent" / "checkpoints" / "latest").is_file()
 
 

@@ -4,25 +4,18 @@ cache protocol shows up here and not as a silently worse toy VAE."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tests.conftest import load_example
+
 TOY = Path(__file__).resolve().parents[1] / "examples" / "toy"
 
 
 def _train_vae():
-    sys.path.insert(0, str(TOY))
-    try:
-        spec = importlib.util.spec_from_file_location("train_vae", TOY / "train_vae.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(TOY))
+    return load_example("toy/train_vae.py")
 
 
 def test_chunked_encode_decode_matches_diffusers():
@@ -127,7 +120,7 @@ def test_streamed_windows_match_whole_clip_encode_decode():
     with torch.no_grad():
         ref_mu = model.encode(clip).latent_dist.mean
         ref = model.decode(ref_mu).sample
-        mus, recs = zip(*(T.stream_step(model, x, first, noise=0.0) for x, first in windows))
+        mus, recs = zip(*(T.stream_step(model, x, first, noise=0.0) for x, first in windows), strict=True)
         T.detach_caches(model)
     # equal up to float rounding: the 1x1x1 quant convs see windows instead of the whole clip
     torch.testing.assert_close(torch.cat(mus, 2), ref_mu, rtol=0, atol=1e-6)
@@ -187,7 +180,7 @@ def test_stream_groups_take_turns_with_their_own_caches():
     streams = T.Streams(np.random.default_rng(0), chunks=1, max_seconds=13 / T.FPS, groups=2)
     clips, mus, recs = [None, None], [[], []], [[], []]
     with torch.no_grad():
-        for step in range(6):  # both groups: windows of 5, 4, 4 frames at most (clips of 5 to 13 frames)
+        for _ in range(6):  # both groups: windows of 5, 4, 4 frames at most (clips of 5 to 13 frames)
             g = streams.turn
             x, _, _, first = streams.next_window(1, 16)
             if first and clips[g] is not None:
@@ -232,5 +225,5 @@ def test_train_default_script_calls_parse():
     assert len(calls) == 5  # single frames, streamed windows, the decoder alone (three runs)
     parsed = [T.parse_args(argv) for argv in calls]
     assert [a.freeze_encoder for a in parsed] == [False, False, True, True, True]
-    assert all(b.init == a.out for a, b in zip(parsed, parsed[1:]))  # each phase continues the last
+    assert all(b.init == a.out for a, b in zip(parsed, parsed[1:], strict=False))  # each phase continues the last
     assert parsed[-1].out == Path("semgen_cli/assets/toy/vae")

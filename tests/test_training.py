@@ -456,8 +456,7 @@ def test_batch_must_split_over_ranks_and_micro_steps(tmp_path, monkeypatch):
 WORKER = textwrap.dedent(
     """
     import os, sys
-    sys.path.insert(0, {tests!r})
-    from test_training import NoisyPoints, collate, loss_fn, make_net, cfg
+    from tests.test_training import NoisyPoints, collate, loss_fn, make_net, cfg
     from semgen_cli.training import train
     out = sys.argv[1]
     def sample(step, ckpt_dir, ema_model):  # rank 0 only, with a full EMA copy
@@ -485,13 +484,15 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     """torchrun-style env (RANK/WORLD_SIZE/LOCAL_RANK), gloo on CPU: per-rank batch 2 of a global 4
     gives the 1-process losses (DDP), and FSDP2 trains, checkpoints and resumes the same way."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
+    script.write_text(WORKER)
+    root = str(Path(__file__).resolve().parents[1])  # `tests` importable in the workers
     single = train(make_net(), NoisyPoints(), collate, loss_fn, cfg(), tmp_path / "one")
     ports = [str(_free_port()) for _ in range(3)]
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=ports[0], OMP_NUM_THREADS="1")
+                   MASTER_PORT=ports[0], OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
         procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path), *ports[1:]], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:

@@ -14,6 +14,7 @@ import pytest
 from semgen_cli.components import load_vae
 from semgen_cli.components.vae import TINY_WAN_CONFIG
 from semgen_cli.errors import MismatchError
+from semgen_cli.pipeline_file import swap_vae_decoder, write_pipeline
 from semgen_cli.steps.generate import GenerateConfig, generate
 from tests.conftest import run_inproc
 
@@ -133,17 +134,6 @@ def test_toy_eval_passes_vae_through(runs, tmp_path):
         toy_eval(cfg)
 
 
-def _example(name: str):
-    """examples/toy/NAME.py as a module."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "toy" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bundle(runs: Path, root: Path) -> Path:
     """A bundle-shaped folder: toy/vae, toy/runs/{latent,semantic} recording that VAE the old way
     (no encoder fingerprint), pipeline.json."""
@@ -163,11 +153,10 @@ def _bundle(runs: Path, root: Path) -> Path:
 
 
 def test_swap_decoder_replaces_the_bundled_decoder_and_records_the_encoder(runs, tmp_path):
-    sd = _example("swap_decoder")
     assets = _bundle(runs, tmp_path)
     old = load_vae(f"wan:{assets / 'toy' / 'vae'}")
     wide = _with_new_decoder(tmp_path / "wide", old.module, decoder_base_dim=12)
-    out = sd.swap(wide, assets)
+    out = swap_vae_decoder(wide, assets)
     now = load_vae(f"wan:{assets / 'toy' / 'vae'}")
     assert out == {"old": old.fingerprint, "new": now.fingerprint, "encoder": old.encoder_fingerprint}
     assert now.fingerprint == load_vae(f"wan:{wide}").fingerprint != old.fingerprint
@@ -179,17 +168,16 @@ def test_swap_decoder_replaces_the_bundled_decoder_and_records_the_encoder(runs,
     assert pipeline["components"]["vae"]["fingerprint"] == now.fingerprint
     assert not (assets / "toy" / "vae.new").exists() and not (assets / "toy" / "vae.old").exists()
     before = {p: p.read_bytes() for p in assets.rglob("*.json")}
-    sd.swap(wide, assets)  # again: nothing changes
+    swap_vae_decoder(wide, assets)  # again: nothing changes
     assert {p: p.read_bytes() for p in assets.rglob("*.json")} == before
 
 
 def test_swap_decoder_refuses_another_encoder_and_changes_nothing(runs, tmp_path):
-    sd = _example("swap_decoder")
     assets = _bundle(runs, tmp_path)
     before = {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()}
     _tiny_module(1).save_pretrained(tmp_path / "other", safe_serialization=True)
-    with pytest.raises(SystemExit, match="is not the bundled VAE's"):
-        sd.swap(tmp_path / "other", assets)
+    with pytest.raises(MismatchError, match="is not the bundled VAE's"):
+        swap_vae_decoder(tmp_path / "other", assets)
     assert {p: p.read_bytes() for p in assets.rglob("*") if p.is_file()} == before
 
 
@@ -197,7 +185,6 @@ def test_swap_decoder_refuses_another_encoder_and_changes_nothing(runs, tmp_path
 def test_swap_decoder_checks_only_stage_1s_vae(runs, tmp_path, run):
     """A stage 1 trained on another VAE's latents is refused (re-bundle first); a stage 2 is not
     looked at: it never sees latents, as `semgen generate` allows."""
-    sd = _example("swap_decoder")
     assets = _bundle(runs, tmp_path)
     path = assets / "toy" / "runs" / run / "config.json"
     c = json.loads(path.read_text())
@@ -206,10 +193,10 @@ def test_swap_decoder_checks_only_stage_1s_vae(runs, tmp_path, run):
     before = path.read_bytes()
     wide = _with_new_decoder(tmp_path / "wide", load_vae(f"wan:{assets / 'toy' / 'vae'}").module, decoder_base_dim=12)
     if run == "latent":
-        with pytest.raises(SystemExit, match="re-bundle"):
-            sd.swap(wide, assets)
+        with pytest.raises(MismatchError, match="re-bundle"):
+            swap_vae_decoder(wide, assets)
     else:
-        sd.swap(wide, assets)
+        swap_vae_decoder(wide, assets)
     swapped = load_vae(f"wan:{assets / 'toy' / 'vae'}").fingerprint == load_vae(f"wan:{wide}").fingerprint
     assert swapped == (run == "semantic") and path.read_bytes() == before
 
@@ -218,7 +205,6 @@ def test_swap_decoder_checks_only_stage_1s_vae(runs, tmp_path, run):
 def test_bundle_records_the_vae_that_loads(runs, tmp_path, encoder):
     """Re-bundling after a decoder swap: pipeline.json names the swapped-in VAE (what `toy` loads),
     not the one stage 1's data recorded; a VAE with another encoder is refused, pipeline.json unwritten."""
-    bundle = _example("bundle")
     base = _tiny_module(0)
     base.save_pretrained(tmp_path / "base", safe_serialization=True)
     old = load_vae(f"wan:{tmp_path / 'base'}")
@@ -232,13 +218,13 @@ def test_bundle_records_the_vae_that_loads(runs, tmp_path, encoder):
     assets = tmp_path / "assets"
     if encoder == "same":
         _with_new_decoder(assets / "toy" / "vae", base, decoder_base_dim=12)
-        bundle.main(str(work), str(assets))
+        write_pipeline(work, assets)
         entry = json.loads((assets / "pipeline.json").read_text())["components"]["vae"]
         now = load_vae(f"wan:{assets / 'toy' / 'vae'}")
         assert entry["fingerprint"] == now.fingerprint != old.fingerprint
         assert entry["encoder_fingerprint"] == old.encoder_fingerprint
     else:
         _tiny_module(1).save_pretrained(assets / "toy" / "vae", safe_serialization=True)
-        with pytest.raises(SystemExit, match="did not make stage 1's latents"):
-            bundle.main(str(work), str(assets))
+        with pytest.raises(MismatchError, match="did not make stage 1's latents"):
+            write_pipeline(work, assets)
         assert not (assets / "pipeline.json").exists() and not (assets / "toy" / "runs").exists()  # nothing copied

@@ -82,6 +82,7 @@ def test_wan_padding_is_wan_pipelines_and_gives_wans_output(wan):
     assert (masked - want).abs().max() > 1e-3
 
 
+@pytest.mark.slow  # end to end; fast tier: the padding test above
 def test_init_wan_records_wans_text_and_shift_and_generate_follows(data, wan_dir, tmp_path, monkeypatch):
     from semgen_cli.models.dit import DiT
 

@@ -5,7 +5,7 @@
 Reads only what the script's steps wrote: OUT/settings.json (sizes, steps, seeds), OUT/times.tsv
 (wall time of each finished step), the `semgen toy-eval --json` documents under
 OUT/eval/ARM/sSEED/ (step-K.json at stage-2 step K, rendered.json with stage 1 on rendered plans,
-long.json at 60 s), `semgen drift --json` (drift.json), examples/toy/plan_probe.py --json
+long.json at 60 s), `semgen drift --json` (drift.json), examples/toy/diagnostics/plan_probe.py --json
 (plan-probe.json), examples/toy/train_ssl_encoder.py --probe (eval/encoder-probe.json) and the
 trainers' metrics.jsonl. Arms or steps that have not run yet are shown as missing, so the report of
 a partial run is still written. Every verdict is computed from the numbers by the rule printed
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -109,7 +108,7 @@ def segments(doc: dict | None) -> dict[str, dict[str, float]] | None:
         first = [r["first"][a] for r in rows]
         last = [r["last"][a] for r in rows]
         out[a] = {"first": 100 * _mean(first), "last": 100 * _mean(last),
-                  "drift": 100 * _mean([abs(f - l) for f, l in zip(first, last)])}
+                  "drift": 100 * _mean([abs(f - l) for f, l in zip(first, last, strict=True)])}
     return out
 
 
@@ -117,7 +116,7 @@ def seconds_per_step(rows: list[dict]) -> float | None:
     """Median of Δelapsed_s / Δstep over consecutive logged steps (a resumed segment restarts its clock:
     intervals whose elapsed time goes back are skipped)."""
     rates = []
-    for a, b in zip(rows, rows[1:]):
+    for a, b in zip(rows, rows[1:], strict=False):
         ds, dt = b.get("step", 0) - a.get("step", 0), b.get("elapsed_s", 0) - a.get("elapsed_s", 0)
         if ds > 0 and dt > 0:
             rates.append(dt / ds)
@@ -149,7 +148,7 @@ def verdict_higher(a: list[float], b: list[float]) -> str:
     if not a or not b or len(a) != len(b):
         return "not measured"
     gap = _mean(a) - _mean(b)
-    if gap >= MARGIN and all(x > y for x, y in zip(a, b)):
+    if gap >= MARGIN and all(x > y for x, y in zip(a, b, strict=False)):
         return "reproduced"
     return "partly reproduced" if gap > 0 else "not reproduced"
 
@@ -176,7 +175,7 @@ def verdict_lower(ours: list[float], baselines: list[list[float]]) -> str:
     if not ours or any(not b or len(b) != len(ours) for b in baselines) or not baselines:
         return "not measured"
     m = _mean(ours)
-    if all(_mean(b) - m >= MARGIN and all(x < y for x, y in zip(ours, b)) for b in baselines):
+    if all(_mean(b) - m >= MARGIN and all(x < y for x, y in zip(ours, b, strict=False)) for b in baselines):
         return "reproduced"
     return "partly reproduced" if any(m < _mean(b) for b in baselines) else "not reproduced"
 
@@ -237,7 +236,7 @@ def plot_curves(res: Results, arms, path: Path, title: str) -> bool:
         return False
     plt = _plt()
     fig, axes = plt.subplots(1, 5, figsize=(18, 3.6), sharey=True)
-    for ax, attr in zip(axes, ATTRS + ("mean",)):
+    for ax, attr in zip(axes, ATTRS + ("mean",), strict=True):
         for arm, curves in series.items():
             steps = sorted({k for c in curves for k in c})
             if not steps:
@@ -290,8 +289,8 @@ def plot_long(res: Results, path: Path) -> bool:
         return False
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharey=True)
-    for ax, attr in zip(axes, ATTRS):
-        for i, (arm, segs) in enumerate(data.items()):
+    for ax, attr in zip(axes, ATTRS, strict=True):
+        for i, segs in enumerate(data.values()):
             segs = [s for s in segs if s]
             if not segs:
                 continue
@@ -361,45 +360,9 @@ def ceilings(res: Results, arms) -> list[str]:
             + table(["arm"] + list(ATTRS) + ["mean"], rows))
 
 
-def build(out: Path) -> tuple[str, dict[str, str]]:
-    res = Results(out)
-    s = res.settings
-    verdicts: dict[str, str] = {}
-    L = ["# SemanticGen's claims at toy scale", ""]
-    if s.get("profile") == "quick":
-        L += ["> **Quick mode (`--quick`): every arm ran for a handful of steps on a few short clips. These numbers prove "
-              "nothing; they only show that every step runs end to end.**", ""]
-    where = f"{s.get('cpus', '?')}-core CPU, {s.get('threads', '?')} torch threads" if s.get("device") != "cuda" else f"GPU {s.get('cuda')}"
-    L += [f"Made by `bash examples/paper/reproduce.sh OUT{' --quick' if s.get('profile') == 'quick' else ''}"
-          f"{' --device cuda' if s.get('device') == 'cuda' else ''}` (profile {s.get('profile', '?')}, commit {s.get('commit') or '?'}, "
-          f"started {s.get('started', '?')}) on a {where}; `python examples/paper/report.py OUT` rewrites this page from the "
-          "run's files. The toy world is DESIGN §6: 64×64 clips, one object, the pixel-exact judge of `semgen toy-eval`.", ""]
-    L += ["## Settings (the same for every arm of a comparison)", ""]
-    L += table(["setting", "value"], [
-        ["training data (claims 1, 2, 4)", f"{s.get('clips')} toy clips of {s.get('clip_seconds')} s (seed 0), held-out combinations {s.get('held_out')} left out"],
-        ["training data (claim 3)", f"{s.get('long_clips')} toy clips of {s.get('long_seconds')} s (seed 1), the same combinations left out"],
-        ["extract", f"`{s.get('extract')}`, semantic encoder per arm"],
-        ["compressor", f"fit-compressor {s.get('compressor_steps')} steps, then fine-tuned jointly with stage 1"],
-        ["stage 1 (train-latent)", f"preset toy, {s.get('latent_steps')} steps (claim 3: {s.get('long_latent_steps')} on {s.get('long_window_seconds')} s windows)"],
-        ["stage 2 (train-semantic)", f"preset toy, shift {s.get('stage2_shift')}, evaluated at steps {s.get('semantic_checkpoints')} (claim 3: {s.get('long_semantic_steps')} steps on whole clips)"],
-        ["batch, lr, warm-up, EMA", f"{s.get('batch')}, {s.get('lr')}, {s.get('warmup')}, {s.get('ema_decay')}"],
-        ["seeds (training)", f"{s.get('seeds')} for claims 1 and 3 (and claim 4's caption-aligned and VAE arms); "
-                             f"{s.get('seeds', [0])[:1]} for claim 2 and the self-supervised arm"],
-        ["toy-eval", f"{s.get('eval_count')} built-in prompts × {s.get('eval_seconds')} s (claim 3: {s.get('long_eval_count')} × {s.get('long_seconds')} s), "
-                     f"{s.get('eval_euler_steps')} Euler steps per stage, seed 0 for every arm"],
-        ["self-supervised tower", f"{s.get('ssl_steps')} steps × {s.get('ssl_batch')} frame pairs, no labels, no captions"],
-    ])
-
-    # claim 1
-    L += ["", "## Claim 1 (paper Fig. 9): the semantic space converges faster than a compressed VAE space", "",
-          "Both arms: the same two-stage pipeline, the compressor at dim 8 on the same token budget; only the space stage 2 "
-          "learns differs (the caption-aligned toy tower's features, or the toy VAE's latents pooled to the semantic grid). "
-          "Stage 1 of each arm is trained first for the same steps; stage 2 is trained from scratch and scored along its training."]
-    lines, verdicts["claim 1 (Fig. 9)"] = fig9_section(res, CLAIM1_ARMS, "caption-d8", "vae-d8", "claim1-fig9.png",
-                                                        "Fig. 9 at toy scale: accuracy vs stage-2 steps", "Fig. 9")
-    L += lines + ceilings(res, CLAIM1_ARMS)
-
-    # claim 2
+def _claim2(res: Results, s: dict, verdicts: dict[str, str]) -> list[str]:
+    """Claim 2 (Table 3): compressor dims."""
+    L: list[str] = []
     L += ["", "## Claim 2 (paper Table 3): compressing the semantic space helps", "",
           f"Compressor dim 8 against 64 against none, seed {res.seeds[0]}, the same steps. The toy tower's raw width is 64, so "
           "here dim 64 keeps the width and differs from none by the MLP and its KL term only."]
@@ -416,7 +379,7 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
         rows.append([arm] + [f"{acc[a]:.1f}" if acc else "—" for a in ATTRS] + [f"{scores[arm]:.1f}" if scores[arm] is not None else "—"]
                     + [f"{100 * x:.1f}" if x is not None else "—" for x in (way, fwd, ref)]
                     + [f"{_mean(tail):.4f}" if tail else "—"])
-    L += ["", f"toy-eval at the last checkpoint (all prompts, % of frames); plan probe (examples/toy/plan_probe.py, "
+    L += ["", f"toy-eval at the last checkpoint (all prompts, % of frames); plan probe (examples/toy/diagnostics/plan_probe.py, "
               f"{s.get('plan_probe_count')} prompts): % of sampled plans whose mean step goes the caption's way, % of plan steps "
               "that move as the caption says, and the probe's check on rendered clips' plans; final stage-2 loss "
               "(mean of the last 10 % of the logged steps; each arm's loss is in its own space, so compare shapes, not levels):", ""]
@@ -429,8 +392,12 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
     verdicts["claim 2 (Table 3)"] = v
     sc = ", ".join(f"{a} {scores[a]:.1f}" if scores[a] is not None else f"{a} —" for a in CLAIM2_ARMS)
     L += ["", f"**Verdict (Table 3): {v}** (mean accuracy: {sc}; one seed; rule: {RULE_ORDER})"]
+    return L
 
-    # claim 3
+
+def _claim3(res: Results, s: dict, verdicts: dict[str, str]) -> list[str]:
+    """Claim 3 (Table 2): drift in long videos."""
+    L: list[str] = []
     L += ["", "## Claim 3 (paper Table 2): less drift in long videos", "",
           f"Each arm's stage 1 was trained on the same {s.get('long_window_seconds')} s windows of the same "
           f"{s.get('long_seconds')} s clips for the same steps; SemanticGen's stage 2 plans the whole clip with full attention. "
@@ -468,8 +435,12 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
     verdicts["claim 3 (Table 2)"] = v
     L += ["", f"**Verdict (Table 2): {v}** (mean toy-eval drift: "
               + ", ".join(f"{a} {spread(drifts[a])}" for a in CLAIM3_ARMS) + f"; rule: {RULE_LOWER})"]
+    return L
 
-    # claim 4
+
+def _claim4(res: Results, s: dict, verdicts: dict[str, str]) -> list[str]:
+    """Claim 4: which semantic encoder."""
+    L: list[str] = []
     L += ["", "## Claim 4 (beyond the paper, its App. C future work): which semantic encoder", "",
           "The bundled toy tower was trained on the toy world's labels, so its space could be easy for a trivial reason. "
           "A second tower of the same Qwen2.5-VL vision class was trained with no labels and no captions "
@@ -489,8 +460,12 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
     a_ssl = [res.auc("ssl-d8", sd) for sd in res.seeds_of("ssl-d8")]
     if all(x is not None for x in a_cap + a_ssl):
         L += ["", f"Caption-aligned − self-supervised score: {_mean(a_cap) - _mean(a_ssl):+.1f} points (no verdict: the paper makes no claim here)."]
+    return L
 
-    # wall time
+
+def _wall_time(res: Results, s: dict, verdicts: dict[str, str]) -> list[str]:
+    """Wall time of each part, seconds per step, and the verdicts so far."""
+    L: list[str] = []
     L += ["", "## Wall time of each part", ""]
     parts: dict[str, float] = {}
     for name, sec in res.times:
@@ -509,6 +484,50 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
         L += ["", "Measured seconds per optimiser step (metrics.jsonl: median over logged intervals of elapsed time / steps):", ""]
         L += table(["run", "steps", "s/step"], rates)
     L += ["", "## Verdicts", ""] + [f"- {k}: **{v}**" for k, v in verdicts.items()]
+    return L
+
+
+def build(out: Path) -> tuple[str, dict[str, str]]:
+    res = Results(out)
+    s = res.settings
+    verdicts: dict[str, str] = {}
+    L = ["# SemanticGen's claims at toy scale", ""]
+    if s.get("profile") == "quick":
+        L += ["> **Quick mode (`--quick`): every arm ran for a handful of steps on a few short clips. These numbers prove "
+              "nothing; they only show that every step runs end to end.**", ""]
+    where = f"{s.get('cpus', '?')}-core CPU, {s.get('threads', '?')} torch threads" if s.get("device") != "cuda" else f"GPU {s.get('cuda')}"
+    L += [f"Made by `bash examples/paper/reproduce.sh OUT{' --quick' if s.get('profile') == 'quick' else ''}"
+          f"{' --device cuda' if s.get('device') == 'cuda' else ''}` (profile {s.get('profile', '?')}, commit {s.get('commit') or '?'}, "
+          f"started {s.get('started', '?')}) on a {where}; `python examples/paper/report.py OUT` rewrites this page from the "
+          "run's files. The toy world is DESIGN §6: 64×64 clips, one object, the pixel-exact judge of `semgen toy-eval`.", ""]
+    L += ["## Settings (the same for every arm of a comparison)", ""]
+    L += table(["setting", "value"], [
+        ["training data (claims 1, 2, 4)", f"{s.get('clips')} toy clips of {s.get('clip_seconds')} s (seed 0), held-out combinations {s.get('held_out')} left out"],
+        ["training data (claim 3)", f"{s.get('long_clips')} toy clips of {s.get('long_seconds')} s (seed 1), the same combinations left out"],
+        ["extract", f"`{s.get('extract')}`, semantic encoder per arm"],
+        ["compressor", f"fit-compressor {s.get('compressor_steps')} steps, then fine-tuned jointly with stage 1"],
+        ["stage 1 (train-latent)", f"preset toy, {s.get('latent_steps')} steps (claim 3: {s.get('long_latent_steps')} on {s.get('long_window_seconds')} s windows)"],
+        ["stage 2 (train-semantic)", f"preset toy, shift {s.get('stage2_shift')}, evaluated at steps {s.get('semantic_checkpoints')} (claim 3: {s.get('long_semantic_steps')} steps on whole clips)"],
+        ["batch, lr, warm-up, EMA", f"{s.get('batch')}, {s.get('lr')}, {s.get('warmup')}, {s.get('ema_decay')}"],
+        ["seeds (training)", f"{s.get('seeds')} for claims 1 and 3 (and claim 4's caption-aligned and VAE arms); "
+                             f"{s.get('seeds', [0])[:1]} for claim 2 and the self-supervised arm"],
+        ["toy-eval", f"{s.get('eval_count')} built-in prompts × {s.get('eval_seconds')} s (claim 3: {s.get('long_eval_count')} × {s.get('long_seconds')} s), "
+                     f"{s.get('eval_euler_steps')} Euler steps per stage, seed 0 for every arm"],
+        ["self-supervised tower", f"{s.get('ssl_steps')} steps × {s.get('ssl_batch')} frame pairs, no labels, no captions"],
+    ])
+
+    # claim 1
+    L += ["", "## Claim 1 (paper Fig. 9): the semantic space converges faster than a compressed VAE space", "",
+          "Both arms: the same two-stage pipeline, the compressor at dim 8 on the same token budget; only the space stage 2 "
+          "learns differs (the caption-aligned toy tower's features, or the toy VAE's latents pooled to the semantic grid). "
+          "Stage 1 of each arm is trained first for the same steps; stage 2 is trained from scratch and scored along its training."]
+    lines, verdicts["claim 1 (Fig. 9)"] = fig9_section(res, CLAIM1_ARMS, "caption-d8", "vae-d8", "claim1-fig9.png",
+                                                        "Fig. 9 at toy scale: accuracy vs stage-2 steps", "Fig. 9")
+    L += lines + ceilings(res, CLAIM1_ARMS)
+    L += _claim2(res, s, verdicts)
+    L += _claim3(res, s, verdicts)
+    L += _claim4(res, s, verdicts)
+    L += _wall_time(res, s, verdicts)
     return "\n".join(L) + "\n", verdicts
 
 

@@ -215,7 +215,7 @@ eval_at() {
 }
 plan_probe() {
   local R=$OUT/runs/$1/s$2
-  to "$OUT/eval/$1/s$2/plan-probe.json" python examples/toy/plan_probe.py --latent-run "$R/latent" --semantic-run "$R/semantic" \
+  to "$OUT/eval/$1/s$2/plan-probe.json" python examples/toy/diagnostics/plan_probe.py --latent-run "$R/latent" --semantic-run "$R/semantic" \
       --seconds "$EVAL_SECONDS" --count "$PROBE_COUNT" --references "$PROBE_REFS" --steps "$EVAL_STEPS" --json
 }
 

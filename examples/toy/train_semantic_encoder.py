@@ -7,7 +7,7 @@ toy world's semantics with their spatial layout.
 Input pipeline = what `semgen extract --fps 8 --semantic-fps 1.6 --semantic-size 112` feeds it:
 toy clips at 8 fps sampled at 1.6 fps (every 5th frame, `semgen_cli.io.video.sample_indices`), so
 one temporal patch holds two frames 0.625 s apart (the bundle now extracts at 3.2 fps, pairs
-0.3125 s apart, where the tower still finds the object: examples/toy/plan_probe.py); frames resized 64 -> 112 with
+0.3125 s apart, where the tower still finds the object: examples/toy/diagnostics/plan_probe.py); frames resized 64 -> 112 with
 `resize_center_crop` (bilinear, antialiased, as extract does) and patchified by `qwen_patchify`
 (smart_resize keeps 112, giving 8x8 patches -> a 4x4 grid of merged tokens, one per 16x16 px
 cell of the 64x64 frame). At the loader's defaults a 64x64 frame would become 56x56 -> only 2x2
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,13 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from semgen_cli.components.semantic_encoder import qwen_patchify  # noqa: E402
-from semgen_cli.io.video import resize_center_crop, sample_indices  # noqa: E402
-from semgen_cli.toy.world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, render, sample_spec  # noqa: E402
+from semgen_cli.components.semantic_encoder import qwen_patchify
+from semgen_cli.io.video import resize_center_crop, sample_indices
+from semgen_cli.toy.world import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, render, sample_spec
 
 FPS, SEM_FPS, SEM_SIZE = 8.0, 1.6, 112
 STRIDE = int(round(FPS / SEM_FPS))  # 5 frames between semantic frames at 8 fps
@@ -202,7 +197,7 @@ def loader_features(enc, frames_list: list[np.ndarray]) -> list[torch.Tensor]:
 def collect(enc, specs, sem_frames_list):
     """Features (N_patches, 4, 4, d) plus targets from the loader's encode of 1.6 fps frames."""
     feats, tgt = [], {"colour": [], "shape": [], "background": [], "motion": [], "motion_valid": [], "cells": []}
-    for spec, sem_frames in zip(specs, sem_frames_list):
+    for spec, sem_frames in zip(specs, sem_frames_list, strict=True):
         f = enc.encode(sem_frames)  # (T, 4, 4, d)
         idx = sample_indices(spec.num_frames, FPS, SEM_FPS)  # indices into the 8 fps clip
         clip = render(spec)
@@ -348,7 +343,7 @@ def main(argv=None) -> None:
         "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch,
                   "lr": args.lr, "wall_s": round(train_s, 1),
                   "final_train": dict(zip(("loss", "colour", "shape", "background", "motion", "iou"),
-                                          np.mean(hist[-25:], 0).round(4).tolist()))},
+                                          np.mean(hist[-25:], 0).round(4).tolist(), strict=True))},
         "params": n_params, "config": VISION, "semantic_size": SEM_SIZE, "semantic_fps": SEM_FPS,
         "eval_s": round(time.perf_counter() - t0, 1),
     })

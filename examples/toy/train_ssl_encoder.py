@@ -40,25 +40,17 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-for p in (str(ROOT), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import train_semantic_encoder as cap  # the caption tower's data pipeline and probe heads (this script's folder)
 
-import train_semantic_encoder as cap  # noqa: E402  the caption tower's data pipeline and probe heads
-
-from semgen_cli.io.video import resize_center_crop, sample_indices  # noqa: E402
-from semgen_cli.toy.world import render, sample_spec  # noqa: E402
+from semgen_cli.io.video import resize_center_crop, sample_indices
+from semgen_cli.toy.world import render, sample_spec
 
 FPS, SEM_SIZE, GRID = cap.FPS, cap.SEM_SIZE, 4
 CELL = 64 // GRID  # 16 px of the 64x64 frame per merged token
@@ -211,7 +203,7 @@ def train(args) -> dict:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.cpu().eval().save_pretrained(tmp, safe_serialization=True)
-    final = dict(zip(("loss", "masked", "visible"), np.mean(hist[-25:], 0).round(5).tolist()))
+    final = dict(zip(("loss", "masked", "visible"), np.mean(hist[-25:], 0).round(5).tolist(), strict=True))
     report = {"objective": "masked-patch reconstruction (no labels, no captions)", "mask_ratio": args.mask_ratio,
               "object_weight": OBJECT_WEIGHT, "gaps_frames": list(GAPS), "params": n_params, "config": cap.VISION,
               "semantic_size": SEM_SIZE,

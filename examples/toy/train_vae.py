@@ -42,11 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from semgen_cli.toy.world import BACKGROUNDS, COLOURS, render, sample_spec  # noqa: E402
+from semgen_cli.toy.fidelity import latent_frame_spans, psnr
+from semgen_cli.toy.world import BACKGROUNDS, render, sample_spec
 
 FPS = 8.0
 CONFIG = dict(
@@ -151,17 +148,6 @@ def batch(rng: np.random.Generator, n: int, frames: int, crop: int, degrade_p: f
 
 
 # -- metrics -------------------------------------------------------------------------------------
-def latent_frame_spans(frames: int) -> list[tuple[int, int]]:
-    """Frame ranges [a, b) of each latent frame of a causal 4x-time VAE: the first frame alone,
-    then chunks of 4."""
-    return [(0, 1)] + [(a, min(a + 4, frames)) for a in range(1, frames, 4)]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 def flat_region_errors(decoded: np.ndarray, clip: np.ndarray, bg_rgb) -> dict:
     """Colour error (levels, max over RGB) inside flat regions: pixels whose 5x5 neighbourhood
     (torus) holds a single colour in the source. Returned separately for background and object."""
@@ -441,21 +427,25 @@ def save(model, out: Path, seed: int, keep_stats: bool = False) -> None:
           f"latents_mean {mean.numpy().round(3).tolist()} latents_std {std.numpy().round(3).tolist()}", flush=True)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def check_args(args) -> None:
+    """The flag combinations train_vae.py refuses, before anything is built."""
+    if args.decoder_base_dim is not None and (args.init is None or not args.freeze_encoder):
+        raise SystemExit("--decoder-base-dim needs --init and --freeze-encoder: it keeps that VAE's encoder")
+    if args.freeze_encoder and args.init is None:
+        raise SystemExit("--freeze-encoder needs --init: a random encoder is not worth keeping")
+    if args.stream_seconds and ((args.frames - 1) % 4 or args.frames < 5 or args.warmup_latents):
+        raise SystemExit("--stream-seconds needs --frames 4k+1 with k >= 1 and no --warmup-latents")
+    if args.stream_groups < 1:
+        raise SystemExit(f"--stream-groups must be at least 1, got {args.stream_groups}")
+
+
+def build_model(args):
+    """The VAE to train: a new one, the --init one, or the --init one with a new decoder of
+    --decoder-base-dim; with --freeze-encoder its encoder takes no gradients."""
     import diffusers
 
-    # the whole command line first: a run stopped early (and continued with --init) leaves no
-    # train_report.json, and its log is then the only record of how the VAE was made
-    print("train_vae.py " + " ".join(map(str, sys.argv[1:] if argv is None else argv)), flush=True)
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng([args.seed, 1])
     z = CONFIG["z_dim"]
     if args.decoder_base_dim is not None:
-        if args.init is None or not args.freeze_encoder:
-            raise SystemExit("--decoder-base-dim needs --init and --freeze-encoder: it keeps that VAE's encoder")
         model = new_decoder(diffusers.AutoencoderKLWan.from_pretrained(args.init), args.decoder_base_dim)
     elif args.init is not None:  # continue a saved VAE (optimizer state starts fresh)
         model = diffusers.AutoencoderKLWan.from_pretrained(args.init)
@@ -464,14 +454,40 @@ def main(argv=None) -> None:
                                            latents_mean=[0.0] * z, latents_std=[1.0] * z)
     if args.zero_init and args.init is None:
         print(f"zero-initialised {zero_init_residual(model)} residual branch outputs", flush=True)
+    if args.freeze_encoder:
+        for mod in (model.encoder, model.quant_conv):
+            mod.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def batch_psnrs(diff: torch.Tensor, m: torch.Tensor) -> tuple[float, float, float, float, float]:
+    """PSNR of a batch's reconstruction error `diff` (images in [-1, 1], peak-to-peak 2): whole,
+    first frame, the rest, background (`m` == 0) and object pixels."""
+    def db(sq_err):
+        return float(10 * torch.log10(4.0 / sq_err.mean().clamp_min(1e-10)))
+
+    sq = diff.square().mean(1, keepdim=True)  # (n, 1, F, h, w)
+    p = db(sq)
+    p_first = db(sq[:, :, :1])
+    p_rest = db(sq[:, :, 1:]) if sq.shape[2] > 1 else p_first
+    return p, p_first, p_rest, db(sq[m == 0]), db(sq[m > 0]) if (m > 0).any() else p
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    check_args(args)
+    # the whole command line first: a run stopped early (and continued with --init) leaves no
+    # train_report.json, and its log is then the only record of how the VAE was made
+    print("train_vae.py " + " ".join(map(str, sys.argv[1:] if argv is None else argv)), flush=True)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng([args.seed, 1])
+    model = build_model(args)
     n_params = sum(p.numel() for p in model.parameters())
     config = {k: v for k, v in model.config.items() if not k.startswith("_") and not k.startswith("latents_")}
     print(f"AutoencoderKLWan {n_params / 1e6:.2f} M params, config {config}", flush=True)
-    if args.freeze_encoder:
-        if args.init is None:
-            raise SystemExit("--freeze-encoder needs --init: a random encoder is not worth keeping")
-        for mod in (model.encoder, model.quant_conv):
-            mod.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     print(f"training {sum(p.numel() for p in trainable) / 1e6:.2f} M parameters", flush=True)
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -481,10 +497,6 @@ def main(argv=None) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
     full_from = int(args.steps * (1 - args.full_frac))
-    if args.stream_seconds and ((args.frames - 1) % 4 or args.frames < 5 or args.warmup_latents):
-        raise SystemExit("--stream-seconds needs --frames 4k+1 with k >= 1 and no --warmup-latents")
-    if args.stream_groups < 1:
-        raise SystemExit(f"--stream-groups must be at least 1, got {args.stream_groups}")
     streams = Streams(rng, (args.frames - 1) // 4, args.stream_seconds, args.stream_groups) if args.stream_seconds else None
     t_start = time.perf_counter()
     model.train()
@@ -530,16 +542,7 @@ def main(argv=None) -> None:
             d.backward()
             d_opt.step()
             d_loss = float(d)
-        with torch.no_grad():
-            def db(sq_err):  # PSNR of [-1, 1] images (peak-to-peak 2) from squared errors
-                return float(10 * torch.log10(4.0 / sq_err.mean().clamp_min(1e-10)))
-
-            sq = diff.square().mean(1, keepdim=True)  # (n, 1, F, h, w)
-            p = db(sq)
-            p_first = db(sq[:, :, :1])
-            p_rest = db(sq[:, :, 1:]) if sq.shape[2] > 1 else p_first
-            p_bg = db(sq[m == 0])
-            p_obj = db(sq[m > 0]) if (m > 0).any() else p
+        p, p_first, p_rest, p_bg, p_obj = batch_psnrs(diff, m)
         hist.append((float(l1.detach()), p, float(kl.detach()), p_first, p_rest, p_bg, p_obj, d_loss, adv_w))
         if args.save_every and step and step % args.save_every == 0:
             save(model, args.out, args.seed, keep_stats=args.freeze_encoder)

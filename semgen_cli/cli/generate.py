@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +17,36 @@ ATTENTION_KINDS = constant("semgen_cli.models.dit", "ATTENTION_KINDS")
 Run = Annotated[Optional[Path], typer.Option(file_okay=False, show_default=False)]
 
 
+def _one_line_per_failure(command):
+    """Under torchrun every rank runs the command: an error every rank shares (a flag, a run, or one
+    the ranks agreed on after loading) is printed by rank 0 alone; a rank's own later failure is
+    printed by that rank, named; a rank whose peer failed stops with one line saying so."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from semgen_cli.errors import ConfigError, SemgenError
+        from semgen_cli.parallel import past_agreement, world
+
+        rank, size = world()
+        try:
+            return command(*args, **kwargs)
+        except SemgenError as err:
+            if size > 1 and getattr(err, "shared", not past_agreement()):
+                if rank:
+                    raise SystemExit(err.exit_code) from None
+                raise
+            if size > 1:
+                raise type(err)(f"rank {rank} of {size}: {err}") from None
+            raise
+        except RuntimeError as err:
+            if size > 1 and (type(err).__name__ == "DistBackendError" or "Connection closed by peer" in str(err)):
+                raise ConfigError(f"rank {rank} of {size}: stopped, another rank failed or left ({str(err).splitlines()[0][:120]})") from None
+            raise
+
+    return run
+
+
+@_one_line_per_failure
 def command(
     prompt: Annotated[Optional[str], typer.Argument(help="What the video shows (or use --prompts-file).", show_default=False)] = None,
     seconds: Annotated[Optional[str], typer.Option(help="Duration in seconds, e.g. 60 or 1.5 (default: the length the semantic run was trained on, or the --semantic-from video's).", show_default=False)] = None,
@@ -40,6 +71,7 @@ def command(
     decode_chunk: Annotated[int, typer.Option(help="Latent frames per VAE decode call (memory stays flat in the length).")] = GenerateConfig.decode_chunk,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = GenerateConfig.device,
     dtype: Annotated[str, typer.Option(help="DiT dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16.")] = GenerateConfig.dtype,
+    parallel: Annotated[str, typer.Option(help="Under torchrun --nproc_per_node=K: auto, none, prompt (ranks take prompts in turn), guidance (CFG passes on 2 ranks), window (stage 1 split by shifted windows), guidance+window. See docs/multigpu.md.")] = GenerateConfig.parallel,
 ) -> None:
     """Generate a video from text (paper §3.3, §3.4): stage 2 plans compressed semantic tokens for the whole duration with full attention, stage 1 renders VAE latents over the whole duration with shifted-window attention conditioned on that plan, and the VAE decodes chunk by chunk straight into the mp4.
 
@@ -83,25 +115,36 @@ def command(
         decode_chunk=decode_chunk,
         attention=attention,
         vae=vae,
+        parallel=parallel,
     )
     resolved = resolve(config)
+    from semgen_cli.parallel import plan_for
+
+    ranks = plan_for(config, resolved)  # joins torchrun's process group; one rank in a plain process
 
     # 2. settings, progress, summary
     import torch  # noqa: F401  (imported after the flags are checked: `semgen generate --help` stays instant)
 
+    from contextlib import nullcontext
+
     from semgen_cli.cli._common import RichReporter, settings_table, summary
+    from semgen_cli.reporting import NULL
     from semgen_cli.steps.generate import generate
 
     rows = resolved.settings(config)
     rows = {"prompt" if len(config.prompts) == 1 else "prompts": config.prompts[0] if len(config.prompts) == 1 else f"{len(config.prompts)} from {prompts_file}", **rows}
-    settings_table("semgen generate", rows)
+    rows["ranks"] = ranks.describe()
+    if ranks.rank == 0:  # under torchrun rank 0 speaks for all
+        settings_table("semgen generate", rows)
     # SIGTERM unwinds like an error, so that the temp files of an unfinished video are removed
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        with RichReporter() as reporter:
+        with RichReporter() if ranks.rank == 0 else nullcontext(NULL) as reporter:
             result = generate(config, reporter, resolved)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if ranks.rank != 0:
+        return
 
     mib = 1024 * 1024
     rows = {}
@@ -116,6 +159,7 @@ def command(
     rows["pipeline"] = f"{result.pipeline}: latent {result.latent_run}" + (f", semantic {result.semantic_run}" if result.semantic_run else "")
     rows["components"] = ", ".join(f"{role} {fp}" for role, fp in result.components.items())
     rows["device"] = f"{result.device}, {result.dtype}"
+    rows["ranks"] = ranks.describe()
     summary("generated", rows, next_command=result.drift_command)
 
 

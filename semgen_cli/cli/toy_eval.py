@@ -50,10 +50,14 @@ def command(
     cfg = ToyEvalConfig(prompts=prompt_list, seconds=seconds, latent_run=str(latent_run) if latent_run else None,
                         semantic_run=str(semantic_run) if semantic_run else None, seed=seed, steps=steps,
                         semantic_cfg=semantic_cfg, latent_cfg=latent_cfg, semantic_noise=semantic_noise, keep=str(keep) if keep else None, plans=plans, vae=vae)
-    if as_json:
+    from semgen_cli.parallel import world
+
+    if as_json or world()[0] != 0:  # under torchrun rank 0 speaks for all
         from semgen_cli.reporting import NULL
 
         result = toy_eval(cfg, NULL)
+        if not result.rows:
+            return
         sys.stdout.write(json.dumps({"pipeline": result.pipeline, "seconds": seconds, "plans": plans, "summary": result.summary, "videos": result.rows}, indent=2) + "\n")
         return
     settings_table("semgen toy-eval", {"prompts": f"{len(prompt_list)} ({prompts or 'built-in'})", "seconds": seconds, "seed": seed,

@@ -117,6 +117,8 @@ class Attention(nn.Module):
         plan: WindowPlan | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if context is None and hasattr(plan, "around"):  # window-parallel: windows that straddle ranks (semgen_cli/parallel/window.py)
+            return plan.around(self, x)
         B, L, D = x.shape
         src = x if context is None else context
         q = self.q_norm(self.q(x)).view(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)

@@ -235,6 +235,9 @@ def semantic_times_from_fps(
 class DiT(nn.Module):
     """Wan2.1-compatible video DiT predicting the rectified-flow velocity ``v = eps - z0``."""
 
+    shard = None
+    """A :class:`semgen_cli.parallel.window.WindowShard`: run this rank's windows only (window-parallel stage 1)."""
+
     def __init__(self, config: DiTConfig):
         super().__init__()
         self.config = cfg = config
@@ -371,6 +374,9 @@ class DiT(nn.Module):
         if cfg.attention == "swin":
             plans = (window_plan(slots, Tp, cfg.window, 0), window_plan(slots, Tp, cfg.window, cfg.window // 2))
 
+        if self.shard is not None:  # window-parallel: this rank's windows (its tokens, their RoPE and plans)
+            h, rope, split, plans = self.shard.enter(h, rope, slots, split, Tp, cfg.window if cfg.attention == "swin" else 0)
+
         # 6. Transformer blocks
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -380,8 +386,11 @@ class DiT(nn.Module):
 
         # 7. Output head on the video tokens only (semantic tokens are dropped), unpatchify
         shift, scale = (self.head_modulation + temb[:, None].float()).chunk(2, dim=1)  # (B, 1, D) each
-        h = modulate(self.norm_out(h[:, :Nv]), shift, scale, (Nv,)).type_as(h)  # (B, Nv, D)
+        h = h[:, : split[0]]  # (B, Nv, D); this rank's video tokens under window-parallel
+        h = modulate(self.norm_out(h), shift, scale, (h.shape[1],)).type_as(h)
         out = self.head(h)  # (B, Nv, pt*ph*pw*C_out)
+        if self.shard is not None:
+            out = self.shard.leave(out)  # every rank's video tokens, in order
         out = out.reshape(B, Tp, Hp, Wp, *cfg.patch, -1)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C_out, Tp, pt, Hp, ph, Wp, pw)
         return out.reshape(B, -1, T, H, W)

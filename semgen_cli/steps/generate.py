@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from semgen_cli import parallel
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io.outputs import holding, output_paths
 from semgen_cli.pipeline import Pipeline, VideoOut, pick_device, plan_file_seconds
@@ -127,6 +128,8 @@ class GenerateConfig:
     vae: str | None = None
     """Decode with this VAE spec instead of the runs' own; its encoder must be theirs (same
     `encoder_fingerprint`, so the same latents), e.g. a retrained or wider decoder."""
+    parallel: str = "auto"
+    """Under torchrun: auto, none, prompt, guidance, window or guidance+window (semgen_cli/parallel)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -436,13 +439,28 @@ class GenerateResult:
 
 def load(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None) -> Pipeline:
     """The pipeline of `cfg`, loaded once the resolution's warnings are given and the memory the
-    length takes is known to fit the device."""
+    length takes is known to fit the device; under torchrun on every rank, spread as the
+    parallel plan says (`semgen_cli.parallel`)."""
     r = resolved or resolve(cfg)
     for w in r.warnings:
         reporter.warn(w)
     device, _ = pick_device(cfg.device, cfg.dtype)
     check_memory(r, device)
-    return Pipeline(cfg, r, reporter)
+    par = parallel.plan_for(cfg, r)  # several ranks under torchrun: who makes which prompt, and how
+    return parallel.load(par, lambda: Pipeline(cfg, r, reporter, par))
+
+
+def generate_each(pipe: Pipeline, jobs: list[tuple[str, int, str | None]], paths: list[Path]) -> list[VideoOut]:
+    """`pipe.generate_one(prompt, seed, plan)` for every job into its path (under torchrun, the jobs
+    this rank takes); the videos of every rank, in the order of the paths."""
+    videos = []
+    for i, ((prompt, seed, plan), path) in enumerate(zip(jobs, paths, strict=True)):
+        if not pipe.par.takes(i):
+            continue
+        video = pipe.generate_one(prompt, seed, plan, out=path, tag=f"[{i + 1}/{len(paths)}] " if len(paths) > 1 else "")
+        if video is not None:  # None: a rank that helped but does not write
+            videos.append(video)
+    return sorted(parallel.gather_objects(pipe.par, videos), key=lambda v: str(v.path))  # prompt-parallel: every rank's videos
 
 
 def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved | None = None) -> GenerateResult:
@@ -452,10 +470,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
     paths = output_paths(cfg.out, len(cfg.prompts))
     with holding(paths):
         pipe = load(cfg, reporter, resolved)
-        videos = []
-        for i, (prompt, path) in enumerate(zip(cfg.prompts, paths, strict=True)):
-            tag = f"[{i + 1}/{len(paths)}] " if len(paths) > 1 else ""
-            videos.append(pipe.generate_one(prompt, cfg.seed, out=path, tag=tag))
+        videos = generate_each(pipe, [(prompt, cfg.seed, None) for prompt in cfg.prompts], paths)
     return GenerateResult.of(pipe, videos)
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -471,4 +486,4 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
-__all__ = ["GenerateConfig", "GenerateResult", "Resolved", "default_pipeline", "generate", "load", "read_prompts", "resolve"]
+__all__ = ["GenerateConfig", "GenerateResult", "Resolved", "default_pipeline", "generate", "generate_each", "load", "read_prompts", "resolve"]

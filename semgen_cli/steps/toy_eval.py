@@ -99,8 +99,11 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
 
         if LatentRun.from_dir(cfg.latent_run, "--latent-run").condition == "none":
             raise ConfigError(f"--plans rendered: --latent-run {cfg.latent_run} is a text-to-video baseline (--condition none) that takes no plan; use --plans stage2")
+    from semgen_cli import parallel
+
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(cfg.keep) if cfg.keep else Path(tmp)
+        # under torchrun the ranks make the prompts in turn into rank 0's folder; rank 0 judges them all
+        folder = Path(cfg.keep) if cfg.keep else Path(parallel.from_rank0(tmp))
         folder.mkdir(parents=True, exist_ok=True)
         kwargs = {}
         if cfg.steps is not None:
@@ -113,6 +116,9 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
             videos, pipeline = _generate_each(gen_cfg, reporter)
         else:
             videos, pipeline = _from_rendered_plans(gen_cfg, folder, reporter)
+        if parallel.world()[0] != 0:  # rank 0 judges every video; this rank's files stay until it has
+            parallel.barrier()
+            return ToyEvalResult([], {}, pipeline, 0.0)
         reporter.start("judge", total=len(videos), unit="videos")
         rows = []
         for video in videos:
@@ -120,6 +126,7 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
             rows.append({"prompt": video.prompt, "held_out": is_held_out(video.prompt), "path": str(video.path) if cfg.keep else None, **judged})
             reporter.advance("judge")
         reporter.finish("judge")
+        parallel.barrier()
     summary = {"all": summarise(rows), "held-out": summarise([r for r in rows if r["held_out"]]), "seen": summarise([r for r in rows if not r["held_out"]])}
     gen_time = sum(sum(v.seconds_per_stage.values()) for v in videos)
     return ToyEvalResult(rows, {k: v for k, v in summary.items() if v}, pipeline, gen_time)
@@ -129,15 +136,13 @@ def _generate_each(gen_cfg, reporter: Reporter, references: list[str] | None = N
     """Every prompt from one loaded pipeline, prompt i with seed `seed + i` (and, given
     `references`, its plan read from references[i]) -> (videos, pipeline label)."""
     from semgen_cli.io.outputs import holding, output_paths
-    from semgen_cli.steps.generate import load
+    from semgen_cli.steps.generate import generate_each, load
 
     paths = output_paths(gen_cfg.out, len(gen_cfg.prompts))
+    jobs = [(prompt, gen_cfg.seed + i, references[i] if references else None) for i, prompt in enumerate(gen_cfg.prompts)]
     with holding(paths):
         pipe = load(gen_cfg, reporter)
-        videos = []
-        for i, (prompt, path) in enumerate(zip(gen_cfg.prompts, paths, strict=True)):
-            tag = f"[{i + 1}/{len(paths)}] " if len(paths) > 1 else ""
-            videos.append(pipe.generate_one(prompt, gen_cfg.seed + i, plan=references[i] if references else None, out=path, tag=tag))
+        videos = generate_each(pipe, jobs, paths)
     return videos, pipe.r.pipeline
 
 
@@ -154,10 +159,14 @@ def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter) -> tuple[lis
     latent_run = gen_cfg.latent_run or default_pipeline()[0]
     producer = LatentRun.from_dir(latent_run, "--latent-run").producer
     fps, (h, w) = float(producer["fps"]), producer["size"]
-    refs = []
-    for i, prompt in enumerate(gen_cfg.prompts):
-        spec = spec_for_caption(prompt, np.random.default_rng([999, i]), seconds=gen_cfg.seconds, fps=fps, width=w, height=h)
-        refs.append(str(write_video(folder / f"reference-{i:03d}.mp4", render(spec), fps=fps, crf=0, pix_fmt="yuv444p")))
+    from semgen_cli import parallel
+
+    refs = [str(folder / f"reference-{i:03d}.mp4") for i in range(len(gen_cfg.prompts))]
+    if parallel.world()[0] == 0:  # under torchrun rank 0 renders them all into the shared folder
+        for i, prompt in enumerate(gen_cfg.prompts):
+            spec = spec_for_caption(prompt, np.random.default_rng([999, i]), seconds=gen_cfg.seconds, fps=fps, width=w, height=h)
+            write_video(refs[i], render(spec), fps=fps, crf=0, pix_fmt="yuv444p")
+    parallel.barrier()
     videos, pipeline = _generate_each(replace(gen_cfg, semantic_from=refs[0], semantic_run=None), reporter, refs)
     return videos, f"{pipeline} (stage 1 on rendered plans)"
 

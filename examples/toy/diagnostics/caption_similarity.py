@@ -1,6 +1,6 @@
 """How far apart does the text encoder put captions that differ only in their motion word?
 
-    python examples/toy/caption_similarity.py [--text minilm] [--caption "a red circle moving {} on a navy background"]
+    python examples/toy/diagnostics/caption_similarity.py [--text minilm] [--caption "a red circle moving {} on a navy background"]
 
 Prints the cosine similarity of the captions' token embeddings (the first N tokens, N the
 shortest caption's length, flattened), one row per motion. Stage 2 reads these embeddings to pick

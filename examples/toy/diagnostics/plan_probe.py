@@ -1,7 +1,7 @@
 """Does a stage-2 plan move the object the way the prompt says? Checked on the plan itself, without
 stage 1 or the VAE, against the plans of rendered toy clips.
 
-    python examples/toy/plan_probe.py [--semantic-run RUN --latent-run RUN] [--seconds 20] [--cfg 5]
+    python examples/toy/diagnostics/plan_probe.py [--semantic-run RUN --latent-run RUN] [--seconds 20] [--cfg 5]
 
 In a plan frame (a 4 × 4 grid of compressed semantic tokens on the toy world) the background
 tokens are all alike and the object's tokens stand out. The object's position is the circular
@@ -84,6 +84,54 @@ def right_way(pos, motion: str, grid: tuple[int, int]) -> float:
     return float(mean[0] * vx + mean[1] * vy > 0)
 
 
+def _score_references(args, cfg, r, pipe, forward: dict, ways: dict, band: dict) -> None:
+    """Score the plans of `args.references` rendered clips (and, with --text-band, one-step
+    estimates of them noised) into `forward`, `ways` and `band`."""
+    import torch
+
+    from semgen_cli.io.video import write_video
+    from semgen_cli.pipeline import Pipeline
+    from semgen_cli.steps.generate import resolve
+    from semgen_cli.toy.world import render, sample_spec
+
+    grid = tuple(r.semantic_grid)
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = [sample_spec(np.random.default_rng([888, i]), seconds=args.seconds, fps=r.fps, width=r.size[1], height=r.size[0])
+                 for i in range(args.references)]
+        paths = [write_video(Path(tmp) / f"ref-{i}.mp4", render(spec), fps=r.fps, crf=0, pix_fmt="yuv444p") for i, spec in enumerate(specs)]
+        ref_cfg = replace(cfg, semantic_from=str(paths[0]), semantic_run=None)
+        ref_pipe = Pipeline(ref_cfg, resolve(ref_cfg))
+        for spec, path in zip(specs, paths, strict=True):
+            plan = ref_pipe.plan_from_reference(str(path))  # (1, Ts, hs, ws, c)
+            pos = locate(plan[0])
+            forward.setdefault(spec.motion, []).append(float(forward_steps(pos, spec.motion, grid).mean()))
+            ways.setdefault(spec.motion, []).append(right_way(pos, spec.motion, grid))
+            if not (args.text_band and spec.motion in OPPOSITE):
+                continue
+            z0 = plan.permute(0, 4, 1, 2, 3)  # (1, c, Ts, hs, ws)
+            k = len(band[BAND[0]]["true caption"])  # noise seed: this is the k-th moving reference
+            eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(k))
+            for t in BAND:
+                zt = (1 - t) * z0 + t * eps
+                for key, text in (("true caption", spec.caption), ("opposite caption", spec.caption.replace(spec.motion, OPPOSITE[spec.motion]))):
+                    v = pipe.semantic_dit(zt, torch.tensor([t]), **pipe.text(text)[0])
+                    est = (zt - t * v).permute(0, 2, 3, 4, 1)[0]
+                    band[t][key].append(right_way(locate(est), spec.motion, grid))
+
+
+def _print_report(out: dict, args, r, pipe) -> None:
+    print(f"plan probe: {args.seconds:g} s, stage-2 run {r.semantic_run}, CFG {pipe.cfg.semantic_cfg:g}, seed {args.seed}")
+    for key, what in (("forward_fraction", "plan steps that move the object as the caption says"),
+                      ("right_way_fraction", "plans whose mean step goes the caption's way")):
+        print(f"fraction of {what} (per motion, then all):")
+        for kind, row in out[key].items():
+            print(f"  {kind:9s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items() if v is not None))
+    if args.text_band:
+        print("one-step clean-plan estimates of noised rendered plans that move the clip's way, by noise level t:")
+        for t, row in out["text_band"].items():
+            print(f"  t {t:5s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--semantic-run", help="train-semantic run (default: the bundled pipeline's)")
@@ -103,11 +151,10 @@ def main(argv=None) -> None:
 
     import torch
 
-    from semgen_cli.io.video import write_video
     from semgen_cli.pipeline import Pipeline, initial_noise
     from semgen_cli.steps.generate import GenerateConfig, resolve
     from semgen_cli.toy.prompts import default_prompts
-    from semgen_cli.toy.world import parse_caption, render, sample_spec
+    from semgen_cli.toy.world import parse_caption
 
     prompts = default_prompts(args.count)
     kw = {k: v for k, v in (("semantic_cfg", args.cfg), ("semantic_steps", args.steps)) if v is not None}
@@ -127,27 +174,7 @@ def main(argv=None) -> None:
             results["sampled"].setdefault(motion, []).append(float(forward_steps(pos, motion, grid).mean()))
             ways["sampled"].setdefault(motion, []).append(right_way(pos, motion, grid))
         if args.references:  # the same Pipeline, reading plans from rendered clips (generate --semantic-from)
-            with tempfile.TemporaryDirectory() as tmp:
-                specs = [sample_spec(np.random.default_rng([888, i]), seconds=args.seconds, fps=r.fps, width=r.size[1], height=r.size[0])
-                         for i in range(args.references)]
-                paths = [write_video(Path(tmp) / f"ref-{i}.mp4", render(spec), fps=r.fps, crf=0, pix_fmt="yuv444p") for i, spec in enumerate(specs)]
-                ref_cfg = replace(cfg, semantic_from=str(paths[0]), semantic_run=None)
-                ref_pipe = Pipeline(ref_cfg, resolve(ref_cfg))
-                for spec, path in zip(specs, paths):
-                    plan = ref_pipe.plan_from_reference(str(path))  # (1, Ts, hs, ws, c)
-                    pos = locate(plan[0])
-                    results["rendered"].setdefault(spec.motion, []).append(float(forward_steps(pos, spec.motion, grid).mean()))
-                    ways["rendered"].setdefault(spec.motion, []).append(right_way(pos, spec.motion, grid))
-                    if args.text_band and spec.motion in OPPOSITE:
-                        z0 = plan.permute(0, 4, 1, 2, 3)  # (1, c, Ts, hs, ws)
-                        k = len(band[BAND[0]]["true caption"])  # noise seed: this is the k-th moving reference
-                        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(k))
-                        for t in BAND:
-                            zt = (1 - t) * z0 + t * eps
-                            for key, text in (("true caption", spec.caption), ("opposite caption", spec.caption.replace(spec.motion, OPPOSITE[spec.motion]))):
-                                v = pipe.semantic_dit(zt, torch.tensor([t]), **pipe.text(text)[0])
-                                est = (zt - t * v).permute(0, 2, 3, 4, 1)[0]
-                                band[t][key].append(right_way(locate(est), spec.motion, grid))
+            _score_references(args, cfg, r, pipe, results["rendered"], ways["rendered"], band)
 
     def table(results):
         return {
@@ -164,16 +191,7 @@ def main(argv=None) -> None:
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"plan probe: {args.seconds:g} s, stage-2 run {r.semantic_run}, CFG {pipe.cfg.semantic_cfg:g}, seed {args.seed}")
-    for key, what in (("forward_fraction", "plan steps that move the object as the caption says"),
-                      ("right_way_fraction", "plans whose mean step goes the caption's way")):
-        print(f"fraction of {what} (per motion, then all):")
-        for kind, row in out[key].items():
-            print(f"  {kind:9s} " + "  ".join(f"{m} {v:.3f}" for m, v in row.items() if v is not None))
-    if args.text_band:
-        print("one-step clean-plan estimates of noised rendered plans that move the clip's way, by noise level t:")
-        for t, row in out["text_band"].items():
-            print(f"  t {t:5s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None))
+    _print_report(out, args, r, pipe)
 
 
 if __name__ == "__main__":

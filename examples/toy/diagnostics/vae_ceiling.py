@@ -2,7 +2,7 @@
 the result. No generator on top of this VAE can score above these numbers. Shape accuracy is
 also given per true shape (decoded triangles and squares come out rounded).
 
-    python examples/toy/vae_ceiling.py [wan:semgen_cli/assets/toy/vae] [--clips 16] [--frames 33]
+    python examples/toy/diagnostics/vae_ceiling.py [wan:semgen_cli/assets/toy/vae] [--clips 16] [--frames 33]
 
 Clips are drawn by `sample_spec(default_rng([777, i]))` at 8 fps; the rendered clips themselves
 score 100 % (tests/test_judge.py).
@@ -24,9 +24,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from semgen_cli.components import load_vae
+    from semgen_cli.toy.fidelity import latent_frame_spans, psnr
     from semgen_cli.toy.judge import ATTRIBUTES, judge
     from semgen_cli.toy.world import render, sample_spec
-    from train_vae import latent_frame_spans, psnr  # examples/toy/train_vae.py (this script's folder is on sys.path)
 
     vae = load_vae(args.vae)
     acc = {k: [] for k in ATTRIBUTES}
