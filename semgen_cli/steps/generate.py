@@ -473,6 +473,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter = NULL, resolved: Resolved 
         videos = generate_each(pipe, [(prompt, cfg.seed, None) for prompt in cfg.prompts], paths)
     return GenerateResult.of(pipe, videos)
 
+
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """Prompts of a --prompts-file: one per line; blank lines and lines starting with # are skipped."""
     from semgen_cli.io.small_files import read_small_text
