@@ -103,14 +103,9 @@ def build(small: bool, attention: str, window: int, device, dtype, lora_rank: in
         dit = DiT(cfg)
     dit = dit.to(dtype)
     if lora_rank:
-        from peft import LoraConfig, inject_adapter_in_model
+        from semgen_cli.lora import LoraSpec, apply_lora
 
-        targets = ["q", "k", "v", "o", "fc1", "fc2"]
-        dit.requires_grad_(False)
-        dit = inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=targets), dit)
-        for name, p in dit.named_parameters():
-            if name.startswith(("semantic_embed", "sigma_embed")):
-                p.requires_grad_(True)
+        apply_lora(dit, LoraSpec(lora_rank), ("semantic_embed.", "sigma_embed."))  # as train-latent --lora-rank does
     return dit
 
 

@@ -60,10 +60,9 @@ class Pipeline:
         run must have been trained on this latent run's compressor."""
         from semgen_cli.models.dit import DiT
         from semgen_cli.runs import split_state, tensors_fingerprint
-        from semgen_cli.training import load_sampling_weights
 
         cfg, r = self.cfg, self.r
-        lat_state = load_sampling_weights(r.latent_run)
+        lat_state = r.lat.sampling_weights("--latent-run")  # a LoRA run's adapters merged into its checked base
         comp_state = split_state(lat_state, "compressor")
         fp = tensors_fingerprint(comp_state, "compressor:")
         if r.sem is not None and r.plan_source == "stage 2" and r.sem.compressor_fingerprint != fp:
@@ -82,7 +81,7 @@ class Pipeline:
 
         self.semantic_dit = None
         if r.plan_source == "stage 2":
-            sem_state = load_sampling_weights(r.semantic_run)
+            sem_state = r.sem.sampling_weights("--semantic-run")
             self.semantic_dit = _build(DiT, r.sem.dit_config(), split_state(sem_state, "dit"), self.device, self.dtype, "--semantic-run", r.semantic_run)
             del sem_state
         self.latent_dit_config = self.latent_dit.config

@@ -213,11 +213,17 @@ class _Run:
     def geometry(self) -> ClipGeometry:
         return ClipGeometry.of(self.producer, self.components)
 
-    def sampling_weights(self) -> dict[str, torch.Tensor]:
-        """The run's newest weights for sampling (EMA, else the model)."""
+    def sampling_weights(self, flag: str | None = None) -> dict[str, torch.Tensor]:
+        """The run's newest weights for sampling (EMA, else the model); a LoRA run's adapters merged
+        into its base, read from the recorded path and checked (`semgen_cli.lora.merged`)."""
         from semgen_cli.training import load_sampling_weights
 
-        return load_sampling_weights(self.path)
+        state = load_sampling_weights(self.path)
+        if getattr(self, "lora", None):
+            from semgen_cli.lora import merged
+
+            state = merged(self, state, f"{flag} {self.path}" if flag else str(self.path))
+        return state
 
 
 @dataclass
@@ -278,6 +284,10 @@ class LatentRun(_Run):
     text: dict = field(default_factory=lambda: {"padding": "mask"})
     validation: dict | None = None
     """The held-out clips (`semgen_cli.validation`), None without --val-clips."""
+    lora: dict | None = None
+    """LoRA adapters over a recorded base (`semgen_cli.lora.record`); None: the whole DiT is stored."""
+    merged_lora: dict | None = None
+    """Of a `semgen merge` output: the LoRA run it was merged from and its adapters' record."""
 
     @property
     def condition(self) -> str:
@@ -323,7 +333,7 @@ class LatentRun(_Run):
         if source != compressor_fingerprint:
             raise MismatchError(f"{flag} {self.path}: started from compressor {source}, not the --compressor given "
                                 f"({compressor_fingerprint}); pass the same --compressor")
-        state = self.sampling_weights() if state is None else state
+        state = self.sampling_weights(flag) if state is None else state
         dit_state = split_state(state, "dit")
         if old_patch != new_patch:
             dit_state = resize_patch(dit_state, old_patch, new_patch)
@@ -338,7 +348,11 @@ class LatentRun(_Run):
 
         if self.compressor is None:
             raise MismatchError(f"{flag} {self.path}: trained without a compressor (--condition none)")
-        comp_state = split_state(self.sampling_weights() if state is None else state, "compressor")
+        if state is None:  # the compressor is stored whole, LoRA or not: no base to read
+            from semgen_cli.training import load_sampling_weights
+
+            state = load_sampling_weights(self.path)
+        comp_state = split_state(state, "compressor")
         compressor = Compressor(CompressorConfig.from_dict(self.compressor))
         compressor.load_state_dict(comp_state)
         return compressor.eval(), tensors_fingerprint(comp_state, "compressor:")
@@ -363,6 +377,10 @@ class SemanticRun(_Run):
     text: dict = field(default_factory=lambda: {"padding": "mask"})
     validation: dict | None = None
     """The held-out clips (`semgen_cli.validation`), None without --val-clips."""
+    lora: dict | None = None
+    """LoRA adapters over a recorded base, or over the DiT's own initialisation (`semgen_cli.lora.record`)."""
+    merged_lora: dict | None = None
+    """Of a `semgen merge` output: the LoRA run it was merged from and its adapters' record."""
 
     @property
     def compressor_fingerprint(self) -> str | None:
@@ -379,7 +397,7 @@ class SemanticRun(_Run):
             raise MismatchError(f"{flag} {self.path}: trained with another DiT (preset {self.settings.get('preset', '?')}); pass the same --preset")
         if self.compressor_fingerprint != compressor_fingerprint:
             raise MismatchError(f"{flag} {self.path}: generates the space of another compressor; use a --latent-run with the same compressor")
-        dit.load_state_dict(split_state(self.sampling_weights(), "dit"))
+        dit.load_state_dict(split_state(self.sampling_weights(flag), "dit"))
 
 
 STAGE2_ROLES = ("semantic", "text")

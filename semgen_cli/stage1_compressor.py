@@ -71,7 +71,7 @@ def compressor_of_run(run: LatentRun, flag: str = "--init"):
     source = run.compressor_source
     if run.compressor is None or source is None:
         raise MismatchError(f"{flag} {run.path}: trained without a compressor (--condition none); pass --compressor")
-    state = run.sampling_weights()
+    state = run.sampling_weights(flag)
     compressor, _ = run.load_compressor(state, flag)
     record = CompressorRun(step=CompressorRun.STEP, settings={}, data={"components": run.components}, compressor=run.compressor,
                            features=source["features"], vae_layout=run.vae_layout, fingerprint=source["fingerprint"], path=Path(source["path"]))

@@ -38,6 +38,7 @@ def _sources(name: str) -> list:
         "drift": [drift.DriftConfig],
         "toy-eval": [toy_eval.ToyEvalConfig, prompts.default_prompts],
         "info": [],
+        "merge": [],
     }[name]
 
 
@@ -151,7 +152,6 @@ def test_source_reader_matches_the_imported_dataclasses():
     from semgen_cli.steps.fit_compressor import FitCompressorConfig
     from semgen_cli.steps.train_latent import TrainLatentConfig
     from semgen_cli.training import TrainConfig
-    from semgen_cli.validation import MonitorConfig
 
     for cls in (TrainConfig, TrainLatentConfig, FitCompressorConfig):
         d = Defaults(cls.__module__, cls.__name__)

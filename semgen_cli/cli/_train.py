@@ -44,6 +44,9 @@ ValClips = Annotated[int, typer.Option(help="Hold out this many clips (drawn wit
 ValEvery = Annotated[int, typer.Option(help="Log val_loss over the held-out clips (fixed timesteps and noise) every N steps (0: never).")]
 SampleEvery = Annotated[int, typer.Option(help="Write sample videos into OUT/samples/step-N/ every N steps, with a checkpoint there (0: never).")]
 SampleSteps = Annotated[int, typer.Option(help="Euler steps of the sample videos (each stage).")]
+LoraRank = Annotated[Optional[int], typer.Option(help="Train LoRA adapters of this rank on the DiT blocks' attention and FFN projections (peft) instead of the whole DiT; the new layers (and compressor) train fully. The run stores only what trains, plus the --init base's path and fingerprint.")]
+LoraAlpha = Annotated[Optional[float], typer.Option(help="LoRA scale alpha (default: the rank).")]
+LoraTargets = Annotated[Optional[str], typer.Option(help="Comma-separated block layers to adapt, by the end of their name (default: self_attn.q,k,v,o, cross_attn.q,k,v,o, ffn.fc1, ffn.fc2; e.g. q,k,v or self_attn).")]
 
 
 MAX_BATCH, MAX_WORKERS = 1 << 20, 256

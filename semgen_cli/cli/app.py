@@ -20,6 +20,7 @@ COMMANDS = [
     ("fit-compressor", "fit_compressor", "Fit the semantic compressor (MLP, KL) on extracted features."),
     ("train-latent", "train_latent", "Stage 1: train the latent DiT on VAE latents | compressed semantics."),
     ("train-semantic", "train_semantic", "Stage 2: train the semantic DiT on compressed semantics | text."),
+    ("merge", "merge", "Fold a LoRA run's adapters into its base: a standalone run."),
     ("generate", "generate", "Text → semantic plan → VAE latents → mp4."),
     ("drift", "drift", "Measure quality drift between the first and last 15% of videos."),
     ("toy-eval", "toy_eval", "Score a pipeline on toy-world prompts with the pixel-exact judge."),

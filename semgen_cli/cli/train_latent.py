@@ -33,6 +33,9 @@ def command(
     init: Annotated[Optional[str], typer.Option(help="wan:PATH — start from Wan2.1 weights (diffusers folder); or a train-latent run folder — fine-tune its EMA DiT (same --preset and compressor), e.g. on the latents of a new VAE.")] = D.init,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")] = D.gradient_checkpointing,
     patch: Annotated[Optional[str], typer.Option(help="DiT patch T,H,W in latent cells (default: the preset's 1,2,2). 1,1,1 makes one token per latent cell (4× the tokens). With --init RUN of a coarser patch, RUN's patch embedding and head are resized to it.")] = D.patch,
+    lora_rank: T.LoraRank = D.lora_rank,
+    lora_alpha: T.LoraAlpha = D.lora_alpha,
+    lora_targets: T.LoraTargets = D.lora_targets,
     steps: T.Steps = T.TRAIN.steps,
     batch_size: T.BatchSize = T.TRAIN.batch_size,
     grad_accum: T.GradAccum = T.TRAIN.grad_accum,
@@ -69,7 +72,7 @@ def command(
         attention=attention, window=window, condition=condition, freeze_compressor=freeze_compressor,
         clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
         init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight, patch=_patch(patch),
-        text_padding=text_padding,
+        text_padding=text_padding, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
     )
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps)
@@ -85,6 +88,7 @@ def command(
         "text": f"Wan's: zero-padded to {text_used['length']} tokens, no mask" if text_used["padding"] == "wan" else "real tokens + mask",
         "steps": steps, "batch": batch_size,
         "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        **({"LoRA": f"rank {lora_rank}, alpha {lora_alpha or lora_rank}, on {lora_targets or 'attention + FFN'}"} if lora_rank else {}),
     })
     with RichReporter() as reporter:
         result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data, monitor=monitor)

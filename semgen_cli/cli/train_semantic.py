@@ -24,6 +24,9 @@ def command(
     max_seconds: Annotated[Optional[float], typer.Option(help="Cut clips longer than this (default: whole clips).")] = D.max_seconds,
     windows: Annotated[Optional[str], typer.Option(help="Also train on windows of these lengths in seconds, comma-separated (e.g. 10,20,40), cut from every longer clip at half-window strides, so durations between the data's clip lengths are trained too (default: whole clips only).")] = ",".join(f"{w:g}" for w in D.windows) or None,
     init: Annotated[Optional[str], typer.Option(help="train-semantic run to start from (its EMA weights; same --preset): a fine-tune with a fresh optimiser and schedule, e.g. on new data. Or wan:PATH: Wan2.1's blocks (diffusers WanTransformer3DModel folder; --preset is then Wan's), with a fresh input and output projection for the compressed channels.")] = D.init,
+    lora_rank: T.LoraRank = D.lora_rank,
+    lora_alpha: T.LoraAlpha = D.lora_alpha,
+    lora_targets: T.LoraTargets = D.lora_targets,
     steps: T.Steps = T.TRAIN.steps,
     batch_size: T.BatchSize = T.TRAIN.batch_size,
     grad_accum: T.GradAccum = T.TRAIN.grad_accum,
@@ -56,13 +59,15 @@ def command(
     from semgen_cli.cli._common import RichReporter, settings_table, summary
     from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
 
-    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init)
+    cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init,
+                              lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets)
     train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
     monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps, val_prompts)
     T.check_inputs(data, {"--latent-run": (latent_run, "train-latent"), "--init": (None if resume or init is None or cfg.init_wan else init, "train-semantic")})
     settings_table("semgen train-semantic", {
         "data": data, "latent run": latent_run, "out": out, "preset": f"Wan's ({init})" if init and init.startswith("wan:") else preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
         "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        **({"LoRA": f"rank {lora_rank}, alpha {lora_alpha or lora_rank}, on {lora_targets or 'attention + FFN'}"} if lora_rank else {}),
     })
     with RichReporter() as reporter:
         result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data, monitor=monitor)

@@ -95,6 +95,13 @@ class TrainLatentConfig:
     patch: tuple[int, int, int] | None = None
     """DiT patch (t, h, w); None: the preset's (1, 2, 2). With --init RUN of a coarser patch the
     run's weights are resized to it (`semgen_cli.models.dit.resize_patch`)."""
+    lora_rank: int | None = None
+    """Train LoRA adapters of this rank on the --init DiT's block projections (`semgen_cli.lora`)
+    instead of the whole DiT; the semantic input layers and the compressor train fully."""
+    lora_alpha: float | None = None
+    """LoRA scale α (None: the rank)."""
+    lora_targets: str | None = None
+    """Comma-separated block layers to adapt (None: `lora.DEFAULT_TARGETS`, attention and FFN)."""
 
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
@@ -129,6 +136,15 @@ class TrainLatentConfig:
                 raise ConfigError("--patch cannot be combined with --init wan:PATH (Wan's patch is fixed)")
         if self.init is not None and not self.init.strip():
             raise ConfigError("--init: expected wan:PATH or a train-latent run folder, got an empty string")
+        if self.lora_spec is not None and not self.init:
+            raise ConfigError("--lora-rank needs --init wan:PATH or --init RUN: the base weights the adapters are trained on")
+
+    @property
+    def lora_spec(self):
+        """The LoRA adapters --lora-rank asks for (None: the whole DiT trains)."""
+        from semgen_cli.lora import LoraSpec
+
+        return LoraSpec.from_flags(self.lora_rank, self.lora_alpha, self.lora_targets)
 
     @property
     def init_run(self) -> str | None:
@@ -270,8 +286,9 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
     resume_from = check_run_dir(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run.fingerprint if comp_run else None, load_init=resume_from is None, init_state=init_state)
+    dit = build_dit(cfg, C, text_dim, sem_dim, compressor, comp_run.fingerprint if comp_run else None, load_init=resume_from is None or cfg.lora_rank is not None, init_state=init_state)
     del init_state
+    lora = _lora(cfg, dit, compressor, reporter)
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     config = {
         "step": "train-latent",
@@ -289,6 +306,7 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         "train": train_cfg.to_dict(),
         "data": {"path": str(Path(cfg.data).resolve()), "components": data.components, "producer": p, "fields": data.fields, "samples": len(data), "windows": len(dataset)},
         "validation": hooks.record,
+        "lora": lora,
     }
     run = LatentRun.from_dict(LatentRun.migrate(config, out / "config.json"), out)
     if resume and (out / "config.json").is_file():
@@ -309,6 +327,18 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
                        on_checkpoint=hooks.sampler(trackers), before_save=stats, trackers=trackers, validate=hooks.validate,
                        fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
+
+
+def _lora(cfg: TrainLatentConfig, dit, compressor, reporter: Reporter) -> dict | None:
+    """Adapters over the --init base (resuming reads the base again; the checkpoints hold what
+    trains): the run's `lora` record, None without --lora-rank."""
+    if cfg.lora_spec is None:
+        return None
+    from semgen_cli import lora
+
+    record = lora.setup(dit, cfg.lora_spec, cfg.init, ("semantic_embed.", "sigma_embed."))
+    reporter.info(lora.trainable_line([dit, compressor], cfg.lora_spec))
+    return record
 
 
 def _recorded_window(cfg: TrainLatentConfig, resume: bool) -> int | None:
@@ -392,6 +422,9 @@ def _check_same_architecture(out: Path, run: LatentRun) -> None:
     for key in ("dit", "compressor", "latent_shape"):
         if getattr(before, key) != getattr(run, key):
             raise MismatchError(f"{out}: the run was trained with a different {key} ({'preset' if key == 'dit' else key}); use the same flags or a new --out")
+    from semgen_cli.lora import check_resumed
+
+    check_resumed(out, before.lora, run.lora)
     if before.text != run.text:
         raise MismatchError(f"{out}: the run was trained with text padding {before.text.get('padding', 'mask')}, not "
                             f"{run.text['padding']}; pass the same --text-padding or a new --out")

@@ -63,6 +63,14 @@ class TrainSemanticConfig:
     fresh optimiser and schedule, e.g. on new data. Same preset and compressor required; or
     wan:PATH, Wan2.1's blocks (diffusers WanTransformer3DModel folder; the preset is then Wan's).
     Ignored when --resume finds a checkpoint (that checkpoint's weights win)."""
+    lora_rank: int | None = None
+    """Train LoRA adapters of this rank on the DiT blocks' projections (`semgen_cli.lora`) over the
+    --init base (or the DiT's own initialisation, which the checkpoints then hold); the patch
+    embedding and head train fully."""
+    lora_alpha: float | None = None
+    """LoRA scale α (None: the rank)."""
+    lora_targets: str | None = None
+    """Comma-separated block layers to adapt (None: `lora.DEFAULT_TARGETS`, attention and FFN)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.text_dropout < 1:
@@ -76,6 +84,14 @@ class TrainSemanticConfig:
             raise ConfigError(f"--windows must be positive seconds, got {', '.join(f'{w:g}' for w in self.windows)}")
         if self.init is not None and not self.init.removeprefix("wan:").strip():
             raise ConfigError(f"--init {self.init!r}: expected a train-semantic run folder or wan:PATH")
+        _ = self.lora_spec  # checks the --lora-* flags
+
+    @property
+    def lora_spec(self):
+        """The LoRA adapters --lora-rank asks for (None: the whole DiT trains)."""
+        from semgen_cli.lora import LoraSpec
+
+        return LoraSpec.from_flags(self.lora_rank, self.lora_alpha, self.lora_targets)
 
     @property
     def init_wan(self) -> str | None:
@@ -251,7 +267,7 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     out = Path(cfg.out)
     resume_from = check_run_dir(out, resume)
     torch.manual_seed(train_cfg.seed)
-    dit = build_semantic_dit(cfg, c, text_dim, load=resume_from is None)
+    dit = build_semantic_dit(cfg, c, text_dim, load=resume_from is None or cfg.lora_rank is not None)
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "step": "train-semantic",
@@ -271,14 +287,18 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
                  "samples": len(data)},
         "validation": hooks.record,
     }
+    if cfg.init is not None and cfg.init_wan is None and (resume_from is None or cfg.lora_rank is not None):  # a LoRA base is read again
+        SemanticRun.from_dir(cfg.init, "--init").init_weights(dit, comp_fp)
+        reporter.info(f"weights from --init {cfg.init}")
+    config["lora"] = _lora(cfg, dit, reporter)
     run = SemanticRun.from_dict(SemanticRun.migrate(config, out / "config.json"), out)
     if resume and (out / "config.json").is_file():
+        from semgen_cli.lora import check_resumed
+
         before = SemanticRun.from_dir(out, "--out")  # its shape checked: an emptied config is named as such
         if before.dit != run.dit or before.compressor_fingerprint != comp_fp:
             raise MismatchError(f"{out}: the run was trained with a different preset or latent run; use the same flags or a new --out")
-    if cfg.init is not None and cfg.init_wan is None and resume_from is None:
-        SemanticRun.from_dir(cfg.init, "--init").init_weights(dit, comp_fp)
-        reporter.info(f"weights from --init {cfg.init}")
+        check_resumed(out, before.lora, run.lora)
     run.save()
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
     reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {run.max_seconds:.1f} s; shift {shift:.3g}")
@@ -288,6 +308,18 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
                        on_checkpoint=hooks.sampler(trackers), trackers=trackers, validate=hooks.validate,
                        fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))
     return result, config
+
+
+def _lora(cfg: TrainSemanticConfig, dit, reporter: Reporter) -> dict | None:
+    """Adapters over the --init base (read again on resume; the checkpoints hold what trains), or over
+    the DiT's own initialisation (then the checkpoints hold it too): the run's `lora` record."""
+    if cfg.lora_spec is None:
+        return None
+    from semgen_cli import lora
+
+    record = lora.setup(dit, cfg.lora_spec, cfg.init, ("patch_embed.", "head."))
+    reporter.info(lora.trainable_line([dit], cfg.lora_spec))
+    return record
 
 
 def stage2_text(cfg: TrainSemanticConfig, data: Dataset) -> dict:

@@ -34,6 +34,16 @@ _TRAINER_FILES = (STATE, MODEL_FILE, EMA_FILE, OPTIM_FILE)  # STATE first: pruni
 STATE_VERSION = 1
 
 
+def external_keys(model: torch.nn.Module) -> frozenset[str]:
+    """State-dict keys of `model` whose weights a run does not store: those its submodules mark
+    `external_weights` (the frozen base under LoRA adapters, `semgen_cli.lora`), read again from the
+    source the run records. They are left out of checkpoints and the EMA, and not restored."""
+    keys = set()
+    for name, module in model.named_modules():
+        keys.update(f"{name}.{k}" if name else k for k in getattr(module, "external_weights", ()))
+    return frozenset(keys)
+
+
 def _step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 

@@ -29,6 +29,7 @@ from semgen_cli.training.checkpoint import (
     _check_model_keys,
     _first_nonfinite,
     _valid_checkpoints,
+    external_keys,
 )
 from semgen_cli.training.distributed import _full, _like
 from semgen_cli.training.ema import _EMA
@@ -36,11 +37,14 @@ from semgen_cli.training.ema import _EMA
 
 def _gather_state(raw: nn.Module, optimizer: torch.optim.Optimizer, ema: _EMA | None, fsdp: bool,
                   model_only: bool = False) -> dict[str, Any]:
-    """Full model / EMA / optimizer state on rank 0 (gathers shards under FSDP: collective)."""
+    """Full model / EMA / optimizer state on rank 0 (gathers shards under FSDP: collective); the
+    model's external weights (a frozen LoRA base) are left out."""
+    skip = external_keys(raw)
     if fsdp and model_only:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return {"model": get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))}
+        full = get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {"model": {k: v for k, v in full.items() if k not in skip}}
     if fsdp:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -54,6 +58,7 @@ def _gather_state(raw: nn.Module, optimizer: torch.optim.Optimizer, ema: _EMA | 
     else:
         model_sd = {k: v.detach().cpu() for k, v in raw.state_dict().items()}
         optim_sd = optimizer.state_dict()
+    model_sd = {k: v for k, v in model_sd.items() if k not in skip}
     ema_sd = {k: _full(v) for k, v in ema.state.items()} if ema else None
     return {"model": model_sd, "optim": optim_sd, "ema": ema_sd}
 
@@ -110,13 +115,14 @@ def _restore_model(ckpt: Path, raw: nn.Module, fsdp: bool) -> None:
     bad = _first_nonfinite(saved)
     if bad is not None:
         raise InputError(f"{ckpt / MODEL_FILE}: weight {bad} holds NaN or inf; resume from an earlier checkpoint")
-    _check_model_keys(ckpt, saved, raw.state_dict())
+    skip = external_keys(raw)  # a frozen LoRA base: not in the checkpoint, already loaded
+    _check_model_keys(ckpt, saved, {k: v for k, v in raw.state_dict().items() if k not in skip})
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(raw, saved, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(raw, saved, options=StateDictOptions(full_state_dict=True, strict=not skip))
     else:
-        raw.load_state_dict(saved)
+        raw.load_state_dict(saved, strict=not skip)
 
 
 def _read_optimizer_file(ckpt: Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from semgen_cli.training.checkpoint import (
     STATE_VERSION,
     _first_nonfinite,
     _step_dir_name,
+    external_keys,
     verify_checkpoint,
 )
 from semgen_cli.training.config import _BOOKKEEPING, TrainConfig
@@ -131,7 +132,7 @@ class _Trainer:
             _param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg))
-        self.ema = _EMA(self.raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema = _EMA(self.raw, cfg.ema_decay, external_keys(self.raw)) if cfg.ema_decay > 0 else None
         self.generator = torch.Generator(device=self.device)
         self.bf16 = cfg.precision == "bf16" and (
             self.device.type == "cpu" or (self.device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -203,7 +204,7 @@ class _Trainer:
         _restore_optimizer(ckpt, self.raw, self.optimizer, self.scheduler, self.fsdp)
         if self.ema and not _restore_ema(ckpt, self.ema):
             self.reporter.warn(f"{ckpt} has no {EMA_FILE}; the EMA restarts from the current weights")
-            self.ema = _EMA(self.raw, self.cfg.ema_decay)
+            self.ema = _EMA(self.raw, self.cfg.ema_decay, external_keys(self.raw))
         self.step = int(state["step"])
         self.stream.epoch, self.stream.position = int(state["epoch"]), int(state["position"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -241,7 +242,7 @@ class _Trainer:
         m = copy.deepcopy(self.template if self.fsdp else self.raw)
         if full is not None:
             ref = m.state_dict()
-            m.load_state_dict({k: v.to(dtype=ref[k].dtype) for k, v in full.items()})
+            m.load_state_dict({k: v.to(dtype=ref[k].dtype) for k, v in full.items()}, strict=not external_keys(m))
         return m.to(self.device).eval().requires_grad_(False)
 
     def _callback(self, ckpt: Path) -> dict[str, Any] | None:
