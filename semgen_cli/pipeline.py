@@ -84,6 +84,10 @@ class Pipeline:
             sem_state = r.sem.sampling_weights("--semantic-run")
             self.semantic_dit = _build(DiT, r.sem.dit_config(), split_state(sem_state, "dit"), self.device, self.dtype, "--semantic-run", r.semantic_run)
             del sem_state
+        from semgen_cli.models.acceleration import compile_blocks
+
+        for dit in (self.latent_dit, self.semantic_dit):
+            compile_blocks(dit, cfg.compile and dit is not None)
         self.latent_dit_config = self.latent_dit.config
 
     def _load_components(self) -> None:
@@ -110,13 +114,15 @@ class Pipeline:
         help sample and return None (the first decodes and writes)."""
         import torch
 
+        from semgen_cli.models.acceleration import attention_backend
+
         r = self.r
         if plan is not None and r.plan_source not in ("reference video", "saved plan"):
             raise ConfigError(f"plan {plan}: this pipeline makes its plans from {r.plan_source}; load it with --semantic-from to read plans")
         seed, source = int(seed), plan if plan is not None else self.cfg.semantic_from  # plan file or reference video
         path = Path(out if out is not None else self.cfg.out)
         stages = Stages(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), attention_backend(self.cfg.attention_backend):
             g, noise, plan_eps = initial_noise(r, seed)
             stages.begin("text")
             cond, uncond = self.text(prompt)

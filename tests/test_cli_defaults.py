@@ -47,6 +47,7 @@ RENAMED = {"warmup": "warmup_steps", "exclude_combos": "exclude"}
 
 CLI_ONLY = {
     "config": "a file of flag values",
+    "dry_run": "prints the resolved settings instead of running",
     "as_json": "output format",
     "plot": "output file (DriftConfig.curves follows it)",
     "verify": "inspect has no library config",

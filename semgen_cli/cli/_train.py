@@ -38,7 +38,7 @@ AllowNewData = Annotated[bool, typer.Option("--allow-new-data", help="With --res
 INTERRUPTED = 130
 """Exit code of a training stopped by Ctrl-C (after its checkpoint is saved), so `a && b` stops."""
 Workers = Annotated[int, typer.Option(help=TRAIN.doc("num_workers"))]
-Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU).")]
+Fsdp = Annotated[bool, typer.Option("--fsdp", help="Shard the DiT blocks with FSDP2 under torchrun (models that do not fit one GPU); checkpoints are sharded torch.distributed.checkpoint folders.")]
 ReportTo = Annotated[Optional[list[str]], typer.Option("--report-to", help="Also send every metrics.jsonl row (and sample video) to tensorboard, wandb or trackio (repeat or comma-separate for several; default none). TensorBoard writes OUT/tracking/tensorboard.")]
 ValClips = Annotated[int, typer.Option(help="Hold out this many clips (drawn with --seed, recorded in the run, never trained on) for --val-every and --sample-every.")]
 ValEvery = Annotated[int, typer.Option(help="Log val_loss over the held-out clips (fixed timesteps and noise) every N steps (0: never).")]
@@ -47,6 +47,14 @@ SampleSteps = Annotated[int, typer.Option(help="Euler steps of the sample videos
 LoraRank = Annotated[Optional[int], typer.Option(help="Train LoRA adapters of this rank on the DiT blocks' attention and FFN projections (peft) instead of the whole DiT; the new layers (and compressor) train fully. The run stores only what trains, plus the --init base's path and fingerprint.")]
 LoraAlpha = Annotated[Optional[float], typer.Option(help="LoRA scale alpha (default: the rank).")]
 LoraTargets = Annotated[Optional[str], typer.Option(help="Comma-separated block layers to adapt, by the end of their name (default: self_attn.q,k,v,o, cross_attn.q,k,v,o, ffn.fc1, ffn.fc2; e.g. q,k,v or self_attn).")]
+AsyncSave = Annotated[bool, typer.Option("--async-save", help=TRAIN.doc("async_save"))]
+EmaStart = Annotated[int, typer.Option(help=TRAIN.doc("ema_start"))]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved settings and exit without writing anything (not even --out).")]
+ATTENTION_BACKENDS = constant("semgen_cli.models.acceleration", "ATTENTION_BACKENDS")
+AttentionBackend = Annotated[str, typer.Option(help=f"SDPA kernel: {', '.join(ATTENTION_BACKENDS)} (all but auto and math need CUDA).",
+                                               callback=choice("--attention-backend", ATTENTION_BACKENDS))]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile each DiT block (regional compilation).")]
+GradientCheckpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward.")]
 
 
 MAX_BATCH, MAX_WORKERS = 1 << 20, 256
@@ -55,7 +63,8 @@ MAX_BATCH, MAX_WORKERS = 1 << 20, 256
 
 
 def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers,
-                 sample_every: int = TRAIN.sample_every):
+                 sample_every: int = TRAIN.sample_every, ema_start: int = TRAIN.ema_start, async_save: bool = TRAIN.async_save,
+                 fsdp: bool = False):
     from semgen_cli.errors import ConfigError
     from semgen_cli.training import TrainConfig
 
@@ -63,13 +72,22 @@ def train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_dec
         if value > most:
             raise ConfigError(f"{flag} {value}: at most {most}")
 
+    if async_save and not fsdp:
+        raise ConfigError("--async-save needs --fsdp (it writes sharded checkpoints in the background); add --fsdp or drop --async-save")
     return TrainConfig(
         steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, precision=precision,
         save_every=save_every, keep_last=keep_last, seed=seed, num_workers=num_workers, sample_every=sample_every,
+        ema_start=ema_start, async_save=async_save,
     )
 
 
+def dry_run(title: str, train_cfg) -> None:
+    """--dry-run: after the settings table, the resolved training settings; nothing is written."""
+    from semgen_cli.cli._common import console, settings_table
+
+    settings_table("training (resolved)", {k.replace("_", " "): v for k, v in train_cfg.to_dict().items()})
+    console.print("dry run: nothing was written")
 def monitor_config(report_to, val_clips: int = 0, val_every: int = 0, sample_steps: int = 10, val_prompts=None):
     """The trainers' monitoring flags → `MonitorConfig` (checked, trackers importable, prompts read)."""
     from semgen_cli.validation import MonitorConfig
@@ -116,7 +134,8 @@ CONFIG_MAX_BYTES = 1 << 20
 
 
 def _load_config_file(ctx: typer.Context, param, value):
-    """Eager callback of --config: a JSON file of option values becomes the defaults that flags
+    """Eager callback of --config: a JSON, YAML or TOML file of option values (by its extension,
+    `_parse_config`) becomes the defaults that flags
     then override (defaults ← file ← flags). Keys are option names (`batch_size` or `batch-size`);
     an unknown key, or a value of another type than the option's, is an error naming the file.
     The file must be a regular file of at most CONFIG_MAX_BYTES (never a device or a pipe)."""
@@ -124,16 +143,9 @@ def _load_config_file(ctx: typer.Context, param, value):
         return value
     import json
 
-    from semgen_cli.errors import ConfigError, InputError
-    from semgen_cli.io.small_files import read_small_text
+    from semgen_cli.errors import ConfigError
 
-    text = read_small_text(value, "--config", CONFIG_MAX_BYTES, "a JSON file of option values")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--config {value}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"--config {value}: expected a JSON object of option values")
+    data = _parse_config(value)
     names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
     clean = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(clean) - names)
@@ -146,6 +158,62 @@ def _load_config_file(ctx: typer.Context, param, value):
             raise ConfigError(f"--config {value}: {key} must be {problem}, got {json.dumps(v)[:60]}")
     ctx.default_map = {**(ctx.default_map or {}), **clean}
     return value
+
+
+CONFIG_FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}
+"""--config file extensions and the format each is read as."""
+
+
+def _parse_config(path: Path) -> dict:
+    """The mapping of option values in a --config file, read as its extension says (.json,
+    .yaml/.yml, .toml); an unknown extension, a syntax error or a top level that is not a mapping
+    is a one-line InputError naming the file."""
+    import json
+
+    from semgen_cli.errors import InputError
+    from semgen_cli.io.small_files import read_small_text
+
+    text = read_small_text(path, "--config", CONFIG_MAX_BYTES, "a JSON, YAML or TOML file of option values")
+    fmt = CONFIG_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise InputError(f"--config {path}: unknown extension; give a .json, .yaml, .yml or .toml file of option values")
+    try:
+        if fmt == "JSON":
+            data = json.loads(text)
+        elif fmt == "YAML":
+            data = _yaml_load(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--config {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except Exception as err:  # yaml.YAMLError, tomllib.TOMLDecodeError
+        if type(err).__module__.split(".")[0] not in ("yaml", "tomllib"):
+            raise
+        reason = " ".join(str(err).split())[:160]
+        raise InputError(f"--config {path}: not valid {fmt} ({reason})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a {fmt} {'object' if fmt == 'JSON' else 'mapping'} of option values (name: value)")
+    return data
+
+
+def _yaml_load(text: str):
+    """yaml.safe_load, with `1e-4` read as a number as in JSON and TOML (PyYAML's YAML 1.1 rules
+    read a float without a dot, such as the usual `lr: 1e-4`, as a string)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return yaml.load(text, Loader=Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _option_types(ctx: typer.Context) -> dict:
@@ -188,5 +256,5 @@ def _type_problem(hint, v) -> str | None:
 
 ConfigFile = Annotated[
     Optional[Path],
-    typer.Option("--config", is_eager=True, callback=_load_config_file, help="JSON file of option values (flags given on the command line win)."),
+    typer.Option("--config", is_eager=True, callback=_load_config_file, help="JSON, YAML or TOML file of option values, by extension; keys are option names, e.g. batch-size: 2 (flags given on the command line win)."),
 ]

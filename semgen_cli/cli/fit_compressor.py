@@ -40,6 +40,8 @@ def command(
     resume: T.Resume = False,
     allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
+    ema_start: T.EmaStart = T.COMPRESSOR_TRAIN.ema_start,
+    dry_run: T.DryRun = False,
     report_to: T.ReportTo = None,
 ) -> None:
     """Fit the MLP compressor (mean, logvar; KL) on extracted semantic features (paper §3.2).
@@ -58,10 +60,12 @@ def command(
         except ValueError:
             raise ConfigError(f"--dim {dim!r}: expected a positive integer or none") from None
     cfg = FitCompressorConfig(data=str(data), out=str(out), dim=dim_value, hidden=hidden, kl_weight=kl_weight, features=features, tokens_per_sample=tokens_per_sample)
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, ema_start=ema_start)
     monitor = T.monitor_config(report_to)
     T.check_inputs(data)
     settings_table("semgen fit-compressor", {"data": data, "out": out, "dim": dim, "features": features, "hidden": hidden, "kl weight": kl_weight, "steps": steps if dim_value else "none (stats only)", "batch": f"{batch_size} × {tokens_per_sample} tokens", "lr": lr})
+    if dry_run:
+        return T.dry_run("semgen fit-compressor", train_cfg)
     with RichReporter() as reporter:
         result = fit_compressor(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), allow_new_data=allow_new_data, monitor=monitor)
     if result.get("interrupted"):

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from semgen_cli.cli._train import AttentionBackend, Compile
 from semgen_cli.cli.options import choice, constant
 from semgen_cli.steps.generate import GenerateConfig
 
@@ -71,6 +72,8 @@ def command(
     decode_chunk: Annotated[int, typer.Option(help="Latent frames per VAE decode call (memory stays flat in the length).")] = GenerateConfig.decode_chunk,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = GenerateConfig.device,
     dtype: Annotated[str, typer.Option(help="DiT dtype: auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16.")] = GenerateConfig.dtype,
+    attention_backend: AttentionBackend = GenerateConfig.attention_backend,
+    compile: Compile = GenerateConfig.compile,
     parallel: Annotated[str, typer.Option(help="Under torchrun --nproc_per_node=K: auto, none, prompt (ranks take prompts in turn), guidance (CFG passes on 2 ranks), window (stage 1 split by shifted windows), guidance+window. See docs/multigpu.md.")] = GenerateConfig.parallel,
 ) -> None:
     """Generate a video from text (paper §3.3, §3.4): stage 2 plans compressed semantic tokens for the whole duration with full attention, stage 1 renders VAE latents over the whole duration with shifted-window attention conditioned on that plan, and the VAE decodes chunk by chunk straight into the mp4.
@@ -115,6 +118,8 @@ def command(
         decode_chunk=decode_chunk,
         attention=attention,
         vae=vae,
+        attention_backend=attention_backend,
+        compile=compile,
         parallel=parallel,
     )
     resolved = resolve(config)

@@ -59,6 +59,11 @@ def command(
     val_every: T.ValEvery = T.MONITOR.val_every,
     sample_every: T.SampleEvery = T.TRAIN.sample_every,
     sample_steps: T.SampleSteps = T.MONITOR.sample_steps,
+    ema_start: T.EmaStart = T.TRAIN.ema_start,
+    async_save: T.AsyncSave = T.TRAIN.async_save,
+    attention_backend: T.AttentionBackend = D.attention_backend,
+    compile: T.Compile = D.compile,
+    dry_run: T.DryRun = False,
 ) -> None:
     """Stage 1 (paper §3.2, §3.4): train the latent DiT on VAE latents, conditioned in context on compressed semantic tokens and by cross-attention on text.
 
@@ -73,8 +78,10 @@ def command(
         clip_seconds=clip_seconds, semantic_noise=semantic_noise, text_dropout=text_dropout, shift=shift,
         init=init, gradient_checkpointing=gradient_checkpointing, motion_weight=motion_weight, patch=_patch(patch),
         text_padding=text_padding, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
+        attention_backend=attention_backend, compile=compile,
     )
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every,
+                               ema_start=ema_start, async_save=async_save, fsdp=fsdp)
     monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps)
     if not resume:  # a resumed run needs neither: its checkpoint holds their weights
         T.check_inputs(data, {"--compressor": (compressor if condition != "none" else None, "fit-compressor"), "--init": (cfg.init_run, "train-latent")})
@@ -87,9 +94,12 @@ def command(
         "timestep shift": f"{shift_used:.3g} ({shift_rule})",
         "text": f"Wan's: zero-padded to {text_used['length']} tokens, no mask" if text_used["padding"] == "wan" else "real tokens + mask",
         "steps": steps, "batch": batch_size,
-        "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        "lr": lr, **({"motion weight": motion_weight} if motion_weight else {}), **({"patch": patch} if patch else {}), "ema": ema_decay, "precision": train_cfg.precision, "seed": seed, "resume": resume,
+        **({"attention backend": attention_backend} if attention_backend != "auto" else {}), **({"compile": "each DiT block"} if compile else {}),
         **({"LoRA": f"rank {lora_rank}, alpha {lora_alpha or lora_rank}, on {lora_targets or 'attention + FFN'}"} if lora_rank else {}),
     })
+    if dry_run:
+        return T.dry_run("semgen train-latent", train_cfg)
     with RichReporter() as reporter:
         result, config = train_latent(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data, monitor=monitor)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}

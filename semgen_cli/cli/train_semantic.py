@@ -45,6 +45,12 @@ def command(
     allow_new_data: T.AllowNewData = False,
     config: T.ConfigFile = None,
     fsdp: T.Fsdp = False,
+    gradient_checkpointing: T.GradientCheckpointing = D.gradient_checkpointing,
+    ema_start: T.EmaStart = T.TRAIN.ema_start,
+    async_save: T.AsyncSave = T.TRAIN.async_save,
+    attention_backend: T.AttentionBackend = D.attention_backend,
+    compile: T.Compile = D.compile,
+    dry_run: T.DryRun = False,
     report_to: T.ReportTo = None,
     val_clips: T.ValClips = T.MONITOR.val_clips,
     val_every: T.ValEvery = T.MONITOR.val_every,
@@ -60,15 +66,21 @@ def command(
     from semgen_cli.steps.train_semantic import TrainSemanticConfig, train_semantic
 
     cfg = TrainSemanticConfig(data=str(data), latent_run=str(latent_run), out=str(out), preset=preset, text_dropout=text_dropout, shift=shift, max_seconds=max_seconds, windows=T.parse_seconds_list(windows, "--windows"), init=init,
-                              lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets)
-    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every)
+                              lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
+                              gradient_checkpointing=gradient_checkpointing, attention_backend=attention_backend, compile=compile)
+    train_cfg = T.train_config(steps, batch_size, grad_accum, lr, warmup, schedule, weight_decay, grad_clip, ema_decay, precision, save_every, keep_last, seed, num_workers, sample_every,
+                               ema_start=ema_start, async_save=async_save, fsdp=fsdp)
     monitor = T.monitor_config(report_to, val_clips, val_every, sample_steps, val_prompts)
     T.check_inputs(data, {"--latent-run": (latent_run, "train-latent"), "--init": (None if resume or init is None or cfg.init_wan else init, "train-semantic")})
     settings_table("semgen train-semantic", {
         "data": data, "latent run": latent_run, "out": out, "preset": f"Wan's ({init})" if init and init.startswith("wan:") else preset, "attention": "full (whole clips)", "windows": f"{windows} s" if windows else "—",
-        "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": precision, "seed": seed, "resume": resume,
+        "init": init or "—", "steps": steps, "batch": batch_size, "lr": lr, "ema": ema_decay, "precision": train_cfg.precision, "seed": seed, "resume": resume,
+        **({"gradient checkpointing": True} if gradient_checkpointing else {}),
+        **({"attention backend": attention_backend} if attention_backend != "auto" else {}), **({"compile": "each DiT block"} if compile else {}),
         **({"LoRA": f"rank {lora_rank}, alpha {lora_alpha or lora_rank}, on {lora_targets or 'attention + FFN'}"} if lora_rank else {}),
     })
+    if dry_run:
+        return T.dry_run("semgen train-semantic", train_cfg)
     with RichReporter() as reporter:
         result, config = train_semantic(cfg, train_cfg, resume=resume, reporter=reporter, resume_hint=T.resume_hint(sys.argv[1:]), fsdp=fsdp, allow_new_data=allow_new_data, monitor=monitor)
     rows = {"step": result.step, "loss": result.loss, "checkpoint": result.checkpoint, "metrics": result.metrics, "time": f"{result.seconds:.1f} s"}

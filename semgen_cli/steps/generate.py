@@ -130,8 +130,15 @@ class GenerateConfig:
     `encoder_fingerprint`, so the same latents), e.g. a retrained or wider decoder."""
     parallel: str = "auto"
     """Under torchrun: auto, none, prompt, guidance, window or guidance+window (semgen_cli/parallel)."""
+    attention_backend: str = "auto"
+    """SDPA kernel of both DiTs (`semgen_cli.models.acceleration`): auto, flash, cudnn, efficient, math."""
+    compile: bool = False
+    """torch.compile each block of both DiTs (regional compilation)."""
 
     def __post_init__(self) -> None:
+        from semgen_cli.models.acceleration import check_attention_backend
+
+        check_attention_backend(self.attention_backend, None if self.device == "auto" else self.device)
         if isinstance(self.prompts, str):
             self.prompts = [self.prompts]
         self._check_prompts()

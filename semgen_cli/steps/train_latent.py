@@ -92,6 +92,10 @@ class TrainLatentConfig:
     """wan:PATH to start the DiT from Wan2.1 weights (diffusers WanTransformer3DModel folder), or a
     train-latent run folder to fine-tune (its EMA DiT; e.g. on the latents of a new VAE)."""
     gradient_checkpointing: bool = False
+    attention_backend: str = "auto"
+    """SDPA kernel (`semgen_cli.models.acceleration`): auto, flash, cudnn, efficient, math."""
+    compile: bool = False
+    """torch.compile each DiT block (regional compilation)."""
     patch: tuple[int, int, int] | None = None
     """DiT patch (t, h, w); None: the preset's (1, 2, 2). With --init RUN of a coarser patch the
     run's weights are resized to it (`semgen_cli.models.dit.resize_patch`)."""
@@ -104,6 +108,9 @@ class TrainLatentConfig:
     """Comma-separated block layers to adapt (None: `lora.DEFAULT_TARGETS`, attention and FFN)."""
 
     def __post_init__(self) -> None:
+        from semgen_cli.models.acceleration import check_attention_backend
+
+        check_attention_backend(self.attention_backend)  # flash/cudnn/efficient need CUDA: refused before anything runs
         if self.condition not in CONDITIONS:
             raise ConfigError(f"--condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
         if self.condition != "none" and not self.compressor and not self.init_run:
@@ -253,6 +260,7 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
 
 
 def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, monitor):
+    from semgen_cli.models.acceleration import attention_backend, compile_blocks
     from semgen_cli.training import check_run_dir, train
 
     data = Dataset(cfg.data)
@@ -322,7 +330,8 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
             reporter.warn("--fsdp: the compressor's statistics are not recomputed at checkpoints (sharded weights); stage 2 reads fit-compressor's")
         else:
             stats = CompressorStats(data, cfg.condition, vae_layout, reporter)
-    with hooks.trackers(out, config, resume) as trackers:
+    compile_blocks(dit, cfg.compile)
+    with hooks.trackers(out, config, resume) as trackers, attention_backend(cfg.attention_backend):
         result = train(step, hooks.dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
                        on_checkpoint=hooks.sampler(trackers), before_save=stats, trackers=trackers, validate=hooks.validate,
                        fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))

@@ -71,8 +71,17 @@ class TrainSemanticConfig:
     """LoRA scale α (None: the rank)."""
     lora_targets: str | None = None
     """Comma-separated block layers to adapt (None: `lora.DEFAULT_TARGETS`, attention and FFN)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in backward (memory for compute)."""
+    attention_backend: str = "auto"
+    """SDPA kernel (`semgen_cli.models.acceleration`): auto, flash, cudnn, efficient, math."""
+    compile: bool = False
+    """torch.compile each DiT block (regional compilation)."""
 
     def __post_init__(self) -> None:
+        from semgen_cli.models.acceleration import check_attention_backend
+
+        check_attention_backend(self.attention_backend)  # flash/cudnn/efficient need CUDA: refused before anything runs
         if not 0 <= self.text_dropout < 1:
             raise ConfigError(f"--text-dropout must be in [0, 1), got {self.text_dropout}")
         if self.max_seconds is not None and self.max_seconds <= 0:
@@ -231,6 +240,7 @@ def train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool = False, re
 
 def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, monitor=None):
     from semgen_cli.flow import dimension_shift
+    from semgen_cli.models.acceleration import attention_backend, compile_blocks
     from semgen_cli.training import check_run_dir, train
 
     data = Dataset(cfg.data)
@@ -268,6 +278,7 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     resume_from = check_run_dir(out, resume)
     torch.manual_seed(train_cfg.seed)
     dit = build_semantic_dit(cfg, c, text_dim, load=resume_from is None or cfg.lora_rank is not None)
+    dit.gradient_checkpointing = cfg.gradient_checkpointing
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "step": "train-semantic",
@@ -303,7 +314,8 @@ def _train_semantic(cfg: TrainSemanticConfig, train_cfg, resume: bool, reporter:
     step = SemanticStep(dit, compressor, cfg.text_dropout, shift)
     reporter.info(f"semantic DiT {'Wan ' + cfg.init_wan if cfg.init_wan else cfg.preset}: {dit.num_params() / 1e6:.2f} M parameters; tokens {c} × T × {hs} × {ws}; clips up to {run.max_seconds:.1f} s; shift {shift:.3g}")
     batcher = functools.partial(collate, text_length=run.text.get("length"))
-    with hooks.trackers(out, config, resume) as trackers:
+    compile_blocks(dit, cfg.compile)
+    with hooks.trackers(out, config, resume) as trackers, attention_backend(cfg.attention_backend):
         result = train(step, hooks.dataset, batcher, lambda m, b, g: m(b, g), train_cfg, out, resume=resume, reporter=reporter, resume_hint=resume_hint,
                        on_checkpoint=hooks.sampler(trackers), trackers=trackers, validate=hooks.validate,
                        fsdp=fsdp, fsdp_modules=lambda m: list(m.dit.blocks))

@@ -75,7 +75,11 @@ Design (the contract the step modules rely on):
   `ema_decay > 0`), `optimizer.pt` (holds the scheduler too; loaded with `weights_only=True`) and
   `state.json` (step, data cursor, RNG states per rank, config, fingerprint, and the bytes and
   sha256 of each weight file under `files`), written last into `step-0000100.tmp-PID/`, which is
-  then renamed; `checkpoints/latest` names the newest folder and is written after it. A folder
+  then renamed; `checkpoints/latest` names the newest folder and is written after it. Under
+  FSDP the folder is a sharded `torch.distributed.checkpoint` one instead (`training.sharded`:
+  each rank's shards, `.metadata`, `scheduler.json`, rank 0's gathered `ema.safetensors`), every
+  file hashed into state.json, committed the same way (with `async_save`, once the background
+  write is done), and readable by any number of processes. A folder
   without `state.json` is not a checkpoint. Files follow the umask. The folder is locked for the
   run (`semgen_cli.io.lock`): a second writer is refused, naming this one.
 - **Checkpoints** are saved every `save_every` steps, at every `sample_every` step (so samples
@@ -101,6 +105,7 @@ The package, one job per module:
 - `config`: `TrainConfig`, `TrainResult`, `Sample`.
 - `checkpoint`: the run folder's layout; finding, checking and loading checkpoints (DESIGN §4).
 - `state`: a trainer's state written to and restored from one checkpoint folder.
+- `sharded`: the same for FSDP runs, through torch.distributed.checkpoint (DCP).
 - `data`: the data stream, its cursor, length grouping, per-sample seeds, the batch sampler.
 - `rng`: every RNG's state, saved, restored and held still around callbacks.
 - `distributed`: the process group, rank helpers, DDP/FSDP2 and DTensor shards.

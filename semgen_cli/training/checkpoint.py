@@ -21,6 +21,7 @@ from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io.shards import check_file_record, load_tensors, read_json, write_text_atomic
 from semgen_cli.training.config import TrainConfig
 from semgen_cli.training.distributed import _full
+from semgen_cli.training.sharded import DCP_METADATA, is_sharded, read_sharded_tensors
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -127,6 +128,9 @@ def load_checkpoint_weights(
     else:
         ckpt = latest_checkpoint(run_dir)
     path = ckpt / (EMA_FILE if which == "ema" else MODEL_FILE)
+    if not path.is_file() and is_sharded(ckpt):  # a sharded run's raw weights: read whole in this process
+        verify_checkpoint(ckpt)
+        return read_sharded_tensors(ckpt, "model" if which == "model" else "ema")
     if not path.is_file():
         hint = " (the run was trained with ema_decay=0; use the model weights)" if which == "ema" else ""
         raise InputError(f"{path}: missing{hint}")
@@ -215,6 +219,8 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
     files = state.get("files") or {}
     ema_expected = EMA_FILE in files or (not files and float(state["config"].get("ema_decay", 0) or 0) > 0)
     needed = (MODEL_FILE, OPTIM_FILE) + ((EMA_FILE,) if ema_expected else ())
+    if DCP_METADATA in files or (ckpt / DCP_METADATA).is_file():  # sharded: every file of the folder it recorded
+        needed = tuple(sorted(set(files) | {DCP_METADATA}))
     stamp = tuple((f, (ckpt / f).stat().st_size, (ckpt / f).stat().st_mtime_ns) if (ckpt / f).is_file() else (f,) for f in needed)
     if _VERIFIED.get(str(ckpt)) != stamp:
         for f in needed:

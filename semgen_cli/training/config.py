@@ -19,8 +19,20 @@ from typing import Any, NamedTuple
 from semgen_cli.config import from_dict_strict
 from semgen_cli.errors import ConfigError
 
+# Settings added after runs were first recorded, at the value that reproduces those runs: left out
+# of the fingerprint at that value, so an older run's fingerprint stays what it was.
+_ADDED: dict[str, Any] = {"ema_start": 0}
+
+
+def resolve_precision() -> str:
+    """The precision "auto" stands for: bf16 where CUDA supports it, else fp32."""
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
 # Fields that do not change the numbers a run produces; they may differ on resume silently.
-_BOOKKEEPING = ("steps", "save_every", "keep_last", "log_every", "sample_every", "num_workers")
+_BOOKKEEPING = ("steps", "save_every", "keep_last", "log_every", "sample_every", "num_workers", "async_save")
 
 
 @dataclass
@@ -49,8 +61,12 @@ class TrainConfig:
     """Clip the global gradient norm to this (0: no clipping; the norm is logged either way)."""
     ema_decay: float = 0.999
     """Decay of the fp32 EMA of the weights (0 disables the EMA and ema.safetensors)."""
-    precision: str = "fp32"
-    """"fp32" or "bf16" (autocast to bfloat16 where the device supports it; weights stay fp32)."""
+    ema_start: int = 0
+    """Step from which the EMA averages; before it the EMA copies the weights (0: from the start)."""
+    precision: str = "auto"
+    """"auto", "fp32" or "bf16" (autocast to bfloat16 where the device supports it; weights stay
+    fp32). "auto" resolves when the config is made: bf16 where CUDA with bf16 is available, else
+    fp32; the resolved value is what a run records."""
     save_every: int = 500
     """Save a checkpoint every this many steps (0: only at the end); the last step always saves."""
     keep_last: int = 3
@@ -63,6 +79,9 @@ class TrainConfig:
     """Seed of the data order, per-sample seeds, the step generator and the global RNGs."""
     num_workers: int = 0
     """DataLoader worker processes per rank (0: load in the training process)."""
+    async_save: bool = False
+    """With --fsdp: write each checkpoint's shards in the background while training goes on
+    (torch.distributed.checkpoint.async_save); state.json and `latest` follow once it is written."""
 
 
     def __post_init__(self) -> None:
@@ -72,8 +91,10 @@ class TrainConfig:
         self._check_optimiser()
         if not 0.0 <= self.ema_decay < 1.0:
             raise self._bad("ema_decay", "must be in [0, 1) (0 disables the EMA)")
-        if self.precision not in ("fp32", "bf16"):
-            raise self._bad("precision", 'must be "fp32" or "bf16"')
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise self._bad("precision", 'must be "auto", "fp32" or "bf16"')
+        if self.precision == "auto":
+            self.precision = resolve_precision()
 
     def _bad(self, name: str, why: str) -> ConfigError:
         value = getattr(self, name)
@@ -83,7 +104,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise self._bad(name, "must be a whole number ≥ 1")
-        for name in ("warmup_steps", "save_every", "keep_last", "sample_every", "seed", "num_workers"):
+        for name in ("warmup_steps", "save_every", "keep_last", "sample_every", "seed", "num_workers", "ema_start"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise self._bad(name, "must be a whole number ≥ 0")
         if self.batch_size % self.grad_accum:
@@ -115,7 +136,8 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         """Hash of the settings that change the numbers (not steps, save/log cadence, workers)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _BOOKKEEPING}
+        absent = object()
+        d = {k: v for k, v in self.to_dict().items() if k not in _BOOKKEEPING and _ADDED.get(k, absent) != v}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

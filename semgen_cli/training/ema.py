@@ -24,11 +24,12 @@ class _EMA:
         }
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, copy: bool = False) -> None:
+        """One step of the average; `copy` (before `ema_start`) sets the EMA to the weights."""
         for k, v in model.state_dict().items():
             if k not in self.state:
                 continue
-            if k in self.names and v.is_floating_point():
+            if k in self.names and v.is_floating_point() and not copy:
                 self.state[k].lerp_(v.detach().float(), 1.0 - self.decay)  # ema ← d·ema + (1−d)·p
             else:
                 self.state[k].copy_(v)

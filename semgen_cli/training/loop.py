@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from semgen_cli.errors import ConfigError
 from semgen_cli.reporting import Reporter
 from semgen_cli.training.checkpoint import CHECKPOINTS, METRICS, _step_dir_name, _truncate_metrics, check_run_dir
 from semgen_cli.training.config import TrainConfig, TrainResult
@@ -69,10 +70,14 @@ def train(
                    that step's metrics row (written even off the log_every cadence).
     fsdp:          shard with FSDP2 `fully_shard`, per module of `fsdp_modules(model)` (default: the
                    entries of every nn.ModuleList), then the root. Needs a torchrun launch.
+                   Checkpoints are then sharded DCP folders (`training.sharded`), written in the
+                   background with `cfg.async_save`.
     device:        default cuda:LOCAL_RANK when CUDA is available, else cpu.
     """
     from semgen_cli.io.lock import hold
 
+    if cfg.async_save and not fsdp:
+        raise ConfigError("--async-save needs --fsdp (it writes sharded checkpoints in the background); add --fsdp or drop --async-save")
     out_dir = Path(out_dir)
     with hold(out_dir, "run folder"):  # a no-op when the step calling us holds it already
         return _train_locked(model, dataset, collate, loss_fn, cfg, out_dir, resume, reporter, on_checkpoint,
@@ -224,6 +229,7 @@ def _finish(t: _Trainer, ckpt: Path | None, metrics_path: Path, resumed_from: in
         if t.last_ckpt is None or t.last_ckpt.name != _step_dir_name(t.step):
             t.save("stopped early")
         t.reporter.info(f"stopped early at step {t.step} of {t.cfg.steps}")
+    t.finish_save()  # an asynchronous save still in flight commits before the run returns
     if interrupted and t.resume_hint:
         t.reporter.info(f"resume with: {t.resume_hint}")
     t.reporter.finish("train")

@@ -28,6 +28,7 @@ from semgen_cli.training.checkpoint import (
     STATE,
     _check_model_keys,
     _first_nonfinite,
+    _state_files,
     _valid_checkpoints,
     external_keys,
 )
@@ -104,7 +105,8 @@ def _prune(run_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
     for _, path in _valid_checkpoints(run_dir)[:-keep]:
-        for f in _TRAINER_FILES:  # state.json first: the folder stops counting at once
+        recorded = [f for f in _state_files(path) if "/" not in f and f not in ("", ".", "..")]  # a sharded folder's files
+        for f in (*_TRAINER_FILES, *recorded):  # state.json first: the folder stops counting at once
             (path / f).unlink(missing_ok=True)
         if not any(path.iterdir()):
             path.rmdir()

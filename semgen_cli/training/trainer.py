@@ -27,6 +27,7 @@ from semgen_cli.reporting import NULL
 from semgen_cli.training.checkpoint import (
     CHECKPOINTS,
     EMA_FILE,
+    MODEL_FILE,
     STATE,
     STATE_VERSION,
     _first_nonfinite,
@@ -46,6 +47,14 @@ from semgen_cli.training.distributed import (
 from semgen_cli.training.ema import _EMA
 from semgen_cli.training.optim import _lr_factor, _param_groups
 from semgen_cli.training.rng import _rng_preserved, _rng_state, _seed_everything, _set_rng_state
+from semgen_cli.training.sharded import (
+    _local_nonfinite,
+    _PendingSave,
+    is_sharded,
+    restore_sharded,
+    sharded_state,
+    start_sharded_save,
+)
 from semgen_cli.training.state import (
     _gather_state,
     _prune,
@@ -72,6 +81,9 @@ class _Trainer:
     def __init__(self, d, model, dataset, collate, loss_fn, cfg, out_dir, reporter, on_checkpoint, resume_hint,
                  fsdp, fsdp_modules, device, before_save=None, trackers=(), validate=None):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.pending: tuple[_PendingSave, str] | None = None  # a sharded save not yet committed
+        # --async-save: DCP's background collectives get a gloo group of their own (created by every rank)
+        self.async_group = dist.new_group(backend="gloo") if cfg.async_save and fsdp and d.active else None
         self.before_save = before_save
         self.trackers, self.validate = trackers, validate
         self.loss_fn, self.collate, self.dataset = loss_fn, collate, dataset
@@ -147,15 +159,12 @@ class _Trainer:
         if self.before_save is not None:
             with _rng_preserved(self.generator):
                 self.before_save(self.raw, self.ema.state if self.ema else None)
-        states = _gather_state(self.raw, self.optimizer, self.ema, self.fsdp)
-        self._refuse_nonfinite(states)
-        rng = _rng_state(self.generator)
-        all_rng = [None] * self.d.world
-        if self.d.active:
-            dist.all_gather_object(all_rng, rng)
-        else:
-            all_rng = [rng]
         final = self.out / CHECKPOINTS / _step_dir_name(self.step)
+        if self.fsdp:
+            return self._save_sharded(final, reason)
+        states = _gather_state(self.raw, self.optimizer, self.ema, self.fsdp)
+        self._refuse_nonfinite(_first_nonfinite({"model": states["model"], "ema": states["ema"] or {}}))
+        all_rng = self._all_rngs()
         if self.d.main:
             _write_checkpoint(final, self.step, states, self.scheduler.state_dict(), self.cfg.ema_decay,
                               lambda: self._state_record(all_rng))
@@ -166,9 +175,51 @@ class _Trainer:
         self.last_ckpt = final
         return final
 
-    def _refuse_nonfinite(self, states: dict[str, Any]) -> None:
+    def _all_rngs(self) -> list[Any]:
+        """Every rank's RNG states, for state.json (collective)."""
+        rng = _rng_state(self.generator)
+        if not self.d.active:
+            return [rng]
+        all_rng = [None] * self.d.world
+        dist.all_gather_object(all_rng, rng)
+        return all_rng
+
+    def _save_sharded(self, final: Path, reason: str) -> Path:
+        """FSDP: each rank writes its shards with DCP (`training.sharded`); rank 0 exports the
+        gathered EMA (or model) as safetensors for sampling. Committed at once, or with
+        --async-save when the background write is done (`finish_save`)."""
+        self.finish_save()  # an earlier asynchronous save commits first
+        state = sharded_state(self.raw, self.optimizer, self.ema.state if self.ema else None)
+        self._refuse_nonfinite(_local_nonfinite({"model": state["model"], "ema": state.get("ema") or {}}))
+        if self.ema:  # the export generate reads: full tensors, gathered (collective) for it only
+            export, name = {k: _full(v) for k, v in self.ema.state.items()}, EMA_FILE
+        else:
+            export, name = _gather_state(self.raw, self.optimizer, None, True, model_only=True)["model"], MODEL_FILE
+        meta = {"format": "pt", "step": str(self.step), **({"ema_decay": str(self.cfg.ema_decay)} if self.ema else {})}
+        record = self._state_record(self._all_rngs())
+        pending = start_sharded_save(final, state, export if self.d.main else None, name, meta,
+                                     self.scheduler.state_dict(), record, self.d.main, self.async_group)
+        del export, state
+        self.pending = (pending, reason)
+        if self.async_group is None:
+            self.finish_save()
+        self.last_ckpt = final
+        return final
+
+    def finish_save(self) -> None:
+        """Commit the sharded save in flight (wait for its shards on every rank, then rank 0 writes
+        state.json, renames the folder, writes `latest` and prunes); nothing when none is."""
+        if self.pending is None:
+            return
+        (pending, reason), self.pending = self.pending, None
+        pending.commit(after=lambda: _prune(self.out, self.cfg.keep_last))
+        if self.d.main:
+            self.reporter.info(f"saved {pending.final}{f' ({reason})' if reason else ''}")
+        if self.d.active:
+            dist.barrier()
+
+    def _refuse_nonfinite(self, bad: str | None) -> None:
         """Never commit a non-finite state (a diverged update, a bit flip in memory)."""
-        bad = _first_nonfinite({"model": states["model"], "ema": states["ema"] or {}})
         if self.d.active:  # FSDP gathers the full state on rank 0 only: every rank stops with it
             flag = torch.tensor([float(bad is not None)], device=self.device)
             dist.all_reduce(flag)
@@ -200,9 +251,14 @@ class _Trainer:
     def load(self, ckpt: Path) -> None:
         """Model, optimizer, scheduler, EMA, data cursor and RNGs from `ckpt`, checked first."""
         state = verify_checkpoint(ckpt)
-        _restore_model(ckpt, self.raw, self.fsdp)
-        _restore_optimizer(ckpt, self.raw, self.optimizer, self.scheduler, self.fsdp)
-        if self.ema and not _restore_ema(ckpt, self.ema):
+        if is_sharded(ckpt):  # written by DCP under --fsdp, read into this run's own layout and world size
+            restored_ema = restore_sharded(ckpt, self.raw, self.optimizer, self.scheduler,
+                                           self.ema.state if self.ema else None)
+        else:
+            _restore_model(ckpt, self.raw, self.fsdp)
+            _restore_optimizer(ckpt, self.raw, self.optimizer, self.scheduler, self.fsdp)
+            restored_ema = self.ema is None or _restore_ema(ckpt, self.ema)
+        if self.ema and not restored_ema:
             self.reporter.warn(f"{ckpt} has no {EMA_FILE}; the EMA restarts from the current weights")
             self.ema = _EMA(self.raw, self.cfg.ema_decay, external_keys(self.raw))
         self.step = int(state["step"])
@@ -250,6 +306,7 @@ class _Trainer:
         becomes a metrics row of its own."""
         if self.on_checkpoint is None:
             return None
+        self.finish_save()  # the callback writes into the committed folder
         row = None
         # Full weights for the copy; gathering FSDP shards is collective, so every rank joins.
         if self.ema:
@@ -326,8 +383,8 @@ class _Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema:
-            self.ema.update(self.raw)
+        if self.ema:  # the EMA copies the weights until step ema_start, then averages
+            self.ema.update(self.raw, copy=self.step + 1 < self.cfg.ema_start)
         self.step += 1
 
         # 3. Loss and fields averaged over micro-steps and ranks; a Ctrl-C on any rank stops all.
@@ -399,6 +456,7 @@ class _Trainer:
             bad = bool(flag.item() > 0)
         if not bad:
             return
+        self.finish_save()  # every rank stops here together: an asynchronous save in flight is committed, then kept
         step = self.step + 1
         last = self._kept()
         self.optimizer.zero_grad(set_to_none=True)
