@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import time
 
 
@@ -51,6 +50,7 @@ def measure(args: dict) -> dict:
     import torch
 
     from semgen_cli.models.attention import window_plan
+    from semgen_cli.profiling import peak_rss
     from semgen_cli.models.dit import DiTBlock, DiTConfig, RoPE3D, semantic_positions, video_positions
 
     torch.manual_seed(0)
@@ -97,7 +97,7 @@ def measure(args: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:  # before the first step: the allocator reuses memory, so later steps add no new peak
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = peak_rss()
     step()  # warm-up
     sync()
     times_s = []
@@ -109,7 +109,7 @@ def measure(args: dict) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = peak_rss() - base
     if plan is None:
         attended = float(L)
     elif plan.perm is None:

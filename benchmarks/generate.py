@@ -61,7 +61,9 @@ def build_tiny_runs(root: Path, preset: str = "tiny") -> tuple[Path, Path]:
 def run(a: argparse.Namespace, work: Path) -> dict:
     import torch
 
-    from semgen_cli.steps.generate import GenerateConfig, Pipeline, _Stages, generate, resolve
+    from semgen_cli.pipeline import Pipeline
+    from semgen_cli.profiling import Stages
+    from semgen_cli.steps.generate import GenerateConfig, generate, resolve
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -85,11 +87,11 @@ def run(a: argparse.Namespace, work: Path) -> dict:
         v = res.videos[0]
         r = resolve(config(seconds))
         C, T, h, w = r.latent_shape
-        ph, pw = r.lat["dit"]["patch"][1:]
+        ph, pw = r.lat.dit["patch"][1:]
         row = {
             "seconds": seconds, "frames": v.frames, "latent_frames": T,
             "latent_tokens": T * (h // ph) * (w // pw), "semantic_tokens": r.semantic_tokens * r.semantic_grid[0] * r.semantic_grid[1],
-            "attention": r.lat["dit"]["attention"],
+            "attention": r.lat.dit["attention"],
             "time": dict(v.seconds_per_stage), "memory": {k: m["above_start"] for k, m in v.memory_per_stage.items()},
             "peak": {k: m["peak"] for k, m in v.memory_per_stage.items()},
         }
@@ -99,7 +101,7 @@ def run(a: argparse.Namespace, work: Path) -> dict:
         if full_pipe is None:
             full_pipe = Pipeline(full_cfg, r_full)
         full_pipe.cfg, full_pipe.r = full_cfg, r_full
-        stages = _Stages(full_pipe.device)
+        stages = Stages(full_pipe.device)
         g = torch.Generator().manual_seed(0)
         noise = torch.randn((1, *r_full.latent_shape), generator=g)
         plan = torch.randn((1, r_full.semantic_tokens, *r_full.semantic_grid, r_full.channels), generator=g)

@@ -189,7 +189,7 @@ def _randn(like: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def latent_val_loss(model, batch: dict, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Stage 1 (`LatentStep`): the plain MSE of the velocity at `t`, text kept, the semantic
     condition (its posterior means) with RAE noise σ = half the training maximum."""
-    from semgen_cli.flow import interpolate, velocity_target
+    from semgen_cli.flow import flow_loss
 
     z0 = batch["latents"].float()
     cond: dict = {"text": batch["text"], "text_mask": batch.get("text_mask")}
@@ -199,23 +199,20 @@ def latent_val_loss(model, batch: dict, t: torch.Tensor, g: torch.Generator) -> 
         sigma = model.semantic_noise / 2
         cond.update(semantic=sem + sigma * _randn(sem, g), semantic_sigma=torch.full((1,), sigma, device=z0.device),
                     semantic_times=model.semantic_times if model.semantic_times.numel() else None)
-    v = model.dit(interpolate(z0, eps, t), t, **cond)
-    return (v.float() - velocity_target(z0, eps).float()).square().mean()
+    return flow_loss(model.dit, z0, t, eps, **cond)
 
 
 def semantic_val_loss(model, batch: dict, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Stage 2 (`SemanticStep`): the masked MSE of the velocity at `t`, text kept."""
-    from semgen_cli.flow import interpolate, velocity_target
+    from semgen_cli.flow import flow_loss
     from semgen_cli.models.dit import frame_mask_to_token_mask
 
     z0 = model.targets(batch["semantic"])  # (1, c, Ts, hs, ws)
     _, _, _, hs, ws = z0.shape
     eps = _randn(z0, g)
     fmask = batch["frame_mask"]
-    v = model.dit(interpolate(z0, eps, t), t, batch["text"], batch["text_mask"], token_mask=frame_mask_to_token_mask(fmask, hs, ws))
-    err = (v.float() - velocity_target(z0, eps).float()).square()
-    weight = fmask[:, None, :, None, None].to(err.dtype).expand_as(err)
-    return (err * weight).sum() / weight.sum()
+    return flow_loss(model.dit, z0, t, eps, mask=fmask[:, None, :, None, None], text=batch["text"], text_mask=batch["text_mask"],
+                     token_mask=frame_mask_to_token_mask(fmask, hs, ws))
 
 
 @dataclass

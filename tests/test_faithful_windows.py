@@ -15,15 +15,9 @@ from semgen_cli.models.attention import window_plan
 from semgen_cli.models.compressor import Compressor, CompressorConfig
 from semgen_cli.geometry import ClipGeometry
 from semgen_cli.models.dit import semantic_times_from_fps
-from semgen_cli.steps.train_latent import (
-    CompressorStats,
-    LatentStep,
-    TrainLatentConfig,
-    empty_windows,
-    resolve_window,
-    smallest_window,
-    window_gap,
-)
+from semgen_cli.stage1_compressor import CompressorStats
+from semgen_cli.steps.train_latent import LatentStep, TrainLatentConfig
+from semgen_cli.windows import empty_windows, resolve_window, smallest_window, window_gap
 from tests.conftest import run_inproc as run_cli
 from tests.conftest import tiny_data
 

@@ -13,7 +13,9 @@ import pytest
 
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.steps import generate as G
-from semgen_cli.steps.generate import GenerateConfig, decoded_frames, generate, output_paths, resolve
+from semgen_cli.io.outputs import output_paths
+from semgen_cli.pipeline import decoded_frames
+from semgen_cli.steps.generate import GenerateConfig, generate, resolve
 from tests.conftest import run_inproc
 
 PROMPT = "a red circle moving left on a black background"
@@ -230,11 +232,13 @@ def test_same_seed_same_frames_other_seed_other_frames(runs, tmp_path):
     res = generate(cfg(runs, d, seconds=2, semantic_run=None, semantic_from=str(tmp_path / "a.semantic.safetensors")))
     assert res.semantic_run is None
     assert np.array_equal(frames_of(d), fa)
-    # per-prompt seeds (toy-eval): prompt i with seeds[i], the same frames as a run with --seed seeds[i]
-    e = tmp_path / "e.mp4"
-    res = generate(cfg(runs, e, prompts=[PROMPT, PROMPT], seconds=2), seeds=[7, 8])
-    assert [v.seed for v in res.videos] == [7, 8]
-    assert np.array_equal(frames_of(res.videos[0].path), fa) and np.array_equal(frames_of(res.videos[1].path), fc)
+    # a seed per video from one loaded pipeline (toy-eval): the same frames as a run with that --seed
+    from semgen_cli.steps.generate import load
+
+    pipe = load(cfg(runs, tmp_path / "e.mp4", prompts=[PROMPT, PROMPT], seconds=2))
+    videos = [pipe.generate_one(PROMPT, seed, out=tmp_path / f"e-{seed}.mp4") for seed in (7, 8)]
+    assert [v.seed for v in videos] == [7, 8]
+    assert np.array_equal(frames_of(videos[0].path), fa) and np.array_equal(frames_of(videos[1].path), fc)
 
 
 @pytest.mark.slow
@@ -244,7 +248,7 @@ def test_initial_noise_replays_generates_plan(runs, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from semgen_cli.steps.generate import Pipeline, initial_noise, resolve
+    from semgen_cli.pipeline import Pipeline, initial_noise
 
     c = cfg(runs, tmp_path / "p.mp4", seconds=2, save_semantics=True, seed=11)
     generate(c)
@@ -274,12 +278,14 @@ def test_semantic_from_reference_video(runs, tmp_path):
     assert res.warnings == []
     with pytest.raises(ConfigError, match="lasts only"):
         resolve(cfg(runs, out, seconds=10, semantic_from=str(ref)))
-    with pytest.raises(ConfigError, match="one reference video per prompt"):  # toy-eval's per-prompt references
-        generate(cfg(runs, out, prompts=[PROMPT, PROMPT], seconds=1, semantic_run=None, semantic_from=str(ref)), references=[str(ref)])
-    with pytest.raises(ConfigError, match="one reference video per prompt"):
-        generate(cfg(runs, out, seconds=1), references=[str(ref)])
-    with pytest.raises(ConfigError, match="one seed per prompt"):
-        generate(cfg(runs, out, seconds=1), seeds=[1, 2])
+    # a reference per video from one loaded pipeline (toy-eval's rendered plans); not for a stage-2 pipeline
+    from semgen_cli.steps.generate import load
+
+    pipe = load(cfg(runs, out, seconds=1, semantic_run=None, semantic_from=str(ref)))
+    video = pipe.generate_one(PROMPT, 0, plan=str(runs / "videos" / "clip-000001.mp4"), out=tmp_path / "r1.mp4")
+    assert json.loads(video.sidecar.read_text())["plan"] == f"reference video: {runs / 'videos' / 'clip-000001.mp4'}"
+    with pytest.raises(ConfigError, match="makes its plans from stage 2"):
+        load(cfg(runs, out, seconds=1)).generate_one(PROMPT, 0, plan=str(ref))
 
 
 @pytest.mark.slow

@@ -276,7 +276,7 @@ def _gen_args(runs: Path, out: Path, seed: int) -> list:
 def test_plan_mp4_and_sidecar_are_committed_together(runs, tmp_path, monkeypatch):
     """A failure (or Ctrl-C) during decode leaves the previous mp4, plan and sidecar as they were
     and no temporary file; a complete run replaces all three."""
-    from semgen_cli.steps import generate as G
+    from semgen_cli import pipeline as G
 
     out = tmp_path / "o.mp4"
     r = run_inproc(*_gen_args(runs, out, 1))

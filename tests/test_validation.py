@@ -158,3 +158,33 @@ def test_train_semantic_samples_prompts_and_logs_val_loss(data, latent, tmp_path
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_loss" in r] == [1, 2] and any("sample_seconds" in r for r in rows)
     assert list((out / "tracking" / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_held_out_losses_are_the_trainers_flow_loss():
+    """Both held-out losses are `flow.flow_loss` (the trainers' objective) at the given t and noise:
+    the same value as the velocity MSE written out (masked to the real frames in stage 2)."""
+    from types import SimpleNamespace
+
+    from semgen_cli.flow import interpolate, velocity_target
+    from semgen_cli.validation import latent_val_loss, semantic_val_loss
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 4)
+
+    def dit(x, t, text=None, text_mask=None, token_mask=None, **_):
+        return torch.einsum("bc...,cd->bd...", x, w) * (1 - t.view(-1, 1, 1, 1, 1)) + text.mean()
+
+    t = torch.tensor([0.3, 0.8])
+    z0, text = torch.randn(2, 4, 5, 2, 2), torch.randn(2, 3, 8)
+    latent = SimpleNamespace(dit=dit, condition="none")
+    got = latent_val_loss(latent, {"latents": z0, "text": text}, t, torch.Generator().manual_seed(1))
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, (dit(interpolate(z0, eps, t), t, text) - velocity_target(z0, eps)).square().mean())
+
+    fmask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    semantic = SimpleNamespace(dit=dit, targets=lambda z: z)
+    batch = {"semantic": z0, "text": text, "text_mask": torch.ones(2, 3, dtype=torch.bool), "frame_mask": fmask}
+    got = semantic_val_loss(semantic, batch, t, torch.Generator().manual_seed(1))
+    err = (dit(interpolate(z0, eps, t), t, text) - velocity_target(z0, eps)).square()
+    m = fmask[:, None, :, None, None].float().expand_as(err)
+    assert torch.equal(got, (err * m).sum() / m.sum()) and not torch.equal(got, err.mean())

@@ -54,7 +54,7 @@ def _wan_pipeline_embeds(encoder, prompt: str, length: int) -> torch.Tensor:
 def test_wan_padding_is_wan_pipelines_and_gives_wans_output(wan):
     from semgen_cli.components import load_text_encoder
     from semgen_cli.models.dit import DiT
-    from semgen_cli.steps.generate import run_text
+    from semgen_cli.pipeline import run_text
     from semgen_cli.steps.train_latent import collate
 
     enc = load_text_encoder("tiny")

@@ -21,6 +21,7 @@ All models run in float32 (VBench runs CLIP in fp16 on CUDA; expect ~1e-3 differ
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -239,7 +240,7 @@ class AestheticHead:
             layers.append((w, b))
         if not layers:
             raise ConfigError(f"{flag} {path}: no linear weights found (expected keys 'weight'/'bias' or 'layers.N.weight')")
-        for (w0, _), (w1, _) in zip(layers, layers[1:], strict=False):
+        for (w0, _), (w1, _) in itertools.pairwise(layers):
             if w1.shape[1] != w0.shape[0]:
                 raise ConfigError(f"{flag} {path}: layer shapes do not chain ({w0.shape} then {w1.shape})")
         if layers[-1][0].shape[0] != 1:

@@ -24,6 +24,7 @@ unless sliding-window curves are asked for (`curves=True`, used by `--plot`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import sys
@@ -222,7 +223,7 @@ def chunk_ranges(num_frames: int, chunks: int) -> list[tuple[int, int]]:
     bounds = [num_frames * i // chunks for i in range(chunks + 1)]
     if num_frames // chunks < MIN_SEGMENT_FRAMES:
         raise ValueError(f"{num_frames} frames cannot make {chunks} chunks of {MIN_SEGMENT_FRAMES} frames")
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def video_drift_error(scores: Sequence[float]) -> float:
@@ -311,69 +312,24 @@ def measure_drift(
 
 def measure_video(path: str, metrics: dict[str, Metric], config: DriftConfig, reporter: Reporter = NULL) -> VideoResult:
     """One video: stream its frames through every metric, then score the two segments."""
-    from semgen_cli.io.video import iter_video, probe, sample_indices
+    from semgen_cli.io.video import probe, sample_indices
 
     t0 = time.perf_counter()
     with quiet_native_stderr():
         info = probe(path)
     n_read = len(sample_indices(info.frames, info.fps, config.fps))
     read_fps = config.fps if config.fps is not None else info.fps
-    try:
-        first, last = segment_ranges(n_read, config.segment)
-    except ValueError:
-        need = 2 * MIN_SEGMENT_FRAMES
-        raise InputError(
-            f"{path}: too short for drift: {n_read} frames read, two segments need at least {need} "
-            f"(and {config.segment:g} of the length each)"
-        ) from None
-    vde_chunks = None
-    if config.aggregate == "vde":
-        try:
-            vde_chunks = chunk_ranges(n_read, config.chunks)
-        except ValueError:
-            raise InputError(
-                f"{path}: too short for --aggregate vde with {config.chunks} chunks: {n_read} frames read, "
-                f"need at least {MIN_SEGMENT_FRAMES * config.chunks} ({MIN_SEGMENT_FRAMES} per chunk); pass fewer --chunks"
-            ) from None
+    first, last, vde_chunks = _ranges(path, n_read, config)
     wanted = None
     if not config.curves and vde_chunks is None:
         wanted = np.zeros(n_read, bool)
         wanted[first[0] : first[1]] = wanted[last[0] : last[1]] = True
     for m in metrics.values():
         m.begin(n_read, wanted)
-
-    task = Path(path).name
-    reporter.start(task, total=n_read, unit="frames")
-    start = 0
-    chunks = iter_video(path, fps=config.fps, chunk=config.chunk)
-    while True:
-        with quiet_native_stderr():  # the decoder's own log lines would break the one-line error
-            frames = next(chunks, None)
-        if frames is None:
-            break
-        for m in metrics.values():
-            m.update(frames, start)
-        start += len(frames)
-        reporter.advance(task, len(frames))
-    reporter.finish(task)
-    if start != n_read:
-        raise InputError(f"{path}: decoded {start} frames but the container promised {n_read}")
-
+    _stream(path, metrics, config, n_read, reporter)
     results = {name: _segment_result(m, first, last) for name, m in metrics.items()}
     if vde_chunks is not None:
-        for name, m in metrics.items():
-            if m.kind == "distance":  # no per-chunk score to compare with the first chunk's
-                continue
-            scores = [m.score(a, b) for a, b in vde_chunks]
-            try:
-                vde = video_drift_error(scores)
-            except ZeroDivisionError:
-                a, b = vde_chunks[0]
-                raise InputError(
-                    f"{path}: {name} is 0 on the first chunk (frames [{a}, {b})), so its VDE (change relative to the "
-                    f"first chunk) is undefined; leave {name} out with --metrics or use --aggregate ends"
-                ) from None
-            results[name].chunks, results[name].vde = scores, vde
+        _add_vde(path, metrics, vde_chunks, results)
     model_input = {name: m.input_hw for name, m in metrics.items() if getattr(m, "input_hw", None) is not None}
     curves = _curves(metrics, n_read, first, read_fps) if config.curves else None
     return VideoResult(
@@ -392,6 +348,67 @@ def measure_video(path: str, metrics: dict[str, Metric], config: DriftConfig, re
         model_input=model_input,
         curves=curves,
     )
+
+
+def _ranges(path: str, n_read: int, config: DriftConfig) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]] | None]:
+    """(first segment, last segment, the VDE's chunks or None) of a video of `n_read` frames; a
+    video too short for them is a one-line error."""
+    try:
+        first, last = segment_ranges(n_read, config.segment)
+    except ValueError:
+        need = 2 * MIN_SEGMENT_FRAMES
+        raise InputError(
+            f"{path}: too short for drift: {n_read} frames read, two segments need at least {need} "
+            f"(and {config.segment:g} of the length each)"
+        ) from None
+    if config.aggregate != "vde":
+        return first, last, None
+    try:
+        return first, last, chunk_ranges(n_read, config.chunks)
+    except ValueError:
+        raise InputError(
+            f"{path}: too short for --aggregate vde with {config.chunks} chunks: {n_read} frames read, "
+            f"need at least {MIN_SEGMENT_FRAMES * config.chunks} ({MIN_SEGMENT_FRAMES} per chunk); pass fewer --chunks"
+        ) from None
+
+
+def _stream(path: str, metrics: dict[str, Metric], config: DriftConfig, n_read: int, reporter: Reporter) -> None:
+    """Decode the video chunk by chunk into every metric; the container's frame count is checked."""
+    from semgen_cli.io.video import iter_video
+
+    task = Path(path).name
+    reporter.start(task, total=n_read, unit="frames")
+    start = 0
+    chunks = iter_video(path, fps=config.fps, chunk=config.chunk)
+    while True:
+        with quiet_native_stderr():  # the decoder's own log lines would break the one-line error
+            frames = next(chunks, None)
+        if frames is None:
+            break
+        for m in metrics.values():
+            m.update(frames, start)
+        start += len(frames)
+        reporter.advance(task, len(frames))
+    reporter.finish(task)
+    if start != n_read:
+        raise InputError(f"{path}: decoded {start} frames but the container promised {n_read}")
+
+
+def _add_vde(path: str, metrics: dict[str, Metric], vde_chunks: list[tuple[int, int]], results: dict) -> None:
+    """Each score metric's per-chunk scores and VDE into its result (a distance has no per-chunk score)."""
+    for name, m in metrics.items():
+        if m.kind == "distance":  # no per-chunk score to compare with the first chunk's
+            continue
+        scores = [m.score(a, b) for a, b in vde_chunks]
+        try:
+            vde = video_drift_error(scores)
+        except ZeroDivisionError:
+            a, b = vde_chunks[0]
+            raise InputError(
+                f"{path}: {name} is 0 on the first chunk (frames [{a}, {b})), so its VDE (change relative to the "
+                f"first chunk) is undefined; leave {name} out with --metrics or use --aggregate ends"
+            ) from None
+        results[name].chunks, results[name].vde = scores, vde
 
 
 @contextlib.contextmanager
@@ -461,7 +478,7 @@ def plot_drift(result: DriftResult, path: str | Path) -> Path:
     fig = Figure(figsize=(9, 1.9 * len(names) + 0.8), layout="constrained")
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     colours = matplotlib.colormaps["tab10"]
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         for i, v in enumerate(videos):
             c = colours(i % 10)
             label = f"{Path(v.path).name}  Δ={v.metrics[name].delta:.4g}"

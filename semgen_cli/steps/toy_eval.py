@@ -90,7 +90,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
-    from semgen_cli.steps.generate import GenerateConfig, generate
+    from semgen_cli.steps.generate import GenerateConfig
     from semgen_cli.toy.judge import judge_video
     from semgen_cli.toy.prompts import is_held_out
 
@@ -112,12 +112,10 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
         kwargs.update({k: v for k, v in flags if v is not None})
         gen_cfg = GenerateConfig(prompts=list(cfg.prompts), out=str(folder / "eval.mp4"), seconds=cfg.seconds,
                                  latent_run=cfg.latent_run, semantic_run=cfg.semantic_run, seed=cfg.seed, vae=cfg.vae, **kwargs)
-        seeds = [cfg.seed + i for i in range(len(cfg.prompts))]
         if cfg.plans == "stage2":
-            result = generate(gen_cfg, reporter, seeds=seeds)
-            videos, pipeline = result.videos, result.pipeline
+            videos, pipeline = _generate_each(gen_cfg, reporter)
         else:
-            videos, pipeline = _from_rendered_plans(gen_cfg, folder, reporter, seeds)
+            videos, pipeline = _from_rendered_plans(gen_cfg, folder, reporter)
         if parallel.world()[0] != 0:  # rank 0 judges every video; this rank's files stay until it has
             parallel.barrier()
             return ToyEvalResult([], {}, pipeline, 0.0)
@@ -134,14 +132,28 @@ def toy_eval(cfg: ToyEvalConfig, reporter: Reporter = NULL) -> ToyEvalResult:
     return ToyEvalResult(rows, {k: v for k, v in summary.items() if v}, pipeline, gen_time)
 
 
-def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter, seeds: list[int]) -> tuple[list, str]:
-    """One `generate` call for all prompts, each plan read from a rendered clip of its prompt (seed [999, i]),
+def _generate_each(gen_cfg, reporter: Reporter, references: list[str] | None = None) -> tuple[list, str]:
+    """Every prompt from one loaded pipeline, prompt i with seed `seed + i` (and, given
+    `references`, its plan read from references[i]) -> (videos, pipeline label)."""
+    from semgen_cli.io.outputs import holding, output_paths
+    from semgen_cli.steps.generate import generate_each, load
+
+    paths = output_paths(gen_cfg.out, len(gen_cfg.prompts))
+    jobs = [(prompt, gen_cfg.seed + i, references[i] if references else None) for i, prompt in enumerate(gen_cfg.prompts)]
+    with holding(paths):
+        pipe = load(gen_cfg, reporter)
+        videos = generate_each(pipe, jobs, paths)
+    return videos, pipe.r.pipeline
+
+
+def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter) -> tuple[list, str]:
+    """One pipeline for all prompts, each plan read from a rendered clip of its prompt (seed [999, i]),
     at the latent run's training fps and size -> (videos, pipeline label)."""
     import numpy as np
 
     from semgen_cli.io.video import write_video
     from semgen_cli.runs import LatentRun
-    from semgen_cli.steps.generate import default_pipeline, generate
+    from semgen_cli.steps.generate import default_pipeline
     from semgen_cli.toy.world import render, spec_for_caption
 
     latent_run = gen_cfg.latent_run or default_pipeline()[0]
@@ -155,9 +167,8 @@ def _from_rendered_plans(gen_cfg, folder: Path, reporter: Reporter, seeds: list[
             spec = spec_for_caption(prompt, np.random.default_rng([999, i]), seconds=gen_cfg.seconds, fps=fps, width=w, height=h)
             write_video(refs[i], render(spec), fps=fps, crf=0, pix_fmt="yuv444p")
     parallel.barrier()
-    result = generate(replace(gen_cfg, semantic_from=refs[0], semantic_run=None), reporter, references=refs, seeds=seeds)
-    pipeline = f"{result.pipeline} (stage 1 on rendered plans)"
-    return result.videos, pipeline
+    videos, pipeline = _generate_each(replace(gen_cfg, semantic_from=refs[0], semantic_run=None), reporter, refs)
+    return videos, f"{pipeline} (stage 1 on rendered plans)"
 
 
 def read_prompt_file(path: str) -> list[str]:

@@ -6,9 +6,9 @@ and noise is added to them during training as in RAE) and §3.4 (shifted-window 
 long videos). The compressor from `fit-compressor` is fine-tuned jointly with its KL term, as
 the paper trains them together, unless `--freeze-compressor` (then it stays in eval mode); the
 DiT sees the normalised posterior means plus RAE σ-noise, as at inference, and the statistics of
-the compressed space are recomputed at every checkpoint (`CompressorStats`, docs/compressor.md).
+the compressed space are recomputed at every checkpoint (`semgen_cli.stage1_compressor`, docs/compressor.md).
 The default swin window is the smallest in which every window, plain and shifted, of every video
-holds a semantic frame at the data's rates (`smallest_window`); a `--window` that leaves windows
+holds a semantic frame at the data's rates (`semgen_cli.windows`); a `--window` that leaves windows
 empty is refused. Baselines by flag:
 `--condition none` is Base-CT (`--attention full`) / Base-CT-Swin (`--attention swin`), and
 `--condition vae` conditions on compressed VAE latents instead of semantic features (Fig. 9),
@@ -30,9 +30,7 @@ background (0, the default: plain MSE). docs/method.md lists every such choice.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -44,8 +42,9 @@ from semgen_cli.flow import drop_text
 from semgen_cli.geometry import ClipGeometry
 from semgen_cli.io.shards import Dataset
 from semgen_cli.reporting import NULL, Reporter
-from semgen_cli.runs import RUN_VERSION, CompressorRun, LatentRun, differing_component
-from semgen_cli.tokens import check_vae_layout, posterior_stats
+from semgen_cli.runs import RUN_VERSION, LatentRun
+from semgen_cli.stage1_compressor import CompressorStats, condition_compressor
+from semgen_cli.windows import LatentWindows, resolve_window
 
 CONDITIONS = ("semantic", "vae", "none")
 TEXT_PADDINGS = ("mask", "wan")
@@ -160,112 +159,6 @@ class TrainLatentConfig:
         return self.init if self.init and not self.init.startswith("wan:") else None
 
 
-def empty_windows(frames: int, geometry: ClipGeometry, window: int) -> int:
-    """How many attention windows (plain and shifted, as `window_plan` cuts them) of a video of
-    `frames` frames at the data's fps hold no semantic frame (`geometry`: the data's rates)."""
-    from semgen_cli.models.attention import window_ids
-
-    seconds = frames / geometry.fps
-    T = geometry.latent_frames(seconds)
-    slots = geometry.semantic_times(geometry.semantic_tokens(seconds)).round().clamp(0, T - 1).long()
-    empty = 0
-    for shift in (0, window // 2 if T > window else 0):
-        every = window_ids(torch.arange(T), T, window, shift).unique()
-        empty += int((~torch.isin(every, window_ids(slots, T, window, shift))).sum())
-    return empty
-
-
-def window_gap(geometry: ClipGeometry, window: int, from_seconds: float) -> tuple[float, int] | None:
-    """The shortest video, at least `from_seconds` long, with windows that hold no semantic frame:
-    (its seconds, how many), or None when every length has a semantic frame in every window.
-
-    Semantic frames repeat every `latents_per_token` latent frames (period p/q: q frames every p)
-    and windows every `window`, so the pattern at the end of a video repeats every lcm(p, window)
-    latent frames (a temporal stride of video frames each); two such periods past the shortest
-    length cover them all."""
-    first = max(1, round(from_seconds * geometry.fps))
-    for frames in range(first, first + geometry.temporal_stride * (2 * math.lcm(geometry.period, window) + 2 * window) + 1):
-        n = empty_windows(frames, geometry, window)
-        if n:
-            return frames / geometry.fps, n
-    return None
-
-
-def smallest_window(geometry: ClipGeometry, from_seconds: float, largest: int = 64) -> int:
-    """The smallest swin window (latent frames) with a semantic frame in every window, plain and
-    shifted, of every video at least `from_seconds` long at these rates (`window_gap`)."""
-    for window in range(2, largest + 1):
-        if window_gap(geometry, window, from_seconds) is None:
-            return window
-    raise ConfigError(f"no --window up to {largest} latent frames gives every window a semantic frame at {geometry.fps:g} fps and "
-                      f"{geometry.semantic_fps:g} semantic fps; extract with a higher --semantic-fps")
-
-
-def resolve_window(cfg: "TrainLatentConfig", geometry: ClipGeometry, seconds: float, recorded: int | None) -> int:
-    """The swin window to train with: --window, else the recorded one (--init RUN, --resume),
-    else `smallest_window`. A --window that leaves windows without a semantic frame is refused,
-    unless it is the window the DiT was already trained with (`recorded`)."""
-    if cfg.attention != "swin" or cfg.condition != "semantic":  # vae tokens sit on every latent frame
-        return cfg.window or recorded or 4
-    if cfg.window is None:
-        return recorded or smallest_window(geometry, seconds)
-    if cfg.window != recorded:
-        gap = window_gap(geometry, cfg.window, seconds)
-        if gap is not None:
-            raise ConfigError(f"--window {cfg.window}: {gap[1]} windows of a {gap[0]:g} s video hold no semantic frame at {geometry.fps:g} fps "
-                              f"and {geometry.semantic_fps:g} semantic fps; the smallest window that works is "
-                              f"{smallest_window(geometry, seconds)} (leave --window out to use it)")
-    return cfg.window
-
-
-class LatentWindows(torch.utils.data.Dataset):
-    """Training items: a window of `latents` latent frames and the semantic tokens of its span
-    (with `vae_layout`, the clip's VAE latents on the semantic grid stand in for its semantic
-    features: the compressed-VAE condition).
-
-    Window starts are multiples of the alignment period (the smallest whole number of latent
-    frames that spans a whole number of semantic tokens), so every item of a batch has the same
-    semantic positions relative to its window, which swin attention needs.
-    """
-
-    takes_seed = True
-
-    def __init__(self, data: Dataset, latents: int, tokens: int, fields: tuple[str, ...], vae_layout=None) -> None:
-        geometry = ClipGeometry.of(data.producer, data.components)
-        self.data, self.latents, self.tokens, self.fields, self.vae_layout = data, latents, tokens, fields, vae_layout
-        self.ratio = geometry.latents_per_token
-        self.period = geometry.period  # latent frames spanning ratio.denominator whole tokens
-        self.index = [i for i, r in enumerate(data.records) if r["latent_frames"] >= latents and r["semantic_tokens_t"] >= tokens]
-        if not self.index:
-            longest = max((r["duration"] for r in data.records), default=0.0)
-            raise ConfigError(f"{data.root}: no sample is as long as the training window (longest {longest:.2f} s); lower --clip-seconds")
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def sample_id(self, key) -> str:
-        """The id of the sample behind a training key (named when its data is not finite)."""
-        return self.data.records[self.index[key.index]]["id"]
-
-    def __getitem__(self, key) -> dict:
-        rec = self.data.records[self.index[key.index]]
-        x = self.data.load(self.index[key.index], list(self.fields))
-        T, Ts = rec["latent_frames"], rec["semantic_tokens_t"]
-        if self.vae_layout is not None:  # tokens of the whole clip, cut below like semantic features
-            x["semantic"] = self.vae_layout.tokens(x["latents"].float(), Ts)
-        # window starts k0 = m·period with k0 + latents ≤ T and its tokens j0 + tokens ≤ Ts
-        starts = [m for m in range(0, T - self.latents + 1, self.period) if int(Fraction(m) / self.ratio) + self.tokens <= Ts]
-        g = torch.Generator().manual_seed(int(key.seed))
-        k0 = starts[int(torch.randint(0, len(starts), (1,), generator=g))] if starts else 0
-        out = {"latents": x["latents"][:, k0 : k0 + self.latents].float()}
-        if "semantic" in x:
-            j0 = int(Fraction(k0) / self.ratio)
-            out["semantic"] = x["semantic"][j0 : j0 + self.tokens].float()
-        if "text" in x:
-            out["text"] = x["text"].float()
-        return out
-
-
 def collate(items: list[dict], text_length: int | None = None) -> dict:
     """Stack windows; pad text to the longest in the batch with a mask, or (`text_length`, Wan's
     way) to that many tokens without one."""
@@ -332,42 +225,6 @@ class LatentStep(nn.Module):
         return loss, {**metrics, "kl": float(kl.detach())}
 
 
-class CompressorStats:
-    """Before every checkpoint of a run that trains the compressor: the statistics of its space
-    follow it. The per-channel mean/std of the posterior means are recomputed from the EMA
-    compressor over the whole data set (`posterior_stats`, streamed) and stored in the model's
-    and the EMA's compressor buffers, so the checkpoint's compressor and statistics agree; stage
-    2 and `generate` read them from there.
-
-    The DiT keeps its response to the compressed tokens: it saw ``(z - m0) / s0`` and will see
-    ``(z - m1) / s1``, so its input projection is re-expressed in the new units,
-    ``W' = W·diag(s1/s0)``, ``b' = b + W·(m1 - m0)/s0`` (exact for the tokens, model and EMA
-    alike; only the σ-noise added in the normalised space changes scale with them)."""
-
-    def __init__(self, data: Dataset, features: str, layout=None, reporter: Reporter = NULL) -> None:
-        self.data, self.features, self.layout, self.reporter = data, features, layout, reporter
-
-    @torch.no_grad()
-    def __call__(self, model: "LatentStep", ema: dict[str, torch.Tensor] | None) -> None:
-        import copy
-
-        source = copy.deepcopy(model.compressor).eval()
-        if ema is not None:
-            source.load_state_dict({k[len("compressor."):]: v for k, v in ema.items() if k.startswith("compressor.")})
-        mean, std = posterior_stats(source, self.data, self.features, self.layout)
-        std = std.clamp_min(1e-6)
-        live = dict(model.named_parameters(), **dict(model.named_buffers()))
-        for state in (live,) if ema is None else (live, ema):
-            m0, s0 = state["compressor.stats_mean"].clone(), state["compressor.stats_std"].clone()
-            W, b = state["dit.semantic_embed.weight"], state["dit.semantic_embed.bias"]  # (D, C), (D,)
-            m1, s1 = mean.to(m0), std.to(s0)
-            b.add_((W.float() @ ((m1 - m0) / s0).float()).to(b.dtype))
-            W.mul_((s1 / s0).to(W.dtype)[None, :])
-            state["compressor.stats_mean"].copy_(m1)
-            state["compressor.stats_std"].copy_(s1)
-        self.reporter.info(f"compressor statistics recomputed: channel means {mean.min():+.3g}..{mean.max():+.3g}, stds {std.min():.3g}..{std.max():.3g}")
-
-
 def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_dim: int, compressor=None, compressor_fingerprint: str | None = None, load_init: bool = True, init_state=None):
     from semgen_cli.models.dit import DiT
     from semgen_cli.models.presets import preset
@@ -392,22 +249,6 @@ def build_dit(cfg: TrainLatentConfig, in_channels: int, text_dim: int, semantic_
     return DiT(dit_cfg)
 
 
-def compressor_of_run(run: LatentRun, flag: str = "--init"):
-    """(compressor, a CompressorRun standing for the fit it came from, the run's sampling weights)
-    of train-latent `run`: the compressor it ended with, standing in for --compressor when
-    fine-tuning a run whose fit-compressor folder is not at hand (a bundle such as
-    semgen_cli/assets/toy/runs/latent keeps only the runs). The record names the fit-compressor
-    run the compressor came from, so the new run has the same lineage."""
-    source = run.compressor_source
-    if run.compressor is None or source is None:
-        raise MismatchError(f"{flag} {run.path}: trained without a compressor (--condition none); pass --compressor")
-    state = run.sampling_weights(flag)
-    compressor, _ = run.load_compressor(state, flag)
-    record = CompressorRun(step=CompressorRun.STEP, settings={}, data={"components": run.components}, compressor=run.compressor,
-                           features=source["features"], vae_layout=run.vae_layout, fingerprint=source["fingerprint"], path=Path(source["path"]))
-    return compressor, record, state
-
-
 def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, reporter: Reporter = NULL, resume_hint: str | None = None, fsdp: bool = False, allow_new_data: bool = False, monitor=None):
     from semgen_cli.io.lock import hold
     from semgen_cli.runs import check_same_data
@@ -416,38 +257,6 @@ def train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool = False, report
         if resume:
             check_same_data(cfg.out, cfg.data, allow_new_data)
         return _train_latent(cfg, train_cfg, resume, reporter, resume_hint, fsdp, monitor)
-
-
-def _condition_compressor(cfg: TrainLatentConfig, data: Dataset, resume: bool):
-    """(compressor, the CompressorRun it stands for, the --init run's weights or None, VAE layout)
-    of a run conditioned on semantic or VAE tokens; all None for --condition none."""
-    if cfg.condition == "none":
-        return None, None, None, None
-    init_state, vae_layout = None, None
-    if cfg.compressor:
-        comp_run = CompressorRun.from_dir(cfg.compressor, "--compressor")
-        compressor = comp_run.load()
-    else:  # --init RUN without --compressor; a resumed run reads its own config (the init run may be gone)
-        own = resume and (Path(cfg.out) / "checkpoints" / "latest").is_file()
-        # the DiT starts from the same weights as the compressor: read once, kept for build_dit
-        compressor, comp_run, init_state = compressor_of_run(LatentRun.from_dir(cfg.out, "--out") if own else LatentRun.from_dir(cfg.init, "--init"))
-        if own:
-            init_state = None  # resuming: the checkpoint holds the DiT's weights
-    named = f"--compressor {cfg.compressor}" if cfg.compressor else f"the compressor of --init {cfg.init}"
-    if comp_run.features != cfg.condition:
-        raise MismatchError(f"{named}: fitted on {comp_run.features} features, but --condition is {cfg.condition}")
-    diff = differing_component(("semantic" if cfg.condition == "semantic" else "vae",), comp_run.components, data.components)
-    if diff is not None:
-        role, want, have = diff
-        raise MismatchError(f"{cfg.data}: {role} encoder {have} differs from {want} that {named} was fitted on; fit the compressor on this data")
-    if cfg.condition == "vae":
-        vae_layout = check_vae_layout(comp_run.vae_layout, data, named)
-    compressor.train(not cfg.freeze_compressor)
-    for param in compressor.parameters():
-        param.requires_grad_(not cfg.freeze_compressor)
-    if compressor.config.dim is not None:  # the decoder is fit-compressor's; no stage-1 loss reaches it (DDP would
-        compressor.decoder.requires_grad_(False)  # stop on parameters that never get a gradient)
-    return compressor, comp_run, init_state, vae_layout
 
 
 def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Reporter, resume_hint: str | None, fsdp: bool, monitor):
@@ -459,7 +268,7 @@ def _train_latent(cfg: TrainLatentConfig, train_cfg, resume: bool, reporter: Rep
         raise InputError(f"{cfg.data}: the data set has no samples")
     p = data.producer
     geometry = ClipGeometry.of(p, data.components)
-    compressor, comp_run, init_state, vae_layout = _condition_compressor(cfg, data, resume)
+    compressor, comp_run, init_state, vae_layout = condition_compressor(cfg, data, resume)
     # training window
     shortest = min(r["duration"] for r in data.records)
     seconds = cfg.clip_seconds or shortest

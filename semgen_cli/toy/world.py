@@ -194,7 +194,7 @@ def parse_combos(items: str | Iterable[str], flag: str = "--exclude-combos") -> 
             if len(fields) != 3:
                 raise ConfigError(f"{flag} '{part}': write colour:shape:background, e.g. red:circle:navy (* for any)")
             choices = []
-            for what, value, allowed in zip(("colour", "shape", "background"), fields, (COLOURS, SHAPES, BACKGROUNDS), strict=False):
+            for what, value, allowed in zip(("colour", "shape", "background"), fields, (COLOURS, SHAPES, BACKGROUNDS), strict=True):
                 if value == "*":
                     choices.append(list(allowed))
                 elif value in allowed:

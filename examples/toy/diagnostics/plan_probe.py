@@ -90,7 +90,8 @@ def _score_references(args, cfg, r, pipe, forward: dict, ways: dict, band: dict)
     import torch
 
     from semgen_cli.io.video import write_video
-    from semgen_cli.steps.generate import Pipeline, resolve
+    from semgen_cli.pipeline import Pipeline
+    from semgen_cli.steps.generate import resolve
     from semgen_cli.toy.world import render, sample_spec
 
     grid = tuple(r.semantic_grid)
@@ -150,7 +151,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from semgen_cli.steps.generate import GenerateConfig, Pipeline, initial_noise, resolve
+    from semgen_cli.pipeline import Pipeline, initial_noise
+    from semgen_cli.steps.generate import GenerateConfig, resolve
     from semgen_cli.toy.prompts import default_prompts
     from semgen_cli.toy.world import parse_caption
 
