@@ -10,6 +10,7 @@ windows of latent frames starting on whole alignment periods, with the semantic 
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ def empty_windows(frames: int, geometry: ClipGeometry, window: int) -> int:
     return empty
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of hashable rates; every train-latent asks it again
 def window_gap(geometry: ClipGeometry, window: int, from_seconds: float) -> tuple[float, int] | None:
     """The shortest video, at least `from_seconds` long, with windows that hold no semantic frame:
     (its seconds, how many), or None when every length has a semantic frame in every window.
