@@ -253,7 +253,7 @@ def plot_curves(res: Results, arms, path: Path, title: str) -> bool:
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -278,7 +278,7 @@ def plot_losses(res: Results, arms, path: Path) -> bool:
     ax.legend(fontsize=8)
     ax.set_title("Table 3: stage-2 training loss (each in its own target space)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -302,7 +302,7 @@ def plot_long(res: Results, path: Path) -> bool:
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("toy-eval accuracy (%, frames)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -531,6 +531,13 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
     return "\n".join(L) + "\n", verdicts
 
 
+def _save(fig, path: Path) -> None:
+    """Write the figure atomically (two reproduce.sh calls on one OUT may draw it at once)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, dpi=90, format="png")
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the OUT folder of examples/paper/reproduce.sh")
@@ -538,7 +545,7 @@ def main(argv=None) -> None:
     if not (args.out / "settings.json").is_file():
         sys.exit(f"report.py: {args.out}/settings.json is missing: not an OUT folder of examples/paper/reproduce.sh")
     text, verdicts = build(args.out)
-    tmp = args.out / (REPORT + ".tmp")
+    tmp = args.out / f"{REPORT}.{os.getpid()}.tmp"  # two reproduce.sh calls on one OUT may write it at once
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, args.out / REPORT)
     print(f"wrote {args.out / REPORT}")

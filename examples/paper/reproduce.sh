@@ -25,7 +25,10 @@
 # continues unfinished training runs with semgen's --resume (exact on the CPU), and extract resumes
 # its shards. Kill it at any point and run the same command again.
 #
-# Budget of the full CPU run (2 cores, OMP_NUM_THREADS=2): about 9 h; see "sizes and steps" below.
+# Budget of the full CPU run: about 3.5 h of one-thread CPU time, under 2 h on a 2-core machine as two
+# calls side by side (see "sizes and steps" below):
+#   ARMS="caption-d8 vae-d8 caption-d64 caption-raw" OMP_NUM_THREADS=1 bash examples/paper/reproduce.sh OUT &
+#   ARMS="ssl-d8 semanticgen base-ct-swin base-ct"    OMP_NUM_THREADS=1 bash examples/paper/reproduce.sh OUT
 set -euo pipefail
 
 usage() { echo "usage: bash examples/paper/reproduce.sh OUT [--quick] [--device cuda]" >&2; exit 2; }
@@ -65,16 +68,19 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 #   train-latent on 8 s windows: swin with plan 1.71 s/step, full attention without plan 0.68 s/step;
 #   train-semantic on whole 60 s clips: 8.35 s/step; toy-eval 3.4 s per 4 s prompt, 45.6 s per 60 s
 #   prompt; extract 0.2 s per second of video; each semgen command ~5-7 s to start.
+# Full profile, with toy-eval at 20 Euler steps per stage (a third cheaper than 30):
 # Per 4 s arm (x7: caption-d8 x2, vae-d8 x2, ssl-d8, caption-d64, caption-raw):
-#   compressor 140 s + stage 1 1260 s + stage 2 375 s + 6 toy-evals 370 s + starts ~60 s = ~37 min -> 4.3 h
-# Per claim-3 seed (x2): SemanticGen 140 + 1370 + 3340 + 370 s, Base-CT-Swin 1370 + 370 s,
-#   Base-CT 545 + 370 s = ~2.2 h -> 4.4 h
-# Data, extracts (3), SSL tower, probes: ~0.5 h.  Total ~9.2 h of one-thread CPU time; two threads on
-# an idle machine finish sooner, a machine shared with other jobs later.
+#   compressor 56 s + stage 1 504 s + stage 2 150 s + 6 toy-evals ~150 s + starts ~60 s = ~15 min -> 1.8 h
+# Per claim-3 seed (x2): SemanticGen 56 + 430 + 670 + 130 s, Base-CT-Swin 430 + 130 s,
+#   Base-CT 170 + 130 s = ~36 min -> 1.2 h
+# Data, extracts (3), SSL tower, probes: ~0.5 h.  Total ~3.5 h of one-thread CPU time. These step counts
+# are a tenth of the bundled pipeline's or less: the report's stage-1 ceilings (`--plans rendered`)
+# say how much of each arm's score its stage 1 allows.
 SEEDS=(0 1)                 # claims 1 and 3 (claim 2 and the SSL arm of claim 4 use the first)
 BATCH=16 LR=3e-4 SHIFT=4
 EMA=0.99                    # half-life ~70 steps: the EMA at the first stage-2 checkpoint holds little of the random init
 EVAL_STEPS=30               # Euler steps per stage in every toy-eval (generate's default)
+SAVE_EVERY=200              # stage-1 checkpoints (the last step always saves): a killed run loses little
 case $PROFILE in
   quick)
     CLIPS=8 LONG_CLIPS=4 LONG_SECONDS=8 LONG_WINDOW=4
@@ -85,10 +91,10 @@ case $PROFILE in
     SSL_STEPS=3 SSL_BATCH=4 PROBE_CLIPS=4 ;;
   full)
     CLIPS=400 LONG_CLIPS=32 LONG_SECONDS=60 LONG_WINDOW=8
-    COMP_STEPS=1000 LAT_STEPS=2000 SEM_CHECKPOINTS=(150 300 600 1000 1500) LONG_LAT_STEPS=800 LONG_SEM_STEPS=400
-    WARMUP=100
-    EVAL_COUNT=16 EVAL_SECONDS=4 LONG_EVAL_COUNT=8 PROBE_COUNT=16 PROBE_REFS=8
-    SSL_STEPS=800 SSL_BATCH=32 PROBE_CLIPS=96 ;;
+    COMP_STEPS=400 LAT_STEPS=800 SEM_CHECKPOINTS=(100 200 300 450 600) LONG_LAT_STEPS=250 LONG_SEM_STEPS=80
+    WARMUP=50 EVAL_STEPS=20
+    EVAL_COUNT=8 EVAL_SECONDS=4 LONG_EVAL_COUNT=4 PROBE_COUNT=12 PROBE_REFS=6
+    SSL_STEPS=600 SSL_BATCH=32 PROBE_CLIPS=64 ;;
   gpu)  # the same experiment at a larger scale; only on --device cuda (not yet run)
     CLIPS=2000 LONG_CLIPS=400 LONG_SECONDS=60 LONG_WINDOW=16
     COMP_STEPS=3000 LAT_STEPS=20000 SEM_CHECKPOINTS=(1000 2500 5000 10000 20000) LONG_LAT_STEPS=10000 LONG_SEM_STEPS=10000
@@ -115,10 +121,15 @@ mkdir -p "$OUT/.done" "$OUT/logs"
 
 # step NAME CMD...: run CMD once (stdout+stderr to OUT/logs/NAME.log), then mark NAME done and
 # record its wall time in OUT/times.tsv. Finished steps are skipped.
+# Two calls may run side by side on one OUT (ARMS split between them): each step holds a lock while it
+# runs, and a call that reaches a step the other is running waits for it and then skips it.
 step() {
-  local name=$1; shift
+  local name=$1 lock; shift
   [[ -f $OUT/.done/$name ]] && return 0
-  mkdir -p "$(dirname "$OUT/.done/$name")" "$(dirname "$OUT/logs/$name.log")"
+  mkdir -p "$(dirname "$OUT/.done/$name")" "$(dirname "$OUT/logs/$name.log")" "$(dirname "$OUT/.locks/$name")"
+  exec {lock}>"$OUT/.locks/$name"
+  flock "$lock"
+  if [[ -f $OUT/.done/$name ]]; then exec {lock}>&-; return 0; fi
   printf '%s  %s\n' "$(date +%H:%M:%S)" "$name"
   local t0=$SECONDS
   if ! "$@" >"$OUT/logs/$name.log" 2>&1; then
@@ -128,6 +139,7 @@ step() {
   fi
   printf '%s\t%d\n' "$name" $((SECONDS - t0)) >>"$OUT/times.tsv"
   touch "$OUT/.done/$name"
+  exec {lock}>&-
 }
 
 # to FILE CMD...: CMD's stdout into FILE, atomically (FILE appears only when CMD succeeded).
@@ -168,21 +180,32 @@ if os.path.exists(path):
 else:
     import datetime
     s["started"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-open(path + ".tmp", "w").write(json.dumps(s, indent=2) + "\n"); os.replace(path + ".tmp", path)
+tmp = f"{path}.{os.getpid()}.tmp"  # two calls on one OUT write the same settings
+open(tmp, "w").write(json.dumps(s, indent=2) + "\n"); os.replace(tmp, path)
 PY
 
-# ---- data and encoders (shared by every arm) -------------------------------------------------------
-step data/toy-short semgen toy-data "$OUT/videos/short" --count "$CLIPS" --seconds 4 --seed 0 \
-    --exclude-combos "$HELD_OUT" --overwrite
-step data/toy-long semgen toy-data "$OUT/videos/long" --count "$LONG_CLIPS" --seconds "$LONG_SECONDS" --seed 1 \
-    --exclude-combos "$HELD_OUT" --overwrite
-step encoders/ssl-tower python examples/toy/train_ssl_encoder.py --out "$OUT/ssl-tower" --steps "$SSL_STEPS" \
-    --batch "$SSL_BATCH" --seed 0 --threads "$OMP_NUM_THREADS" --device "$DEVICE" --probe-clips "$PROBE_CLIPS"
-step encoders/probe python examples/toy/train_ssl_encoder.py --probe toy "qwen2.5-vl:$OUT/ssl-tower" \
-    --probe-clips "$PROBE_CLIPS" --json "$OUT/eval/encoder-probe.json"
-step data/extract-caption semgen extract "$OUT/videos/short" --out "$OUT/data/caption" --semantic toy "${EXTRACT[@]}" --device "$DEVICE"
-step data/extract-ssl semgen extract "$OUT/videos/short" --out "$OUT/data/ssl" --semantic "qwen2.5-vl:$OUT/ssl-tower" "${EXTRACT[@]}" --device "$DEVICE"
-step data/extract-long semgen extract "$OUT/videos/long" --out "$OUT/data/long" --semantic toy "${EXTRACT[@]}" --device "$DEVICE"
+# ---- data and encoders (each made once, when an arm in $ARMS needs it) ---------------------------
+SHORT_ARMS="caption-d8 vae-d8 ssl-d8 caption-d64 caption-raw" LONG_ARMS="semanticgen base-ct-swin base-ct"
+wanted_any() { local a; for a in "$@"; do wanted "$a" && return 0; done; return 1; }
+if wanted_any $SHORT_ARMS; then
+  step data/toy-short semgen toy-data "$OUT/videos/short" --count "$CLIPS" --seconds 4 --seed 0 \
+      --exclude-combos "$HELD_OUT" --overwrite
+fi
+if wanted_any caption-d8 vae-d8 caption-d64 caption-raw; then
+  step data/extract-caption semgen extract "$OUT/videos/short" --out "$OUT/data/caption" --semantic toy "${EXTRACT[@]}" --device "$DEVICE"
+fi
+if wanted ssl-d8; then
+  step encoders/ssl-tower python examples/toy/train_ssl_encoder.py --out "$OUT/ssl-tower" --steps "$SSL_STEPS" \
+      --batch "$SSL_BATCH" --seed 0 --threads "$OMP_NUM_THREADS" --device "$DEVICE" --probe-clips "$PROBE_CLIPS"
+  step encoders/probe python examples/toy/train_ssl_encoder.py --probe toy "qwen2.5-vl:$OUT/ssl-tower" \
+      --probe-clips "$PROBE_CLIPS" --json "$OUT/eval/encoder-probe.json"
+  step data/extract-ssl semgen extract "$OUT/videos/short" --out "$OUT/data/ssl" --semantic "qwen2.5-vl:$OUT/ssl-tower" "${EXTRACT[@]}" --device "$DEVICE"
+fi
+if wanted_any $LONG_ARMS; then
+  step data/toy-long semgen toy-data "$OUT/videos/long" --count "$LONG_CLIPS" --seconds "$LONG_SECONDS" --seed 1 \
+      --exclude-combos "$HELD_OUT" --overwrite
+  step data/extract-long semgen extract "$OUT/videos/long" --out "$OUT/data/long" --semantic toy "${EXTRACT[@]}" --device "$DEVICE"
+fi
 
 S0=${SEEDS[0]}
 
@@ -199,7 +222,7 @@ arm() {
   local R=$OUT/runs/$name/s$seed E=$OUT/eval/$name/s$seed P=arms/$name/s$seed
   step "$P/compressor" train "$R/compressor" semgen fit-compressor "$data" "${comp_flags[@]}" --seed "$seed"
   step "$P/latent" train "$R/latent" semgen train-latent "$data" --compressor "$R/compressor" "${lat_flags[@]}" \
-      "${COMMON[@]}" --steps "$LAT_STEPS" --save-every "$LAT_STEPS" --seed "$seed"
+      "${COMMON[@]}" --steps "$LAT_STEPS" --save-every "$SAVE_EVERY" --seed "$seed"
   local k
   for k in "${SEM_CHECKPOINTS[@]}"; do
     step "$P/semantic-$k" train "$R/semantic" semgen train-semantic "$data" --latent-run "$R/latent" "${COMMON[@]}" \
@@ -245,13 +268,13 @@ long_arm() {
   if [[ $name == semanticgen ]]; then
     step "$P/compressor" train "$R/compressor" semgen fit-compressor "$D" --dim 8 --steps "$COMP_STEPS" --batch-size 32 --lr 1e-3 --seed "$seed"
     step "$P/latent" train "$R/latent" semgen train-latent "$D" --compressor "$R/compressor" --attention swin \
-        --clip-seconds "$LONG_WINDOW" "${COMMON[@]}" --steps "$LONG_LAT_STEPS" --save-every "$LONG_LAT_STEPS" --seed "$seed"
+        --clip-seconds "$LONG_WINDOW" "${COMMON[@]}" --steps "$LONG_LAT_STEPS" --save-every "$SAVE_EVERY" --seed "$seed"
     step "$P/semantic" train "$R/semantic" semgen train-semantic "$D" --latent-run "$R/latent" "${COMMON[@]}" \
-        --shift "$SHIFT" --steps "$LONG_SEM_STEPS" --save-every "$LONG_SEM_STEPS" --seed "$seed"
+        --shift "$SHIFT" --steps "$LONG_SEM_STEPS" --save-every "$((SAVE_EVERY / 4))" --seed "$seed"
     gen+=(--semantic-run "$R/semantic")
   else
     step "$P/latent" train "$R/latent" semgen train-latent "$D" --condition none "$@" \
-        --clip-seconds "$LONG_WINDOW" "${COMMON[@]}" --steps "$LONG_LAT_STEPS" --save-every "$LONG_LAT_STEPS" --seed "$seed"
+        --clip-seconds "$LONG_WINDOW" "${COMMON[@]}" --steps "$LONG_LAT_STEPS" --save-every "$SAVE_EVERY" --seed "$seed"
   fi
   step "$P/eval-long" to "$E/long.json" semgen toy-eval "${gen[@]}" --count "$LONG_EVAL_COUNT" --seconds "$LONG_SECONDS" \
       --steps "$EVAL_STEPS" --seed 0 --keep "$E/videos" --json
