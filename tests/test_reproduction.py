@@ -140,6 +140,26 @@ def test_report_refuses_a_folder_without_settings(report, tmp_path):
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["keep.txt"]
 
 
+def test_report_publish_copies_the_plots_beside_the_page(report, tmp_path):
+    out = _fake_out(tmp_path / "out")
+    (tmp_path / "docs").mkdir()
+    report.main([str(out), "--publish", str(tmp_path / "docs" / "reproduction.md")])
+    page = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert "](reproduction/claim1-fig9.png)" in page and "](claim1-fig9.png)" not in page
+    assert page == (out / "reproduction.md").read_text().replace("](claim", "](reproduction/claim")
+    assert sorted(p.name for p in (tmp_path / "docs" / "reproduction").iterdir()) == sorted(p.name for p in out.glob("*.png"))
+    assert str(out) not in page
+
+
+@pytest.mark.parametrize("doc", ["nowhere/reproduction.md", "page.txt"])
+def test_report_publish_refuses_a_bad_path(report, tmp_path, doc):
+    out = _fake_out(tmp_path / "out", partial=True)
+    with pytest.raises(SystemExit) as e:
+        report.main([str(out), "--publish", str(tmp_path / doc)])
+    assert f"--publish {tmp_path / doc}: give a .md path in an existing folder" in str(e.value)
+    assert not (out / "reproduction.md").exists()
+
+
 # -- reproduce.sh's arguments ----------------------------------------------------------------------------
 def _sh(*args, env=None):
     """Run reproduce.sh with this interpreter's environment first on PATH (its `semgen` and

@@ -1,6 +1,7 @@
 """Write OUT/reproduction.md and OUT/*.png from the outputs of `examples/paper/reproduce.sh OUT`.
 
     python examples/paper/report.py OUT
+    python examples/paper/report.py OUT --publish docs/reproduction.md   # the page and its plots for the docs
 
 Reads only what the script's steps wrote: OUT/settings.json (sizes, steps, seeds), OUT/times.tsv
 (wall time of each finished step), the `semgen toy-eval --json` documents under
@@ -538,17 +539,46 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two reproduce.sh calls on one OUT may write it at once
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def publish(out: Path, text: str, doc: Path) -> list[Path]:
+    """Write the page to `doc` with its plots in a folder named after it (docs/reproduction.md ->
+    docs/reproduction/*.png), the links rewritten to match. Returns the plots copied."""
+    import re
+    import shutil
+
+    folder = doc.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(set(re.findall(r"\]\(([\w.-]+\.png)\)", text)))
+    for name in names:
+        tmp = folder / f"{name}.{os.getpid()}.tmp"
+        shutil.copyfile(out / name, tmp)
+        os.replace(tmp, folder / name)
+    text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({folder.name}/{m.group(1)})", text)
+    _write_atomic(doc, text)
+    return [folder / n for n in names]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the OUT folder of examples/paper/reproduce.sh")
+    p.add_argument("--publish", type=Path, metavar="DOC",
+                   help="also write the page to DOC (e.g. docs/reproduction.md), its plots into DOC's name without .md")
     args = p.parse_args(argv)
     if not (args.out / "settings.json").is_file():
         sys.exit(f"report.py: {args.out}/settings.json is missing: not an OUT folder of examples/paper/reproduce.sh")
+    if args.publish is not None and (args.publish.suffix != ".md" or not args.publish.parent.is_dir()):
+        sys.exit(f"report.py: --publish {args.publish}: give a .md path in an existing folder")
     text, verdicts = build(args.out)
-    tmp = args.out / f"{REPORT}.{os.getpid()}.tmp"  # two reproduce.sh calls on one OUT may write it at once
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, args.out / REPORT)
+    _write_atomic(args.out / REPORT, text)
     print(f"wrote {args.out / REPORT}")
+    if args.publish is not None:
+        plots = publish(args.out, text, args.publish)
+        print(f"wrote {args.publish} and {len(plots)} plots in {args.publish.with_suffix('')}")
     for k, v in verdicts.items():
         print(f"  {k}: {v}")
 
