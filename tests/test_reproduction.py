@@ -131,12 +131,12 @@ def test_report_of_a_partial_run(report, tmp_path):
     assert "not reproduced" not in text.split("## Verdicts")[1]
 
 
-def test_report_refuses_a_folder_without_settings(report, tmp_path):
+def test_report_refuses_a_folder_without_settings(report, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("k")
     with pytest.raises(SystemExit) as e:
         report.main([str(tmp_path / "x")])
-    assert "settings.json is missing" in str(e.value)
+    assert e.value.code == 2 and "settings.json is missing" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["keep.txt"]
 
 
@@ -152,11 +152,12 @@ def test_report_publish_copies_the_plots_beside_the_page(report, tmp_path):
 
 
 @pytest.mark.parametrize("doc", ["nowhere/reproduction.md", "page.txt"])
-def test_report_publish_refuses_a_bad_path(report, tmp_path, doc):
+def test_report_publish_refuses_a_bad_path(report, tmp_path, doc, capsys):
     out = _fake_out(tmp_path / "out", partial=True)
     with pytest.raises(SystemExit) as e:
         report.main([str(out), "--publish", str(tmp_path / doc)])
-    assert f"--publish {tmp_path / doc}: give a .md path in an existing folder" in str(e.value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"report.py: --publish {tmp_path / doc}: give a .md path in an existing folder\n"
     assert not (out / "reproduction.md").exists()
 
 

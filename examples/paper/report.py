@@ -563,6 +563,11 @@ def publish(out: Path, text: str, doc: Path) -> list[Path]:
     return [folder / n for n in names]
 
 
+def _die(msg: str) -> None:
+    print(msg, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the OUT folder of examples/paper/reproduce.sh")
@@ -570,9 +575,9 @@ def main(argv=None) -> None:
                    help="also write the page to DOC (e.g. docs/reproduction.md), its plots into DOC's name without .md")
     args = p.parse_args(argv)
     if not (args.out / "settings.json").is_file():
-        sys.exit(f"report.py: {args.out}/settings.json is missing: not an OUT folder of examples/paper/reproduce.sh")
+        _die(f"report.py: {args.out}/settings.json is missing: not an OUT folder of examples/paper/reproduce.sh")
     if args.publish is not None and (args.publish.suffix != ".md" or not args.publish.parent.is_dir()):
-        sys.exit(f"report.py: --publish {args.publish}: give a .md path in an existing folder")
+        _die(f"report.py: --publish {args.publish}: give a .md path in an existing folder")
     text, verdicts = build(args.out)
     _write_atomic(args.out / REPORT, text)
     print(f"wrote {args.out / REPORT}")
