@@ -105,6 +105,21 @@ def test_non_finite_weights_are_refused_when_loaded(tmp_path):
         load_sampling_weights(tmp_path)
 
 
+def test_first_nonfinite_names_the_nested_tensor_whole_or_local():
+    """The one walker behind every NaN/inf refusal: the dotted name of the first bad floating tensor
+    in a nested state (dicts, lists of optimizer groups), integer tensors ignored; `local=True` (a
+    sharded save checking its own shard) reads plain tensors the same."""
+    from semgen_cli.training.distributed import _first_nonfinite
+
+    bad = torch.ones(3)
+    bad[1] = float("nan")
+    state = {"model": {"a": torch.ones(2), "steps": torch.tensor([2**40])},
+             "optim": {"state": [{"exp_avg": torch.zeros(2)}, {"exp_avg": bad}]}}
+    for local in (False, True):
+        assert _first_nonfinite(state, local=local) == "optim.state.1.exp_avg"
+        assert _first_nonfinite({"model": state["model"]}, local=local) is None
+
+
 # ----------------------------------------------------------------------------- part 5: corrupt checkpoint files
 
 

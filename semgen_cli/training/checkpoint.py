@@ -20,7 +20,6 @@ import torch
 from semgen_cli.errors import ConfigError, InputError, MismatchError
 from semgen_cli.io.shards import check_file_record, load_tensors, read_json, write_text_atomic
 from semgen_cli.training.config import TrainConfig
-from semgen_cli.training.distributed import _full
 from semgen_cli.training.sharded import DCP_METADATA, is_sharded, read_sharded_tensors
 
 CHECKPOINTS = "checkpoints"
@@ -169,22 +168,6 @@ def load_sampling_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]
     if not (ckpt / EMA_FILE).is_file():
         raise InputError(f"{ckpt / EMA_FILE}: missing (the run was trained with an EMA, which sampling uses); restore the file or use an earlier checkpoint")
     return load_checkpoint_weights(ckpt, "ema")
-
-
-def _first_nonfinite(tensors: dict[str, Any]) -> str | None:
-    """The name of the first floating tensor (of a nested state) holding NaN or inf, else None."""
-    for k, v in tensors.items():
-        if isinstance(v, dict):
-            inner = _first_nonfinite(v)
-            if inner is not None:
-                return f"{k}.{inner}"
-        elif isinstance(v, (list, tuple)):
-            inner = _first_nonfinite(dict(enumerate(v)))
-            if inner is not None:
-                return f"{k}.{inner}"
-        elif isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(_full(v)).all():
-            return str(k)
-    return None
 
 
 def _check_model_keys(ckpt: Path, saved: dict[str, torch.Tensor], model_sd: dict[str, torch.Tensor]) -> None:

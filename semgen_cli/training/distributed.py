@@ -65,6 +65,26 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.detach().cpu()
 
 
+def _first_nonfinite(tensors: dict[str, Any], *, local: bool = False) -> str | None:
+    """The name of the first floating tensor (of a nested state) holding NaN or inf, else None.
+    A DTensor is checked whole (gathered), or with `local=True` only this rank's shard (a sharded
+    save, where each rank checks what it writes)."""
+    for k, v in tensors.items():
+        if isinstance(v, dict):
+            inner = _first_nonfinite(v, local=local)
+            if inner is not None:
+                return f"{k}.{inner}"
+        elif isinstance(v, (list, tuple)):
+            inner = _first_nonfinite(dict(enumerate(v)), local=local)
+            if inner is not None:
+                return f"{k}.{inner}"
+        elif isinstance(v, torch.Tensor) and v.is_floating_point():
+            seen = (v.to_local() if hasattr(v, "to_local") else v) if local else _full(v)
+            if not torch.isfinite(seen).all():
+                return str(k)
+    return None
+
+
 def _like(src: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """`src` (a full CPU tensor) placed like `ref` (device, and sharding if a DTensor)."""
     if _is_dtensor(ref):

@@ -35,6 +35,7 @@ from torch import nn
 
 from semgen_cli.errors import InputError, MismatchError
 from semgen_cli.io.shards import file_record, write_json_atomic, write_text_atomic
+from semgen_cli.training.distributed import _first_nonfinite
 
 DCP_METADATA = ".metadata"
 """DCP's index of a sharded checkpoint; its presence makes a checkpoint folder a DCP one."""
@@ -73,20 +74,6 @@ def _safe_planner():
                 self.state_dict[read_item.dest_index.fqn] = obj
 
     return SafeLoadPlanner()
-
-
-def _local_nonfinite(tensors: dict[str, Any]) -> str | None:
-    """The first floating tensor (of a nested state) holding NaN or inf in THIS rank's shard."""
-    for k, v in tensors.items():
-        if isinstance(v, dict):
-            inner = _local_nonfinite(v)
-            if inner is not None:
-                return f"{k}.{inner}"
-        elif isinstance(v, torch.Tensor) and v.is_floating_point():
-            local = v.to_local() if hasattr(v, "to_local") else v
-            if not torch.isfinite(local).all():
-                return str(k)
-    return None
 
 
 def sharded_state(raw: nn.Module, optimizer: torch.optim.Optimizer, ema_state: dict[str, torch.Tensor] | None
@@ -225,7 +212,7 @@ def restore_sharded(ckpt: Path, raw: nn.Module, optimizer: torch.optim.Optimizer
             dcp.load(state, checkpoint_id=str(ckpt), planner=_safe_planner(), no_dist=not active)
     except _dcp_errors() as err:  # DCP wraps a rank's failure in a CheckpointException
         raise _load_error(ckpt, err) from None
-    bad = _local_nonfinite({"model": state["model"], "ema": state.get("ema") or {}})
+    bad = _first_nonfinite({"model": state["model"], "ema": state.get("ema") or {}}, local=True)
     if bad is not None:
         raise InputError(f"{ckpt}: {bad} holds NaN or inf; resume from an earlier checkpoint")
     # strict=False: the parameters `_drop_unsaved_optimizer_state` left without optimizer state

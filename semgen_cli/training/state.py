@@ -27,12 +27,11 @@ from semgen_cli.training.checkpoint import (
     OPTIM_FILE,
     STATE,
     _check_model_keys,
-    _first_nonfinite,
     _state_files,
     _valid_checkpoints,
     external_keys,
 )
-from semgen_cli.training.distributed import _full, _like
+from semgen_cli.training.distributed import _first_nonfinite, _full, _like
 from semgen_cli.training.ema import _EMA
 
 

@@ -30,7 +30,6 @@ from semgen_cli.training.checkpoint import (
     MODEL_FILE,
     STATE,
     STATE_VERSION,
-    _first_nonfinite,
     _step_dir_name,
     external_keys,
     verify_checkpoint,
@@ -39,6 +38,7 @@ from semgen_cli.training.config import _BOOKKEEPING, TrainConfig
 from semgen_cli.training.data import _hash_seed, _KeySampler, _Stream, _to_device
 from semgen_cli.training.distributed import (
     _default_device,
+    _first_nonfinite,
     _fsdp_no_sync,
     _full,
     _fully_shard,
@@ -48,7 +48,6 @@ from semgen_cli.training.ema import _EMA
 from semgen_cli.training.optim import _lr_factor, _param_groups
 from semgen_cli.training.rng import _rng_preserved, _rng_state, _seed_everything, _set_rng_state
 from semgen_cli.training.sharded import (
-    _local_nonfinite,
     _PendingSave,
     is_sharded,
     restore_sharded,
@@ -190,7 +189,7 @@ class _Trainer:
         --async-save when the background write is done (`finish_save`)."""
         self.finish_save()  # an earlier asynchronous save commits first
         state = sharded_state(self.raw, self.optimizer, self.ema.state if self.ema else None)
-        self._refuse_nonfinite(_local_nonfinite({"model": state["model"], "ema": state.get("ema") or {}}))
+        self._refuse_nonfinite(_first_nonfinite({"model": state["model"], "ema": state.get("ema") or {}}, local=True))
         if self.ema:  # the export generate reads: full tensors, gathered (collective) for it only
             export, name = {k: _full(v) for k, v in self.ema.state.items()}, EMA_FILE
         else:
