@@ -496,11 +496,16 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
     if s.get("profile") == "quick":
         L += ["> **Quick mode (`--quick`): every arm ran for a handful of steps on a few short clips. These numbers prove "
               "nothing; they only show that every step runs end to end.**", ""]
-    where = f"{s.get('cpus', '?')}-core CPU, {s.get('threads', '?')} torch threads" if s.get("device") != "cuda" else f"GPU {s.get('cuda')}"
+    where = f"{s.get('cpus', '?')}-core CPU ({s.get('threads', '?')} torch threads per call)" if s.get("device") != "cuda" else f"GPU {s.get('cuda')}"
     L += [f"Made by `bash examples/paper/reproduce.sh OUT{' --quick' if s.get('profile') == 'quick' else ''}"
           f"{' --device cuda' if s.get('device') == 'cuda' else ''}` (profile {s.get('profile', '?')}, commit {s.get('commit') or '?'}, "
           f"started {s.get('started', '?')}) on a {where}; `python examples/paper/report.py OUT` rewrites this page from the "
           "run's files. The toy world is DESIGN §6: 64×64 clips, one object, the pixel-exact judge of `semgen toy-eval`.", ""]
+    if s.get("profile") == "full":
+        L += [f"Scale: every generator is trained from scratch for {s.get('latent_steps')} stage-1 and {s.get('semantic_checkpoints', [0])[-1]} "
+              "stage-2 steps, a small fraction of what the bundled toy pipeline was trained for, so absolute accuracies are low; "
+              "the verdicts compare arms trained alike at this scale, and the stage-1 ceilings (`--plans rendered`) show how much "
+              "of each score stage 1 allows.", ""]
     L += ["## Settings (the same for every arm of a comparison)", ""]
     L += table(["setting", "value"], [
         ["training data (claims 1, 2, 4)", f"{s.get('clips')} toy clips of {s.get('clip_seconds')} s (seed 0), held-out combinations {s.get('held_out')} left out"],
