@@ -25,7 +25,7 @@
 # continues unfinished training runs with semgen's --resume (exact on the CPU), and extract resumes
 # its shards. Kill it at any point and run the same command again.
 #
-# Budget of the full CPU run: about 3.5 h of one-thread CPU time, under 2 h on a 2-core machine as two
+# Budget of the full CPU run: about 3.7 h of one-thread CPU time, under 2 h on a 2-core machine as two
 # calls side by side (see "sizes and steps" below):
 #   ARMS="caption-d8 vae-d8 caption-d64 caption-raw" OMP_NUM_THREADS=1 bash examples/paper/reproduce.sh OUT &
 #   ARMS="ssl-d8 semanticgen base-ct-swin base-ct"    OMP_NUM_THREADS=1 bash examples/paper/reproduce.sh OUT
@@ -70,10 +70,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 #   prompt; extract 0.2 s per second of video; each semgen command ~5-7 s to start.
 # Full profile, with toy-eval at 20 Euler steps per stage (a third cheaper than 30):
 # Per 4 s arm (x7: caption-d8 x2, vae-d8 x2, ssl-d8, caption-d64, caption-raw):
-#   compressor 56 s + stage 1 504 s + stage 2 150 s + 6 toy-evals ~150 s + starts ~60 s = ~15 min -> 1.8 h
+#   compressor 56 s + stage 1 504 s + stage 2 150 s + 6 toy-evals ~250 s + starts ~60 s = ~17 min -> 2 h
 # Per claim-3 seed (x2): SemanticGen 56 + 430 + 670 + 130 s, Base-CT-Swin 430 + 130 s,
 #   Base-CT 170 + 130 s = ~36 min -> 1.2 h
-# Data, extracts (3), SSL tower, probes: ~0.5 h.  Total ~3.5 h of one-thread CPU time. These step counts
+# Data, extracts (3), SSL tower, probes: ~0.5 h.  Total ~3.7 h of one-thread CPU time. These step counts
 # are a tenth of the bundled pipeline's or less: the report's stage-1 ceilings (`--plans rendered`)
 # say how much of each arm's score its stage 1 allows.
 SEEDS=(0 1)                 # claims 1 and 3 (claim 2 and the SSL arm of claim 4 use the first)
@@ -93,7 +93,9 @@ case $PROFILE in
     CLIPS=400 LONG_CLIPS=32 LONG_SECONDS=60 LONG_WINDOW=8
     COMP_STEPS=400 LAT_STEPS=800 SEM_CHECKPOINTS=(100 200 300 450 600) LONG_LAT_STEPS=250 LONG_SEM_STEPS=80
     WARMUP=50 EVAL_STEPS=20
-    EVAL_COUNT=8 EVAL_SECONDS=4 LONG_EVAL_COUNT=4 PROBE_COUNT=12 PROBE_REFS=6
+    EVAL_COUNT=16 EVAL_SECONDS=4 LONG_EVAL_COUNT=4 PROBE_COUNT=12 PROBE_REFS=6
+    # toy-eval's built-in prompts put the 8 held-out ones first: 16 scores 8 held-out and 8 seen;
+    # claim 3's 4 prompts of 60 s are held-out combinations only
     SSL_STEPS=600 SSL_BATCH=32 PROBE_CLIPS=64 ;;
   gpu)  # the same experiment at a larger scale; only on --device cuda (not yet run)
     CLIPS=2000 LONG_CLIPS=400 LONG_SECONDS=60 LONG_WINDOW=16
