@@ -122,6 +122,19 @@ def test_report_from_synthetic_results(report, tmp_path):
     assert "| caption-d8/s0/semantic | 20 | 0.50 |" in text  # s/step from metrics.jsonl (a torn last line skipped)
 
 
+def test_report_calls_claim3_untested_when_every_arm_starts_wrong(report, tmp_path):
+    out = _fake_out(tmp_path / "out")
+    text, _ = report.build(out)
+    assert "first 15 % over colour, shape and motion, mean over seeds: SemanticGen 90.0, Base-CT-Swin 90.0, Base-CT 80.0." in text
+    assert "untested at this scale" not in text
+    for seed in (0, 1):
+        for arm in ("semanticgen", "base-ct-swin", "base-ct"):
+            _write(out / "eval" / arm / f"s{seed}" / "long.json", _toy_eval(0.2, 0.2, 0.1))
+    text, verdicts = report.build(out)
+    assert "Below 50 % for every arm" in text and "untested at this scale" in text
+    assert verdicts["claim 3 (Table 2)"] == "not reproduced"  # the rule's verdict stands beside the caveat
+
+
 def test_report_of_a_partial_run(report, tmp_path):
     """Arms that have not run yet show as missing and get no verdict; the page is still written."""
     out = _fake_out(tmp_path / "out", partial=True)
