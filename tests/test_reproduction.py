@@ -237,6 +237,7 @@ def test_ssl_tower_saves_and_loads_through_the_users_loader(ssl, tmp_path, capsy
     assert not (tmp_path / "ssl.tmp").exists()
     rep = json.loads((out / "train_report.json").read_text())
     assert rep["objective"].startswith("masked-patch reconstruction") and rep["train"]["steps"] == 1
+    assert (out / rep["preview"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the reconstruction preview
     enc = load_semantic_encoder(f"qwen2.5-vl:{out}", fps=3.2, min_pixels=56 * 56, max_pixels=1280 * 28 * 28)  # reproduce.sh's bounds
     clip = render(sample_spec(np.random.default_rng(0), seconds=1.0))
     feats = enc.encode(resize_center_crop(clip[[0, 2, 4, 6]], 112))

@@ -210,11 +210,44 @@ def train(args) -> dict:
               "train": {"steps": args.steps, "seed": args.seed, "threads": args.threads, "batch": args.batch, "lr": args.lr,
                         "device": args.device, "wall_s": round(wall, 1), "s_per_step": round(wall / args.steps, 3),
                         "final_train": final}}
+    report["preview"] = "reconstruction.png"
+    write_preview(model, decoder, mask_vector, args, tmp / "reconstruction.png")
     (tmp / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return report
+
+
+@torch.no_grad()
+def write_preview(model, decoder, mask_vector, args, path: Path, n: int = 4) -> None:
+    """A PNG of what the tower learned to see: for n fresh frame pairs (seeded), one row each of
+    the first frame, its input with the masked cells white, the reconstruction of both frames from
+    the tower's tokens, and the second frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng, g = np.random.default_rng([args.seed, 4]), torch.Generator().manual_seed(args.seed + 1)
+    inputs, targets = unlabelled_batch(rng, n)
+    pv, grid = cap.to_tower_input(inputs)
+    pv, mask = masked_input(pv, n, args.mask_ratio, mask_vector.detach().cpu(), g)
+    pred = decoder.cpu().eval()(cap.features(model, pv, grid))  # (n, 4, 4, 2·16·16·3)
+    recon = pred.reshape(n, GRID, GRID, 2, CELL, CELL, 3).permute(0, 3, 1, 4, 2, 5, 6).reshape(n, 2, GRID * CELL, GRID * CELL, 3)
+    recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    shown = np.stack(targets).copy()
+    cells = np.kron(mask.numpy(), np.ones((CELL, CELL), dtype=bool))  # (n, 64, 64)
+    shown[:, 0][cells] = 255
+    gap = np.full((GRID * CELL, 4, 3), 255, np.uint8)
+    rows = [np.concatenate([targets[i][0], gap, shown[i, 0], gap, recon[i, 0], gap, recon[i, 1], gap, targets[i][1]], 1) for i in range(n)]
+    img = np.concatenate([np.concatenate([r, np.full((4, r.shape[1], 3), 255, np.uint8)], 0) for r in rows], 0)
+    fig, ax = plt.subplots(figsize=(img.shape[1] / 40, img.shape[0] / 40 + 0.6))
+    ax.imshow(img, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"frame 1 | input, {args.mask_ratio:.0%} of cells masked (white) | reconstruction of frames 1 and 2 | frame 2", fontsize=7)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 # -- probe through the user's loader -----------------------------------------------------------------
