@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+from semgen_cli.io.atomic import write_bytes_atomic, write_text_atomic
 
 ATTRS = ("background", "colour", "shape", "motion")
 MARGIN = 2.0
@@ -414,9 +415,9 @@ def _claim3(res: Results, s: dict, verdicts: dict[str, str]) -> list[str]:
           f"{s.get('long_seconds')} s clips for the same steps; SemanticGen's stage 2 plans the whole clip with full attention. "
           f"Sampled at {s.get('long_seconds')} s, {s.get('long_eval_count')} prompts{_held_out_note(res)}. Per attribute: accuracy over the first and "
           "the last 15 % of the frames and their drift |first − last| (per video, then the mean), mean [range] over seeds:", ""]
-    rows, drifts = [], {}
+    rows, drifts, segs_of = [], {}, {}
     for arm in CLAIM3_ARMS:
-        segs = [segments(res.eval(arm, sd, "long.json")) for sd in res.seeds]
+        segs = segs_of[arm] = [segments(res.eval(arm, sd, "long.json")) for sd in res.seeds]
         drifts[arm] = [_mean([x[a]["drift"] for a in ATTRS]) if x else None for x in segs]
         cells = []
         for a in ATTRS:
@@ -447,8 +448,8 @@ def _claim3(res: Results, s: dict, verdicts: dict[str, str]) -> list[str]:
     L += ["", f"**Verdict (Table 2): {v}** (mean toy-eval drift: "
               + ", ".join(f"{a} {spread(drifts[a])}" for a in CLAIM3_ARMS) + f"; rule: {RULE_LOWER})"]
     if ok:  # drift is a fair test only of videos that start right
-        first = {arm: _mean([_mean([x[a]["first"] for a in ("colour", "shape", "motion")])
-                             for sd in res.seeds if (x := segments(res.eval(arm, sd, "long.json")))]) for arm in CLAIM3_ARMS}
+        first = {arm: _mean([_mean([x[a]["first"] for a in ("colour", "shape", "motion")]) for x in segs_of[arm]])
+                 for arm in CLAIM3_ARMS}
         L += ["", "Accuracy of the first 15 % over colour, shape and motion, mean over seeds: "
               + ", ".join(f"{ARM_LABEL[a].split(' (')[0]} {first[a]:.1f}" for a in CLAIM3_ARMS) + "."
               + (f" Below {FAIR_START:g} % for every arm: the videos are mostly wrong from their first frames, so their drift says "
@@ -558,32 +559,25 @@ def build(out: Path) -> tuple[str, dict[str, str]]:
 
 def _save(fig, path: Path) -> None:
     """Write the figure atomically (two reproduce.sh calls on one OUT may draw it at once)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=90, format="png")
-    os.replace(tmp, path)
+    import io
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two reproduce.sh calls on one OUT may write it at once
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=90, format="png")
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def publish(out: Path, text: str, doc: Path) -> list[Path]:
     """Write the page to `doc` with its plots in a folder named after it (docs/reproduction.md ->
     docs/reproduction/*.png), the links rewritten to match. Returns the plots copied."""
     import re
-    import shutil
 
     folder = doc.with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(set(re.findall(r"\]\(([\w.-]+\.png)\)", text)))
     for name in names:
-        tmp = folder / f"{name}.{os.getpid()}.tmp"
-        shutil.copyfile(out / name, tmp)
-        os.replace(tmp, folder / name)
+        write_bytes_atomic(folder / name, (out / name).read_bytes())
     text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({folder.name}/{m.group(1)})", text)
-    _write_atomic(doc, text)
+    write_text_atomic(doc, text)
     return [folder / n for n in names]
 
 
@@ -603,7 +597,7 @@ def main(argv=None) -> None:
     if args.publish is not None and (args.publish.suffix != ".md" or not args.publish.parent.is_dir()):
         _die(f"report.py: --publish {args.publish}: give a .md path in an existing folder")
     text, verdicts = build(args.out)
-    _write_atomic(args.out / REPORT, text)
+    write_text_atomic(args.out / REPORT, text)  # atomic: two reproduce.sh calls on one OUT may write it at once
     print(f"wrote {args.out / REPORT}")
     if args.publish is not None:
         plots = publish(args.out, text, args.publish)

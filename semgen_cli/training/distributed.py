@@ -79,7 +79,7 @@ def _first_nonfinite(tensors: dict[str, Any], *, local: bool = False) -> str | N
             if inner is not None:
                 return f"{k}.{inner}"
         elif isinstance(v, torch.Tensor) and v.is_floating_point():
-            seen = (v.to_local() if hasattr(v, "to_local") else v) if local else _full(v)
+            seen = (v.to_local() if _is_dtensor(v) else v) if local else _full(v)
             if not torch.isfinite(seen).all():
                 return str(k)
     return None
